@@ -1,0 +1,113 @@
+r"""The min-max task weighting of Guo, Li, Sun, Qin, Yu and Zhang (2025).
+
+.. math::
+
+    \min_\theta \max_{w \in \Delta_K} \sum_i w_i L_i(\theta) - \frac{\gamma}{2}\|w - \tfrac{1}{K}\|^2
+
+The network takes one descent step on ``Σ w_i L_i`` with `w` fixed; the task
+weights take an ascent step (an `AscentRule`) with the detached losses of the
+same batch, every `update_every` steps or epochs. Start: ``w = 1/K``.
+"""
+import tensorflow as tf
+
+from keras_minmax_mtl._keras import keras, register
+from keras_minmax_mtl.ascent import AscentRule, ExponentiatedGradientAscent, ProjectedGradientAscent
+from keras_minmax_mtl.weighting import TaskWeighting
+
+__all__ = ["MinMaxWeighting", "ASCENT_RULES", "UPDATE_UNITS"]
+
+#: The ascent rules `MinMaxWeighting` accepts by name.
+ASCENT_RULES = {"projected": ProjectedGradientAscent, "exponentiated": ExponentiatedGradientAscent}
+#: What `update_every` counts.
+UPDATE_UNITS = ("step", "epoch")
+
+
+def _resolve_ascent(ascent, step_size, gamma):
+    if isinstance(ascent, dict):
+        ascent = keras.saving.deserialize_keras_object(ascent)
+    if isinstance(ascent, AscentRule):
+        return ascent
+    if ascent in ASCENT_RULES:
+        return ASCENT_RULES[ascent](step_size=step_size, gamma=gamma)
+    raise ValueError(
+        f"Argument `ascent` must be one of {sorted(ASCENT_RULES)} or an `AscentRule`. "
+        f"Received: ascent={ascent!r}"
+    )
+
+
+@register
+class MinMaxWeighting(TaskWeighting):
+    r"""Worst-case task weights on the simplex, climbed by an ascent rule.
+
+    Args:
+        step_size: ascent step ``η = 1/β``. Must be `> 0`. Defaults to `0.02`
+            (the paper's ``β = 50`` with pruning; use `0.1` with DST).
+        gamma: pull towards uniform weights, `>= 0`. Defaults to `5.0`.
+        update_every: update the weights every this many steps (or epochs).
+            Must be `>= 1`. Defaults to `1`.
+        update_on: `"step"` (every `update_every` train steps, from the first)
+            or `"epoch"` (on the first batch of every `update_every`-th epoch,
+            as in the authors' code; needs `fit`). Defaults to `"step"`.
+        ascent: `"projected"` (APGDA, the paper) or `"exponentiated"`
+            (multiplicative weights, Group DRO), or an `AscentRule` instance
+            whose own step size and gamma are then used. Defaults to `"projected"`.
+
+    Example:
+
+    >>> weighting = MinMaxWeighting(step_size=0.02, gamma=5.0)
+    >>> model = MultiTaskModel(base_model, weighting=weighting)
+    """
+
+    def __init__(self, step_size=0.02, gamma=5.0, update_every=1, update_on="step",
+                 ascent="projected", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(
+                f"Argument `update_every` must be an integer >= 1. Received: update_every={update_every!r}"
+            )
+        if update_on not in UPDATE_UNITS:
+            raise ValueError(
+                f"Argument `update_on` must be one of {list(UPDATE_UNITS)}. Received: update_on={update_on!r}"
+            )
+        self.rule = _resolve_ascent(ascent, step_size, gamma)
+        self.step_size = self.rule.step_size
+        self.gamma = self.rule.gamma
+        self.update_every = update_every
+        self.update_on = update_on
+        self.ascent = ascent if isinstance(ascent, str) else keras.saving.serialize_keras_object(self.rule)
+
+    def build(self, input_shape):
+        k = int(input_shape[-1])
+        self._task_weights = self.state_variable(
+            "task_weights", (k,), keras.initializers.Constant(1.0 / k)
+        )
+        super().build(input_shape)
+
+    @property
+    def task_weights(self):
+        """The `tf.Variable` of task weights, on the simplex."""
+        return self._task_weights
+
+    def should_update(self, clock):
+        """Whether the ascent step runs at this point of training (a bool tensor)."""
+        every = tf.constant(self.update_every, tf.int64)
+        if self.update_on == "step":
+            return tf.equal(tf.math.floormod(clock.step, every), 0)
+        return tf.logical_and(clock.epoch_start, tf.equal(tf.math.floormod(clock.epoch, every), 0))
+
+    def on_step_end(self, losses, clock):
+        current = self._task_weights
+        proposal = self.rule(tf.convert_to_tensor(current), tf.cast(losses, current.dtype))
+        # Assigned unconditionally (no tf.cond) so that it is valid in replica context.
+        self._task_weights.assign(tf.where(self.should_update(clock), proposal, current))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            step_size=self.step_size,
+            gamma=self.gamma,
+            update_every=self.update_every,
+            update_on=self.update_on,
+            ascent=self.ascent,
+        )
+        return config

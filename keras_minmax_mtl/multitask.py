@@ -1,0 +1,549 @@
+r"""`MultiTaskModel` and `MinMaxMultiTask`: one training path, many weightings.
+
+`MultiTaskModel` wraps a Functional multi-output `tf_keras` model whose output
+layers are named after the tasks, and trains it on
+
+.. math::
+
+    \text{scale}\cdot \sum_i w_i L_i(\theta) \;+\; \text{regularisation losses}
+
+where the task weights ``w`` come from a `TaskWeighting` strategy. Only the
+strategy differs between min-max, equal weighting, uncertainty weighting and
+DWA, so comparisons between them are fair. `MinMaxMultiTask` is the model
+with the min-max strategy and its hyper-parameters as constructor arguments.
+"""
+import inspect
+import re
+
+import tensorflow as tf
+
+from keras_minmax_mtl._keras import keras, register, require_functional
+from keras_minmax_mtl.minmax import MinMaxWeighting
+from keras_minmax_mtl.weighting import EqualWeighting, TaskWeighting, TrainingClock
+
+__all__ = ["MultiTaskModel", "MinMaxMultiTask", "NonFiniteLossError"]
+
+_NON_FINITE = "Non-finite loss"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task loss became NaN or infinite during `fit`; the message names the task and step."""
+
+# Metric names for which a smaller value is better; for the others (accuracy,
+# AUC, IoU, precision, recall...) the worst task is the one with the smallest value.
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "crossentropy",
+                    "hinge", "divergence", "poisson", "cosine_similarity_loss")
+
+
+def _as_list(metrics):
+    if metrics is None:
+        return []
+    if isinstance(metrics, (list, tuple)):
+        return list(metrics)
+    return [metrics]
+
+
+def _lower_is_better(metric_name):
+    return any(token in metric_name for token in _LOWER_IS_BETTER)
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Tells the model where each epoch begins (for per-epoch weighting rules)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._owner = model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._owner.start_epoch()
+
+
+@register
+class MultiTaskModel(keras.Model):
+    r"""A multi-output model trained on a weighted sum of its task losses.
+
+    Each train step computes every task's loss (averaged over the global batch,
+    across replicas), takes one optimizer step on
+    ``scale · Σ_i w_i L_i + Σ regularisation losses`` (the regularisation is not
+    weighted) with the weights held fixed, then lets the weighting strategy
+    update its weights from the detached losses.
+
+    Logs at every step: `loss` (the weighted objective), `{task}_loss`,
+    `{task}_weight` and, for each metric, `{task}_{metric}`; `worst_loss` and
+    `worst_{metric}` report the worst task (largest loss, smallest accuracy)
+    among the tasks that have that metric (when at least two have it).
+    `evaluate` reports the same (without weights).
+
+    Args:
+        base_model: a Functional `tf_keras` model whose output layers are named
+            after the tasks (`base_model.output_names` are the task names, in
+            order). A single-output model is allowed: with one task the weight is
+            always 1 and the model trains like the base model.
+        weighting: a `TaskWeighting`. Defaults to `EqualWeighting()`.
+        scale: multiplies the weighted sum. The weights sum to 1, so with
+            ``scale=1`` the effective learning rate of the network is `K` times
+            smaller than with the plain sum of the task losses; pass
+            `"num_tasks"` (or `K`) to keep a learning rate tuned for that sum.
+            Defaults to `1.0`.
+        normalize_losses: divide each task's loss by its value on the first
+            train step, so tasks with losses of different units (cross-entropy,
+            depth L1, angles) compete on equal terms. Defaults to `False`.
+
+    Example:
+
+    >>> model = MultiTaskModel(base_model, weighting=EqualWeighting(), scale="num_tasks")
+    >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+    ...               metrics=["accuracy"])
+    >>> model.fit(dataset, epochs=5)
+    """
+
+    def __init__(self, base_model, weighting=None, scale=1.0, normalize_losses=False, **kwargs):
+        super().__init__(**kwargs)
+        require_functional(base_model, "base_model")
+        if weighting is None:
+            weighting = EqualWeighting()
+        if not isinstance(weighting, TaskWeighting):
+            raise TypeError(
+                "Argument `weighting` must be a `TaskWeighting` (e.g. MinMaxWeighting(), "
+                f"EqualWeighting(), UncertaintyWeighting(), DynamicWeightAverage()). "
+                f"Received: weighting={weighting!r}"
+            )
+        names = list(base_model.output_names)
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "Argument `base_model` must have one uniquely named output layer per task. "
+                f"Received output names: {names}"
+            )
+        self.base_model = base_model
+        self.num_tasks = len(names)
+        if scale == "num_tasks":
+            scale_value = float(self.num_tasks)
+        elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+            scale_value = float(scale)
+        else:
+            raise ValueError(
+                f"Argument `scale` must be a number > 0 or 'num_tasks'. Received: scale={scale!r}"
+            )
+        self.scale = scale
+        self._scale_value = scale_value
+        self.normalize_losses = bool(normalize_losses)
+        self.weighting = weighting
+        if not weighting.built:
+            weighting.build((self.num_tasks,))
+        elif weighting.num_tasks != self.num_tasks:
+            raise ValueError(
+                f"Argument `weighting` was built for {weighting.num_tasks} tasks but the model has "
+                f"{self.num_tasks}: {names}."
+            )
+        state = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.train_step_counter = self.add_weight(
+            name="train_step_counter", shape=(), dtype="int64", initializer="zeros", **state)
+        self.epoch_counter = self.add_weight(
+            name="epoch_counter", shape=(), dtype="int64", initializer="zeros", **state)
+        self._epoch_start = self.add_weight(
+            name="epoch_start", shape=(), dtype="bool", initializer="zeros", **state)
+        self.initial_losses = self.add_weight(
+            name="initial_losses", shape=(self.num_tasks,), initializer="zeros", **state)
+        self._task_losses = None
+        self._task_metrics = {}
+        self._trackers = {}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def task_names(self):
+        """The task names, in order: the base model's output names."""
+        return list(self.base_model.output_names)
+
+    @property
+    def task_weights(self):
+        """The task weights of the strategy, shape `(K,)` (before `scale`)."""
+        return self.weighting.task_weights
+
+    def start_epoch(self):
+        """Marks the next train step as the first of an epoch.
+
+        `fit` calls it at every epoch; call it yourself only in a custom
+        training loop with per-epoch weighting rules.
+        """
+        self._epoch_start.assign(True)
+
+    def call(self, inputs, training=None):
+        outputs = self.base_model(inputs, training=training)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return dict(zip(self.task_names, outputs))
+
+    # ---------------------------------------------------------------- compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, **kwargs):
+        """Configures the model as `keras.Model.compile` does.
+
+        Args:
+            optimizer: the network optimizer (task weights are never in it).
+            loss: a dict `{task: loss}` with exactly the task names as keys, a
+                list in task order, or one loss used for every task.
+            metrics: a dict `{task: [metrics]}`, or a list used for every task.
+                `"accuracy"` resolves to the accuracy that fits the task's loss.
+            loss_weights: refused: the task weights are learned.
+            weighted_metrics: not supported yet; refused.
+            **kwargs: passed to `keras.Model.compile` (`run_eagerly`,
+                `steps_per_execution`, `jit_compile`).
+        """
+        if loss_weights is not None:
+            raise ValueError(
+                f"Argument `loss_weights` is not accepted by {type(self).__name__}: the task "
+                f"weights are set by its weighting strategy ({type(self.weighting).__name__}). "
+                f"Received: loss_weights={loss_weights!r}"
+            )
+        if weighted_metrics is not None:
+            raise ValueError(
+                f"Argument `weighted_metrics` is not supported by {type(self).__name__}; metrics "
+                f"use the sample weights given to `fit`. Received: weighted_metrics={weighted_metrics!r}"
+            )
+        if loss is None:
+            raise ValueError(
+                f"Argument `loss` is required: a dict {{task: loss}} with the task names "
+                f"{self.task_names} as keys. Received: loss=None"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        with self.distribute_strategy.scope():
+            self._task_losses = {t: keras.losses.get(l) for t, l in self._per_task("loss", loss).items()}
+            self._task_metrics = {
+                t: [self._resolve_metric(t, m) for m in _as_list(ms)]
+                for t, ms in self._per_task("metrics", metrics or {}).items()
+            }
+            self._trackers = {"loss": keras.metrics.Mean(name="loss")}
+            for t in self.task_names:
+                self._trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
+        self._task_compile_config = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        if self._is_compiled and self._task_losses is not None:
+            return keras.saving.serialize_keras_object(self._task_compile_config)
+        return None
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if isinstance(self.optimizer, keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _per_task(self, argument, value):
+        """Maps a per-task argument (dict, list in task order, or shared) to a dict."""
+        if isinstance(value, dict):
+            if set(value) != set(self.task_names):
+                if argument == "metrics" and set(value) <= set(self.task_names):
+                    return {t: value.get(t) for t in self.task_names}
+                raise ValueError(
+                    f"Argument `{argument}` must have exactly the task names as keys. "
+                    f"Received keys: {sorted(value)}; task names (the base model's output "
+                    f"names): {self.task_names}."
+                )
+            return {t: value[t] for t in self.task_names}
+        if argument == "loss" and isinstance(value, (list, tuple)):
+            if len(value) != self.num_tasks:
+                raise ValueError(
+                    f"Argument `loss` given as a list must have one entry per task "
+                    f"({self.task_names}). Received {len(value)} entries: {value!r}"
+                )
+            return dict(zip(self.task_names, value))
+        return {t: value for t in self.task_names}
+
+    def _resolve_metric(self, task, spec):
+        if isinstance(spec, str) and spec in ("accuracy", "acc"):
+            index = self.task_names.index(task)
+            units = self.base_model.outputs[index].shape[-1]
+            loss_name = getattr(self._task_losses[task], "__name__", None) or getattr(
+                self._task_losses[task], "name", "")
+            if units == 1:
+                metric = keras.metrics.BinaryAccuracy()
+            elif "sparse" in str(loss_name):
+                metric = keras.metrics.SparseCategoricalAccuracy()
+            else:
+                metric = keras.metrics.CategoricalAccuracy()
+            base_name = "accuracy"
+        else:
+            metric = keras.metrics.get(spec)
+            if isinstance(metric, keras.metrics.Metric):
+                base_name = metric.name
+                metric = type(metric).from_config(metric.get_config())
+            else:
+                base_name = getattr(metric, "__name__", str(spec))
+                metric = keras.metrics.MeanMetricWrapper(metric)
+            if isinstance(spec, str):
+                base_name = spec
+        metric._name = f"{task}_{base_name}"
+        metric._base_name = base_name
+        return metric
+
+    def _metric_tasks(self):
+        """`{metric: [tasks reporting it]}` for the metrics of which a worst task is logged:
+        those of at least two tasks (or of the only task)."""
+        tasks_of = {}
+        for task in self.task_names:
+            for metric in self._task_metrics.get(task, []):
+                tasks_of.setdefault(metric._base_name, []).append(task)
+        return {name: tasks for name, tasks in sorted(tasks_of.items())
+                if len(tasks) >= min(2, self.num_tasks)}
+
+    @property
+    def metrics(self):
+        metrics = list(self._trackers.values())
+        for task_metrics in self._task_metrics.values():
+            metrics.extend(task_metrics)
+        return metrics
+
+    # ------------------------------------------------------------- the steps
+    def _as_task_dict(self, value, argument):
+        if value is None:
+            return {t: None for t in self.task_names}
+        if isinstance(value, dict):
+            if set(value) != set(self.task_names):
+                raise ValueError(
+                    f"The {argument} must be a dict keyed by the task names. Received keys: "
+                    f"{sorted(value)}; task names: {self.task_names}."
+                )
+            return value
+        if isinstance(value, (list, tuple)):
+            if len(value) != self.num_tasks:
+                raise ValueError(
+                    f"The {argument} given as a list must have one entry per task "
+                    f"({self.task_names}). Received {len(value)} entries."
+                )
+            return dict(zip(self.task_names, value))
+        if argument == "targets" and self.num_tasks > 1:
+            raise ValueError(
+                f"The targets must be a dict keyed by the task names {self.task_names} (or a "
+                f"list in that order). Received a single tensor."
+            )
+        return {t: value for t in self.task_names}
+
+    def _compute_task_losses(self, y, y_pred, sample_weight):
+        """Per-task losses: this replica's share of the global-batch mean, and the global mean.
+
+        Returns two `(K,)` tensors, `local` (to differentiate: its sum over
+        replicas is the global mean) and `global_` (all-reduced, identical on
+        every replica).
+        """
+        if self._task_losses is None:
+            raise RuntimeError("You must call `compile()` before training or evaluating the model.")
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        local = []
+        for task in self.task_names:
+            loss_fn = self._task_losses[task]
+            y_true, pred = y[task], y_pred[task]
+            if isinstance(loss_fn, keras.losses.Loss):
+                per_sample = loss_fn.call(y_true, pred)
+            else:
+                per_sample = loss_fn(y_true, pred)
+            per_sample = tf.cast(per_sample, tf.float32)
+            if per_sample.shape.rank and per_sample.shape.rank > 1:
+                per_sample = tf.reduce_mean(per_sample, axis=list(range(1, per_sample.shape.rank)))
+            weight = sample_weight[task]
+            if weight is not None:
+                weight = tf.cast(tf.reshape(weight, [-1]), per_sample.dtype)
+            batch = tf.cast(tf.shape(per_sample)[0] * replicas, per_sample.dtype)
+            total = tf.reduce_sum(per_sample * weight if weight is not None else per_sample)
+            local.append(total / tf.maximum(batch, 1.0))
+        local = tf.stack(local)
+        context = tf.distribute.get_replica_context()
+        global_ = context.all_reduce(tf.distribute.ReduceOp.SUM, local) if context else local
+        return local, global_
+
+    def _normalize(self, local, global_, training):
+        if not self.normalize_losses:
+            return local, global_
+        if training:
+            first = tf.equal(self.train_step_counter, 0)
+            self.initial_losses.assign(tf.where(first, tf.stop_gradient(global_), self.initial_losses))
+        reference = tf.maximum(self.initial_losses, 1e-12)
+        return local / reference, global_ / reference
+
+    def _clock(self):
+        return TrainingClock(step=self.train_step_counter.read_value(),
+                             epoch=self.epoch_counter.read_value(),
+                             epoch_start=self._epoch_start.read_value())
+
+    def _finite_check(self, global_losses, step):
+        finite = tf.math.is_finite(global_losses)
+        bad = tf.strings.reduce_join(
+            tf.boolean_mask(tf.constant(self.task_names), tf.logical_not(finite)), separator=", ")
+        message = tf.strings.join([
+            _NON_FINITE, " for task(s) [", bad, "] at training step ", tf.strings.as_string(step),
+            " (0-based); task losses [",
+            tf.strings.reduce_join(tf.strings.as_string(global_losses), separator=", "),
+            f"] for tasks [{', '.join(self.task_names)}]. Training stopped before updating the "
+            "network or the task weights, which keep their last valid values.",
+        ])
+        return tf.debugging.Assert(tf.reduce_all(finite), [message])
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._as_task_dict(y, "targets")
+        sample_weight = self._as_task_dict(sample_weight, "sample weights")
+        # A new epoch begins: advance the epoch counter (not on the very first epoch).
+        started = self._epoch_start.read_value()
+        self.epoch_counter.assign_add(tf.cast(
+            tf.logical_and(started, self.train_step_counter > 0), tf.int64))
+        clock = self._clock()
+        self.weighting.on_step_begin(clock)
+        replica_fraction = 1.0 / self.distribute_strategy.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            local, global_ = self._compute_task_losses(y, y_pred, sample_weight)
+            check = self._finite_check(global_, clock.step)
+            local, global_ = self._normalize(local, global_, training=True)
+            objective = self._scale_value * self.weighting.descent_loss(local, replica_fraction)
+            if self.losses:
+                objective += tf.add_n(self.losses) * replica_fraction
+        with tf.control_dependencies([check]):
+            variables = self.trainable_variables
+            gradients = tape.gradient(objective, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            self.weighting.on_step_end(tf.stop_gradient(global_), clock)
+            self.train_step_counter.assign_add(1)
+            self._epoch_start.assign(False)
+        return self._update_metrics(y, y_pred, sample_weight, global_, with_weights=True)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._as_task_dict(y, "targets")
+        sample_weight = self._as_task_dict(sample_weight, "sample weights")
+        y_pred = self(x, training=False)
+        _, global_ = self._compute_task_losses(y, y_pred, sample_weight)
+        _, global_ = self._normalize(global_, global_, training=False)
+        return self._update_metrics(y, y_pred, sample_weight, global_, with_weights=False)
+
+    def _update_metrics(self, y, y_pred, sample_weight, global_losses, with_weights):
+        """Updates the trackers and metrics and returns the logs of this step."""
+        raw = global_losses
+        if self.normalize_losses:
+            raw = global_losses * tf.maximum(self.initial_losses, 1e-12)
+        objective = self._scale_value * self.weighting.descent_loss(global_losses)
+        if self.losses:
+            objective += tf.add_n(self.losses)
+        self._trackers["loss"].update_state(objective)
+        for i, task in enumerate(self.task_names):
+            self._trackers[f"{task}_loss"].update_state(raw[i])
+            for metric in self._task_metrics.get(task, []):
+                metric.update_state(y[task], y_pred[task], sample_weight[task])
+        logs = {m.name: m.result() for m in self.metrics}
+        logs["worst_loss"] = tf.reduce_max(tf.stack([logs[f"{t}_loss"] for t in self.task_names]))
+        for base_name, tasks in self._metric_tasks().items():
+            values = tf.stack([logs[f"{t}_{base_name}"] for t in tasks])
+            reduce = tf.reduce_max if _lower_is_better(base_name) else tf.reduce_min
+            logs[f"worst_{base_name}"] = reduce(values)
+        if with_weights:
+            weights = tf.convert_to_tensor(self.weighting.task_weights)
+            for i, task in enumerate(self.task_names):
+                logs[f"{task}_weight"] = weights[i]
+        return logs
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, plus an internal callback that marks epoch starts.
+
+        The user's list of callbacks is not modified.
+        """
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        callbacks = bound.arguments.get("callbacks") or []
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks.callbacks)
+        bound.arguments["callbacks"] = [*callbacks, _EpochClock(self)]
+        try:
+            return super().fit(*bound.args[1:], **bound.kwargs)
+        except tf.errors.InvalidArgumentError as error:
+            found = re.search(rf"({_NON_FINITE} for task.*?last valid values\.)", error.message)
+            if found is None:
+                raise
+            raise NonFiniteLossError(found.group(1)) from error
+
+    # --------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            "name": self.name,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "weighting": keras.saving.serialize_keras_object(self.weighting),
+            "scale": self.scale,
+            "normalize_losses": self.normalize_losses,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["base_model"] = keras.saving.deserialize_keras_object(
+            config["base_model"], custom_objects=custom_objects)
+        if "weighting" in config:
+            config["weighting"] = keras.saving.deserialize_keras_object(
+                config["weighting"], custom_objects=custom_objects)
+        return cls(**config)
+
+
+@register
+class MinMaxMultiTask(MultiTaskModel):
+    r"""Multi-task model trained by min-max optimisation (Guo et al., 2025).
+
+    .. math::
+
+        \min_\theta \max_{w \in \Delta_K}\ \text{scale}\cdot\sum_i w_i L_i(\theta)
+        - \frac{\gamma}{2}\|w - \tfrac{1}{K}\|^2
+
+    Every train step: one optimizer step on the network for ``Σ w_i L_i`` with
+    `w` fixed; then, every `update_every` steps (or epochs), the ascent step
+    ``w ← Π_Δ(w + step_size·(L − γ(w − 1/K)))`` with the detached losses of
+    the batch, so the task that is doing worst gains weight. The weights start
+    at ``1/K``; for fixed losses they converge to ``Π_Δ(1/K + L/γ)``.
+
+    `task_weights` is a non-trainable `tf.Variable` (never in the network
+    optimizer), saved and restored with the model and identical on every
+    replica under `tf.distribute`.
+
+    Args:
+        base_model: a Functional `tf_keras` model whose output layers are named
+            after the tasks.
+        step_size: the ascent step ``1/β``, `> 0`. Defaults to `0.02` (the
+            paper's ``β = 50``; it uses ``β = 10`` with dynamic sparse training).
+        gamma: pull towards uniform weights, `>= 0`. Defaults to `5.0`.
+        update_every: ascent every this many steps (or epochs). Defaults to `1`.
+        update_on: `"step"` or `"epoch"` (first batch of the epoch, as in the
+            authors' code). Defaults to `"step"`.
+        ascent: `"projected"` (the paper) or `"exponentiated"` (Group DRO's
+            multiplicative weights). Defaults to `"projected"`.
+        scale: `1.0` (weights sum to 1, as in the paper) or `"num_tasks"` to
+            keep learning rates tuned for the plain sum of the task losses.
+            Defaults to `1.0`.
+        normalize_losses: divide each loss by its first-step value (for losses
+            of different units). Defaults to `False`.
+
+    Example:
+
+    >>> model = MinMaxMultiTask(base_model, step_size=0.02, gamma=5.0)
+    >>> model.compile(optimizer="adam",
+    ...               loss={"left": "sparse_categorical_crossentropy", ...},
+    ...               metrics={"left": ["accuracy"], ...})
+    >>> model.fit(train, epochs=10)
+    >>> model.task_weights.numpy()  # on the simplex
+    """
+
+    def __init__(self, base_model, step_size=0.02, gamma=5.0, update_every=1, update_on="step",
+                 ascent="projected", scale=1.0, normalize_losses=False, **kwargs):
+        kwargs.pop("weighting", None)
+        weighting = MinMaxWeighting(step_size=step_size, gamma=gamma, update_every=update_every,
+                                    update_on=update_on, ascent=ascent, name="minmax_weighting")
+        super().__init__(base_model, weighting=weighting, scale=scale,
+                         normalize_losses=normalize_losses, **kwargs)
+
+    def get_config(self):
+        w = self.weighting
+        return {
+            "name": self.name,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "step_size": w.step_size,
+            "gamma": w.gamma,
+            "update_every": w.update_every,
+            "update_on": w.update_on,
+            "ascent": w.ascent,
+            "scale": self.scale,
+            "normalize_losses": self.normalize_losses,
+        }

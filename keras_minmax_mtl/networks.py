@@ -1,0 +1,195 @@
+"""Small reference networks for the benchmarks of the package.
+
+`multi_digits_network` builds the hard-parameter-sharing network used with
+`keras_minmax_mtl.datasets.multi_digits`: a shared convolutional trunk and one
+small dense head per task, as a Functional `tf_keras` model whose outputs are
+named after the tasks.
+
+Example:
+
+>>> from keras_minmax_mtl.networks import multi_digits_network
+>>> model = multi_digits_network(seed=0)
+>>> model.output_names
+['left', 'right', 'sum']
+"""
+import numbers
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.datasets import CANVAS_COLS, CANVAS_ROWS, MULTI_DIGITS_TASKS
+
+__all__ = ["multi_digits_network"]
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(value, name):
+    if not _is_int(value) or value <= 0:
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_tasks(tasks):
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError(
+            "Argument `tasks` must be a non-empty mapping from task name to number "
+            f"of classes, e.g. {MULTI_DIGITS_TASKS}. Received: tasks={tasks!r}"
+        )
+    checked = {}
+    for task, n_classes in tasks.items():
+        if not isinstance(task, str) or not task:
+            raise ValueError(
+                "Argument `tasks` must have non-empty string keys (the task names, "
+                f"used as output layer names). Received the key {task!r} in "
+                f"tasks={tasks!r}"
+            )
+        if not _is_int(n_classes) or n_classes < 2:
+            raise ValueError(
+                "Argument `tasks` must map every task to an integer number of "
+                f"classes >= 2. Received: tasks[{task!r}]={n_classes!r}"
+            )
+        checked[task] = int(n_classes)
+    return checked
+
+
+def _check_filters(trunk_filters):
+    if (
+        not isinstance(trunk_filters, Sequence)
+        or isinstance(trunk_filters, str)
+        or not trunk_filters
+        or not all(_is_int(f) and f > 0 for f in trunk_filters)
+    ):
+        raise ValueError(
+            "Argument `trunk_filters` must be a non-empty sequence of positive "
+            f"integers (one Conv2D layer each). Received: trunk_filters={trunk_filters!r}"
+        )
+    return tuple(int(f) for f in trunk_filters)
+
+
+def multi_digits_network(
+    tasks=MULTI_DIGITS_TASKS,
+    trunk_filters=(16, 32),
+    trunk_units=64,
+    head_units=32,
+    seed=0,
+    name="multi_digits_net",
+):
+    """Builds a shared-trunk, multi-head classifier for MultiDigits canvases.
+
+    Architecture: `Input((12, 16, 1), name="image")`, then the shared trunk,
+    one `Conv2D(f, 3, activation="relu", padding="same")` per entry of
+    `trunk_filters` (named `trunk_conv1`, `trunk_conv2`, ...),
+    `MaxPooling2D(2)` (`trunk_pool`), `Flatten` (`trunk_flatten`) and
+    `Dense(trunk_units, activation="relu")` (`trunk_dense`); then, for each
+    task in order, `Dense(head_units, activation="relu")` named
+    `f"{task}_hidden"` and `Dense(n_classes, activation="softmax")` named
+    `task`. The model's `output_names` are thus the task names, in order, so
+    it trains directly on `(x, {task: labels})` data with one
+    `sparse_categorical_crossentropy` loss per output.
+
+    Kernels use Glorot-uniform initializers whose seeds are derived from
+    `seed` and the layer's position, and biases start at zero: the same
+    arguments always give identical weights.
+
+    Args:
+        tasks: mapping from task name to number of classes (>= 2), in output
+            order. Defaults to `MULTI_DIGITS_TASKS`
+            (`{"left": 10, "right": 10, "sum": 19}`).
+        trunk_filters: non-empty sequence of positive filter counts, one
+            3x3 convolution each. Defaults to `(16, 32)`.
+        trunk_units: positive width of the shared dense layer. Defaults to
+            `64`.
+        head_units: positive width of each task's hidden layer. Defaults to
+            `32`.
+        seed: non-negative integer seed of the initial weights. Defaults to
+            `0`.
+        name: name of the model. Defaults to `"multi_digits_net"`.
+
+    Returns:
+        An uncompiled Functional `keras.Model` (from `tf_keras`) with one
+        input `"image"` of shape `(None, 12, 16, 1)` and one softmax output
+        per task, of shape `(None, n_classes)`.
+
+    Raises:
+        ValueError: if `tasks` is empty or malformed, a task name collides
+            with another layer's name, `trunk_filters`, `trunk_units` or
+            `head_units` is not positive, or `seed` is not a non-negative
+            integer.
+
+    Example:
+
+    >>> from keras_minmax_mtl._keras import keras
+    >>> model = multi_digits_network(seed=0)
+    >>> model.compile(
+    ...     optimizer=keras.optimizers.Adam(1e-3),
+    ...     loss={task: "sparse_categorical_crossentropy" for task in model.output_names},
+    ...     metrics={task: "accuracy" for task in model.output_names},
+    ... )
+    >>> [tuple(o.shape) for o in model.outputs]
+    [(None, 10), (None, 10), (None, 19)]
+    """
+    tasks = _check_tasks(tasks)
+    trunk_filters = _check_filters(trunk_filters)
+    trunk_units = _check_positive_int(trunk_units, "trunk_units")
+    head_units = _check_positive_int(head_units, "head_units")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(
+            f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
+        )
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"Argument `name` must be a non-empty string. Received: name={name!r}"
+        )
+
+    conv_names = [f"trunk_conv{i + 1}" for i in range(len(trunk_filters))]
+    trunk_names = ["image", *conv_names, "trunk_pool", "trunk_flatten", "trunk_dense"]
+    head_names = [n for task in tasks for n in (f"{task}_hidden", task)]
+    all_names = trunk_names + head_names
+    duplicates = sorted({n for n in all_names if all_names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            "Argument `tasks` has task names that collide with other layer names "
+            f"{duplicates}: a task named T gets the layers 'T_hidden' and 'T', and the "
+            f"trunk uses {trunk_names}. Received: tasks={tasks!r}"
+        )
+
+    # One independent 31-bit seed per kernel, derived from `seed`.
+    n_kernels = len(trunk_filters) + 1 + 2 * len(tasks)
+    kernel_seeds = iter(
+        int(s) for s in np.random.SeedSequence(int(seed)).generate_state(n_kernels) >> 1
+    )
+
+    def init():
+        return keras.initializers.GlorotUniform(seed=next(kernel_seeds))
+
+    inputs = keras.Input(shape=(CANVAS_ROWS, CANVAS_COLS, 1), name="image")
+    h = inputs
+    for filters, layer_name in zip(trunk_filters, conv_names):
+        h = keras.layers.Conv2D(
+            filters, 3, activation="relu", padding="same",
+            kernel_initializer=init(), name=layer_name,
+        )(h)
+    h = keras.layers.MaxPooling2D(2, name="trunk_pool")(h)
+    h = keras.layers.Flatten(name="trunk_flatten")(h)
+    shared = keras.layers.Dense(
+        trunk_units, activation="relu", kernel_initializer=init(), name="trunk_dense"
+    )(h)
+
+    outputs = []
+    for task, n_classes in tasks.items():
+        z = keras.layers.Dense(
+            head_units, activation="relu", kernel_initializer=init(),
+            name=f"{task}_hidden",
+        )(shared)
+        outputs.append(
+            keras.layers.Dense(
+                n_classes, activation="softmax", kernel_initializer=init(), name=task
+            )(z)
+        )
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
