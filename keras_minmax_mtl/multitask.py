@@ -148,6 +148,9 @@ class MultiTaskModel(keras.Model):
         self._task_losses = None
         self._task_metrics = {}
         self._trackers = {}
+        # Every variable exists now (the base model is built, the strategy and
+        # counters were just created): nothing is left for a first call to build.
+        self.built = base_model.built
 
     # ------------------------------------------------------------------ state
     @property
@@ -293,6 +296,21 @@ class MultiTaskModel(keras.Model):
         for task_metrics in self._task_metrics.values():
             metrics.extend(task_metrics)
         return metrics
+
+    @property
+    def distribute_reduction_method(self):
+        """How `fit` and `evaluate` reduce the per-replica logs: `"first"` unless set.
+
+        Every log of `train_step` and `test_step` is already global (all-reduced
+        losses, cross-replica metric results, mirrored task weights), so Keras'
+        default (`"auto"`, a sum over replicas) would multiply the logs computed
+        on each replica (`{task}_weight`, `worst_*`) by the number of replicas.
+        """
+        return self._distribute_reduction_method or "first"
+
+    @distribute_reduction_method.setter
+    def distribute_reduction_method(self, value):
+        self._distribute_reduction_method = value
 
     # ------------------------------------------------------------- the steps
     def _as_task_dict(self, value, argument):
