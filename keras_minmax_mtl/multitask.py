@@ -47,6 +47,19 @@ def _lower_is_better(metric_name):
     return any(token in metric_name for token in _LOWER_IS_BETTER)
 
 
+class _Compiled:
+    """What `compile` set up: the task losses, metrics and loss trackers.
+
+    A plain object, so that Keras does not track the metrics as layers of the
+    model: their variables stay out of `model.weights`, as with `keras.Model`.
+    """
+
+    def __init__(self, losses, metrics, trackers):
+        self.losses = losses
+        self.metrics = metrics
+        self.trackers = trackers
+
+
 class _EpochClock(keras.callbacks.Callback):
     """Tells the model where each epoch begins (for per-epoch weighting rules)."""
 
@@ -68,8 +81,9 @@ class MultiTaskModel(keras.Model):
     weighted) with the weights held fixed, then lets the weighting strategy
     update its weights from the detached losses.
 
-    Logs at every step: `loss` (the weighted objective), `{task}_loss`,
-    `{task}_weight` and, for each metric, `{task}_{metric}`; `worst_loss` and
+    Logs at every step: `loss` (the weighted objective that the step
+    minimised), `{task}_loss`, `{task}_weight` (the weights after the step's
+    update) and, for each metric, `{task}_{metric}`; `worst_loss` and
     `worst_{metric}` report the worst task (largest loss, smallest accuracy)
     among the tasks that have that metric (when at least two have it).
     `evaluate` reports the same (without weights).
@@ -145,9 +159,7 @@ class MultiTaskModel(keras.Model):
             name="epoch_start", shape=(), dtype="bool", initializer="zeros", **state)
         self.initial_losses = self.add_weight(
             name="initial_losses", shape=(self.num_tasks,), initializer="zeros", **state)
-        self._task_losses = None
-        self._task_metrics = {}
-        self._trackers = {}
+        self._compiled = None
         # Every variable exists now (the base model is built, the strategy and
         # counters were just created): nothing is left for a first call to build.
         self.built = base_model.built
@@ -209,20 +221,23 @@ class MultiTaskModel(keras.Model):
                 f"Argument `loss` is required: a dict {{task: loss}} with the task names "
                 f"{self.task_names} as keys. Received: loss=None"
             )
+        # Everything is validated before anything of the model changes.
+        task_losses = {t: keras.losses.get(l) for t, l in self._per_task("loss", loss).items()}
+        metric_specs = self._per_task("metrics", metrics or {})
         super().compile(optimizer=optimizer, **kwargs)
         with self.distribute_strategy.scope():
-            self._task_losses = {t: keras.losses.get(l) for t, l in self._per_task("loss", loss).items()}
-            self._task_metrics = {
-                t: [self._resolve_metric(t, m) for m in _as_list(ms)]
-                for t, ms in self._per_task("metrics", metrics or {}).items()
+            task_metrics = {
+                t: [self._resolve_metric(t, m, task_losses[t]) for m in _as_list(ms)]
+                for t, ms in metric_specs.items()
             }
-            self._trackers = {"loss": keras.metrics.Mean(name="loss")}
+            trackers = {"loss": keras.metrics.Mean(name="loss")}
             for t in self.task_names:
-                self._trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
+                trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
+        self._compiled = _Compiled(task_losses, task_metrics, trackers)
         self._task_compile_config = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
-        if self._is_compiled and self._task_losses is not None:
+        if self._is_compiled and self._compiled is not None:
             return keras.saving.serialize_keras_object(self._task_compile_config)
         return None
 
@@ -253,12 +268,11 @@ class MultiTaskModel(keras.Model):
             return dict(zip(self.task_names, value))
         return {t: value for t in self.task_names}
 
-    def _resolve_metric(self, task, spec):
+    def _resolve_metric(self, task, spec, loss):
         if isinstance(spec, str) and spec in ("accuracy", "acc"):
             index = self.task_names.index(task)
             units = self.base_model.outputs[index].shape[-1]
-            loss_name = getattr(self._task_losses[task], "__name__", None) or getattr(
-                self._task_losses[task], "name", "")
+            loss_name = getattr(loss, "__name__", None) or getattr(loss, "name", "")
             if units == 1:
                 metric = keras.metrics.BinaryAccuracy()
             elif "sparse" in str(loss_name):
@@ -285,15 +299,17 @@ class MultiTaskModel(keras.Model):
         those of at least two tasks (or of the only task)."""
         tasks_of = {}
         for task in self.task_names:
-            for metric in self._task_metrics.get(task, []):
+            for metric in self._compiled.metrics.get(task, []):
                 tasks_of.setdefault(metric._base_name, []).append(task)
         return {name: tasks for name, tasks in sorted(tasks_of.items())
                 if len(tasks) >= min(2, self.num_tasks)}
 
     @property
     def metrics(self):
-        metrics = list(self._trackers.values())
-        for task_metrics in self._task_metrics.values():
+        if self._compiled is None:
+            return []
+        metrics = list(self._compiled.trackers.values())
+        for task_metrics in self._compiled.metrics.values():
             metrics.extend(task_metrics)
         return metrics
 
@@ -340,16 +356,19 @@ class MultiTaskModel(keras.Model):
     def _compute_task_losses(self, y, y_pred, sample_weight):
         """Per-task losses: this replica's share of the global-batch mean, and the global mean.
 
-        Returns two `(K,)` tensors, `local` (to differentiate: its sum over
-        replicas is the global mean) and `global_` (all-reduced, identical on
-        every replica).
+        Returns `(local, global_, count)`: `local`, shape `(K,)`, is what this
+        replica differentiates (its sum over replicas is the global mean);
+        `global_`, shape `(K,)`, the global-batch means, identical on every
+        replica; `count` the number of samples on this replica. The global
+        batch size is summed over replicas, which can hold different numbers
+        of samples (a partial last batch is split unevenly); one all-reduce
+        carries it together with the loss sums.
         """
-        if self._task_losses is None:
+        if self._compiled is None:
             raise RuntimeError("You must call `compile()` before training or evaluating the model.")
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        local = []
+        totals = []
         for task in self.task_names:
-            loss_fn = self._task_losses[task]
+            loss_fn = self._compiled.losses[task]
             y_true, pred = y[task], y_pred[task]
             if isinstance(loss_fn, keras.losses.Loss):
                 per_sample = loss_fn.call(y_true, pred)
@@ -360,14 +379,14 @@ class MultiTaskModel(keras.Model):
                 per_sample = tf.reduce_mean(per_sample, axis=list(range(1, per_sample.shape.rank)))
             weight = sample_weight[task]
             if weight is not None:
-                weight = tf.cast(tf.reshape(weight, [-1]), per_sample.dtype)
-            batch = tf.cast(tf.shape(per_sample)[0] * replicas, per_sample.dtype)
-            total = tf.reduce_sum(per_sample * weight if weight is not None else per_sample)
-            local.append(total / tf.maximum(batch, 1.0))
-        local = tf.stack(local)
+                per_sample = per_sample * tf.cast(tf.reshape(weight, [-1]), per_sample.dtype)
+            totals.append(tf.reduce_sum(per_sample))
+        count = tf.cast(tf.shape(y_pred[self.task_names[0]])[0], tf.float32)
+        local_sums = tf.stack([*totals, count])
         context = tf.distribute.get_replica_context()
-        global_ = context.all_reduce(tf.distribute.ReduceOp.SUM, local) if context else local
-        return local, global_
+        global_sums = context.all_reduce(tf.distribute.ReduceOp.SUM, local_sums) if context else local_sums
+        global_count = tf.maximum(global_sums[-1], 1.0)
+        return local_sums[:-1] / global_count, global_sums[:-1] / global_count, count
 
     def _normalize(self, local, global_, training):
         if not self.normalize_losses:
@@ -409,12 +428,14 @@ class MultiTaskModel(keras.Model):
         replica_fraction = 1.0 / self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            local, global_ = self._compute_task_losses(y, y_pred, sample_weight)
+            local, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
             check = self._finite_check(global_, clock.step)
             local, global_ = self._normalize(local, global_, training=True)
             objective = self._scale_value * self.weighting.descent_loss(local, replica_fraction)
             if self.losses:
                 objective += tf.add_n(self.losses) * replica_fraction
+        # The logged objective: the global one that this step minimised (weights before the ascent).
+        reported = self._global_objective(global_)
         with tf.control_dependencies([check]):
             variables = self.trainable_variables
             gradients = tape.gradient(objective, variables)
@@ -422,29 +443,42 @@ class MultiTaskModel(keras.Model):
             self.weighting.on_step_end(tf.stop_gradient(global_), clock)
             self.train_step_counter.assign_add(1)
             self._epoch_start.assign(False)
-        return self._update_metrics(y, y_pred, sample_weight, global_, with_weights=True)
+        return self._update_metrics(y, y_pred, sample_weight, global_, reported, count,
+                                    with_weights=True)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = self._as_task_dict(y, "targets")
         sample_weight = self._as_task_dict(sample_weight, "sample weights")
         y_pred = self(x, training=False)
-        _, global_ = self._compute_task_losses(y, y_pred, sample_weight)
+        _, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
         _, global_ = self._normalize(global_, global_, training=False)
-        return self._update_metrics(y, y_pred, sample_weight, global_, with_weights=False)
+        return self._update_metrics(y, y_pred, sample_weight, global_,
+                                    self._global_objective(global_), count, with_weights=False)
 
-    def _update_metrics(self, y, y_pred, sample_weight, global_losses, with_weights):
-        """Updates the trackers and metrics and returns the logs of this step."""
-        raw = global_losses
-        if self.normalize_losses:
-            raw = global_losses * tf.maximum(self.initial_losses, 1e-12)
+    def _global_objective(self, global_losses):
+        """``scale · Σ w_i L_i + regularisation`` on the global batch, for the logs."""
         objective = self._scale_value * self.weighting.descent_loss(global_losses)
         if self.losses:
             objective += tf.add_n(self.losses)
-        self._trackers["loss"].update_state(objective)
+        return objective
+
+    def _update_metrics(self, y, y_pred, sample_weight, global_losses, objective, count,
+                        with_weights):
+        """Updates the trackers and metrics and returns the logs of this step.
+
+        The loss trackers are weighted by this replica's number of samples, so
+        that epoch (and `evaluate`) losses are means over samples, as Keras'
+        own loss tracker gives, even with a partial last batch.
+        """
+        raw = global_losses
+        if self.normalize_losses:
+            raw = global_losses * tf.maximum(self.initial_losses, 1e-12)
+        trackers = self._compiled.trackers
+        trackers["loss"].update_state(objective, sample_weight=count)
         for i, task in enumerate(self.task_names):
-            self._trackers[f"{task}_loss"].update_state(raw[i])
-            for metric in self._task_metrics.get(task, []):
+            trackers[f"{task}_loss"].update_state(raw[i], sample_weight=count)
+            for metric in self._compiled.metrics.get(task, []):
                 metric.update_state(y[task], y_pred[task], sample_weight[task])
         logs = {m.name: m.result() for m in self.metrics}
         logs["worst_loss"] = tf.reduce_max(tf.stack([logs[f"{t}_loss"] for t in self.task_names]))

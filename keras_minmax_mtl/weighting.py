@@ -65,6 +65,7 @@ class TaskWeighting(keras.layers.Layer):
 
     def on_step_begin(self, clock):
         """Called before the forward pass of every train step."""
+        del clock  # Nothing to do by default.
 
     def descent_loss(self, losses, replica_fraction=1.0):
         """The scalar the network minimises: ``Σ_i w_i L_i`` with `w` fixed.
@@ -81,6 +82,7 @@ class TaskWeighting(keras.layers.Layer):
 
     def on_step_end(self, losses, clock):
         """Called after the descent step with the global per-task losses (detached)."""
+        del losses, clock  # Nothing to do by default.
 
     def call(self, inputs):
         raise TypeError(f"{type(self).__name__} holds task weights; it is not called on data.")

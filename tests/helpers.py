@@ -1,8 +1,13 @@
 """Tiny seeded models and data shared by the tests."""
+import pathlib
+
 import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl._keras import keras
+
+#: The repository root (tests run from a checkout).
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 LOSSES = {"a": "sparse_categorical_crossentropy", "b": "sparse_categorical_crossentropy",
           "c": "mse"}

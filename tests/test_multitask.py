@@ -90,6 +90,9 @@ def test_every_step_logs_each_task_loss_and_weight():
     model = compiled(kmm.MinMaxMultiTask(tiny_base_model()))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[logger])
     assert len(seen) == 4
+    # The logged objective is the one the step minimised: weights before the ascent (1/3).
+    assert seen[0]["loss"] == pytest.approx(sum(seen[0][f"{t}_loss"] for t in TASKS) / 3, rel=1e-6)
+    assert seen[0]["a_weight"] != pytest.approx(1 / 3)
     for logs in seen:
         for task in TASKS:
             assert f"{task}_loss" in logs and f"{task}_weight" in logs
@@ -176,11 +179,15 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"`loss_weights` is not accepted.*Received: loss_weights"):
             model.compile("sgd", loss={t: LOSSES[t] for t in TASKS}, loss_weights=[1, 1, 1])
 
-    def test_loss_keys_must_match_output_names(self):
-        model = kmm.MinMaxMultiTask(tiny_base_model())
+    def test_loss_keys_must_match_output_names_and_a_failed_compile_changes_nothing(self):
+        model = compiled(kmm.MinMaxMultiTask(tiny_base_model()), lr=0.1)
+        optimizer = model.optimizer
         with pytest.raises(ValueError, match=r"Received keys: \['a', 'b', 'x'\]; task names.*"
                                              r"\['a', 'b', 'c'\]"):
-            model.compile("sgd", loss={"a": "mse", "b": "mse", "x": "mse"})
+            model.compile("adam", loss={"a": "mse", "b": "mse", "x": "mse"})
+        assert model.optimizer is optimizer
+        x, y = tiny_data()
+        assert "a_accuracy" in model.fit(x, y, verbose=0).history
 
     def test_missing_loss(self):
         with pytest.raises(ValueError, match="`loss` is required"):
