@@ -35,6 +35,16 @@ _LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "cros
                     "hinge", "divergence", "poisson", "cosine_similarity_loss")
 
 
+def _task_names(base_model):
+    names = []
+    for name in base_model.output_names:
+        layer = base_model.get_layer(name)
+        while isinstance(layer, keras.layers.Wrapper):
+            layer = layer.layer
+        names.append(layer.name)
+    return names
+
+
 def _as_list(metrics):
     if metrics is None:
         return []
@@ -47,17 +57,40 @@ def _lower_is_better(metric_name):
     return any(token in metric_name for token in _LOWER_IS_BETTER)
 
 
+class _Latest(keras.metrics.Metric):
+    """A log that is a current value, not an average: a task weight, the worst task's metric.
+
+    Being a metric of the model tells the progress bar not to average it over
+    the batches of an epoch.
+    """
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.value = self.add_weight("value", initializer="zeros",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def update_state(self, value):
+        self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self):
+        return tf.identity(self.value)
+
+    def reset_state(self):
+        self.value.assign(0.0)
+
+
 class _Compiled:
-    """What `compile` set up: the task losses, metrics and loss trackers.
+    """What `compile` set up: the task losses, metrics, loss trackers and current-value logs.
 
     A plain object, so that Keras does not track the metrics as layers of the
     model: their variables stay out of `model.weights`, as with `keras.Model`.
     """
 
-    def __init__(self, losses, metrics, trackers):
+    def __init__(self, losses, metrics, trackers, latest):
         self.losses = losses
         self.metrics = metrics
         self.trackers = trackers
+        self.latest = latest
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -122,7 +155,7 @@ class MultiTaskModel(keras.Model):
                 f"EqualWeighting(), UncertaintyWeighting(), DynamicWeightAverage()). "
                 f"Received: weighting={weighting!r}"
             )
-        names = list(base_model.output_names)
+        names = _task_names(base_model)
         if len(set(names)) != len(names):
             raise ValueError(
                 "Argument `base_model` must have one uniquely named output layer per task. "
@@ -167,8 +200,12 @@ class MultiTaskModel(keras.Model):
     # ------------------------------------------------------------------ state
     @property
     def task_names(self):
-        """The task names, in order: the base model's output names."""
-        return list(self.base_model.output_names)
+        """The task names, in order: the names of the base model's output layers.
+
+        An output layer inside a wrapper (such as tfmot's `PruneLowMagnitude`)
+        is named by the layer it wraps, so pruning does not rename the tasks.
+        """
+        return _task_names(self.base_model)
 
     @property
     def task_weights(self):
@@ -233,7 +270,10 @@ class MultiTaskModel(keras.Model):
             trackers = {"loss": keras.metrics.Mean(name="loss")}
             for t in self.task_names:
                 trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
-        self._compiled = _Compiled(task_losses, task_metrics, trackers)
+            self._compiled = _Compiled(task_losses, task_metrics, trackers, latest={})
+            names = ["worst_loss", *(f"worst_{m}" for m in self._metric_tasks()),
+                     *(f"{t}_weight" for t in self.task_names)]
+            self._compiled.latest = {name: _Latest(name) for name in names}
         self._task_compile_config = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
@@ -311,7 +351,7 @@ class MultiTaskModel(keras.Model):
         metrics = list(self._compiled.trackers.values())
         for task_metrics in self._compiled.metrics.values():
             metrics.extend(task_metrics)
-        return metrics
+        return metrics + list(self._compiled.latest.values())
 
     @property
     def distribute_reduction_method(self):
@@ -480,16 +520,19 @@ class MultiTaskModel(keras.Model):
             trackers[f"{task}_loss"].update_state(raw[i], sample_weight=count)
             for metric in self._compiled.metrics.get(task, []):
                 metric.update_state(y[task], y_pred[task], sample_weight[task])
-        logs = {m.name: m.result() for m in self.metrics}
-        logs["worst_loss"] = tf.reduce_max(tf.stack([logs[f"{t}_loss"] for t in self.task_names]))
+        logs = {m.name: m.result() for m in self.metrics if not isinstance(m, _Latest)}
+        latest = {"worst_loss": tf.reduce_max(tf.stack([logs[f"{t}_loss"] for t in self.task_names]))}
         for base_name, tasks in self._metric_tasks().items():
             values = tf.stack([logs[f"{t}_{base_name}"] for t in tasks])
             reduce = tf.reduce_max if _lower_is_better(base_name) else tf.reduce_min
-            logs[f"worst_{base_name}"] = reduce(values)
+            latest[f"worst_{base_name}"] = reduce(values)
         if with_weights:
             weights = tf.convert_to_tensor(self.weighting.task_weights)
             for i, task in enumerate(self.task_names):
-                logs[f"{task}_weight"] = weights[i]
+                latest[f"{task}_weight"] = weights[i]
+        for name, value in latest.items():
+            self._compiled.latest[name].update_state(value)
+            logs[name] = value
         return logs
 
     # ------------------------------------------------------------------- fit

@@ -93,6 +93,9 @@ def test_every_step_logs_each_task_loss_and_weight():
     # The logged objective is the one the step minimised: weights before the ascent (1/3).
     assert seen[0]["loss"] == pytest.approx(sum(seen[0][f"{t}_loss"] for t in TASKS) / 3, rel=1e-6)
     assert seen[0]["a_weight"] != pytest.approx(1 / 3)
+    # Every log is a metric of the model, so the progress bar shows it as it is
+    # rather than averaging it over the epoch's batches.
+    assert set(seen[-1]) <= {m.name for m in model.metrics}
     for logs in seen:
         for task in TASKS:
             assert f"{task}_loss" in logs and f"{task}_weight" in logs

@@ -1,0 +1,172 @@
+"""What every sparsity method shares: tfmot's pruning wrappers, found, measured and stripped.
+
+The sparsity methods of the package (reweighted ℓ1, dynamic sparse training,
+structured pruning) all train models whose layers are wrapped by
+`tfmot.sparsity.keras.prune_low_magnitude`. This module finds those wrappers
+through nested models and through `MultiTaskModel`, measures the sparsity that
+was reached, and strips the wrappers from a *copy* (the user's model is never
+changed), keeping the task weights of a `MultiTaskModel`.
+
+Example:
+
+>>> wrapped = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=...)
+>>> model = MinMaxMultiTask(wrapped)
+>>> ... model.fit(..., callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+>>> sparsity_report(model)["overall"]["sparsity"]
+0.9
+>>> deployable = strip_pruning(model)      # a MinMaxMultiTask without wrappers
+"""
+import numpy as np
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+    PruneLowMagnitude,
+)
+
+from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.multitask import MultiTaskModel
+from keras_minmax_mtl.serialization import custom_objects
+
+__all__ = [
+    "PruneLowMagnitude",
+    "pruning_wrappers",
+    "masked_weights",
+    "sparsity_report",
+    "strip_pruning",
+    "prune_scope",
+    "has_update_pruning_step",
+]
+
+
+def _walk(layer):
+    """Yields every layer under `layer`, depth first, entering nested models."""
+    if isinstance(layer, MultiTaskModel):
+        yield from _walk(layer.base_model)
+        return
+    yield layer
+    if isinstance(layer, PruneLowMagnitude):
+        yield from _walk(layer.layer)
+        return
+    for child in getattr(layer, "layers", None) or []:
+        yield from _walk(child)
+
+
+def pruning_wrappers(model):
+    """The `PruneLowMagnitude` wrappers of `model`, in layer order.
+
+    Enters nested models and the base model of a `MultiTaskModel`.
+    """
+    return [layer for layer in _walk(model) if isinstance(layer, PruneLowMagnitude)]
+
+
+def masked_weights(model):
+    """`{variable.ref(): masked value}` for every pruned weight of `model`.
+
+    The value is ``weight · mask`` as a NumPy array: what the layer computes
+    with, whether or not the last mask update has been written to the weight.
+    """
+    values = {}
+    for wrapper in pruning_wrappers(model):
+        for weight, mask, _ in wrapper.pruning_vars:
+            values[weight.ref()] = weight.numpy() * mask.numpy()
+    return values
+
+
+def sparsity_report(model):
+    """Per-layer and overall sparsity of the pruned weights of `model`.
+
+    Counts the zeros of ``weight · mask`` of every weight a `PruneLowMagnitude`
+    wrapper prunes (the kernels; biases are never pruned by tfmot). A model
+    without wrappers (e.g. after `strip_pruning`) is measured on the kernels of
+    its Dense and convolution layers instead.
+
+    Returns:
+        `{"layers": {name: {"size", "zeros", "sparsity"}}, "overall": {...}}`,
+        where the overall sparsity is the fraction of zeros among all the
+        counted weights together.
+    """
+    layers = {}
+    wrappers = pruning_wrappers(model)
+    if wrappers:
+        for wrapper in wrappers:
+            for weight, mask, _ in wrapper.pruning_vars:
+                values = weight.numpy() * mask.numpy()
+                layers[f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = values
+    else:
+        for layer in _walk(model):
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None and not isinstance(layer, keras.Model):
+                layers[f"{layer.name}/kernel"] = kernel.numpy()
+    report = {}
+    for name, values in layers.items():
+        zeros = int(np.count_nonzero(values == 0))
+        report[name] = {"size": int(values.size), "zeros": zeros,
+                        "sparsity": zeros / values.size if values.size else 0.0}
+    size = sum(r["size"] for r in report.values())
+    zeros = sum(r["zeros"] for r in report.values())
+    return {"layers": report,
+            "overall": {"size": size, "zeros": zeros, "sparsity": zeros / size if size else 0.0}}
+
+
+def _strip_functional(model):
+    """A new Functional model without pruning wrappers, holding the masked weights."""
+    masked = masked_weights(model)
+    # tfmot's strip_pruning returns a model that shares the wrapped layers (and
+    # their variables) with `model`: read the values, then rebuild a copy.
+    shared = tfmot.sparsity.keras.strip_pruning(model)
+    values = [masked.get(v.ref(), None) for v in shared.weights]
+    values = [v.numpy() if value is None else value for v, value in zip(shared.weights, values)]
+    copy = keras.models.clone_model(shared)
+    copy.set_weights(values)
+    return copy
+
+
+def strip_pruning(model):
+    """Returns a copy of `model` without pruning wrappers; `model` is unchanged.
+
+    Accepts a Functional model or a `MultiTaskModel` (such as
+    `MinMaxMultiTask`). For the latter the copy is a model of the same class
+    and configuration whose base model is stripped, with the task-weighting
+    state (task weights, DWA history, UW log-variances) and the step and epoch
+    counters copied over. The copy is not compiled.
+
+    Raises:
+        TypeError: for subclassed models (tfmot cannot rebuild them) and for
+            objects that are not `tf_keras` models.
+    """
+    if isinstance(model, MultiTaskModel):
+        base = _strip_functional(model.base_model)
+        config = model.get_config()
+        config["base_model"] = base
+        if "weighting" in config:
+            config["weighting"] = keras.saving.deserialize_keras_object(config["weighting"])
+        copy = type(model)(**config)
+        for target, source in zip(copy.weighting.weights, model.weighting.weights):
+            target.assign(source)
+        for name in ("train_step_counter", "epoch_counter", "initial_losses"):
+            getattr(copy, name).assign(getattr(model, name))
+        return copy
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise TypeError(
+            "Argument `model` must be a Functional `tf_keras` model or a `MultiTaskModel`. "
+            f"Received: {type(model).__module__}.{type(model).__name__}"
+        )
+    return _strip_functional(model)
+
+
+def prune_scope():
+    """A custom-object scope with tfmot's pruning classes and the package's classes.
+
+    Needed to load a model saved while it still has pruning wrappers:
+
+    >>> with prune_scope():
+    ...     model = tf_keras.models.load_model("pruned.keras")
+    """
+    objects = dict(custom_objects())
+    objects.update({name.split(">", 1)[1]: obj for name, obj in list(objects.items())})
+    objects["PruneLowMagnitude"] = PruneLowMagnitude
+    return keras.saving.custom_object_scope(objects)
+
+
+def has_update_pruning_step(callbacks):
+    """Whether `callbacks` (a list, or `None`) holds tfmot's `UpdatePruningStep`."""
+    return any(isinstance(c, tfmot.sparsity.keras.UpdatePruningStep) for c in callbacks or [])
