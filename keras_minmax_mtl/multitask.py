@@ -545,6 +545,7 @@ class MultiTaskModel(keras.Model):
         callbacks = bound.arguments.get("callbacks") or []
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks.callbacks)
+        self._check_pruning_callbacks(callbacks)
         bound.arguments["callbacks"] = [*callbacks, _EpochClock(self)]
         try:
             return super().fit(*bound.args[1:], **bound.kwargs)
@@ -553,6 +554,23 @@ class MultiTaskModel(keras.Model):
             if found is None:
                 raise
             raise NonFiniteLossError(found.group(1)) from error
+
+    def _check_pruning_callbacks(self, callbacks):
+        """Refuses to fit a model with tfmot pruning wrappers without `UpdatePruningStep`."""
+        pruned = sorted(layer.layer.name for layer in self.base_model.submodules
+                        if isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars"))
+        if not pruned:
+            return
+        # Imported only for models that already hold tfmot wrappers.
+        from tensorflow_model_optimization.sparsity.keras import UpdatePruningStep
+
+        if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
+            raise ValueError(
+                f"This model has tfmot pruning wrappers (on layers {pruned}) but `fit` received "
+                f"no `tfmot.sparsity.keras.UpdatePruningStep()` callback, without which tfmot's "
+                f"pruning step and masks never advance. Add it: "
+                f"`model.fit(..., callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), ...])`."
+            )
 
     # --------------------------------------------------------- serialization
     def get_config(self):

@@ -78,3 +78,15 @@ def test_pruned_model_saves_and_loads_under_prune_scope(tmp_path):
 def test_has_update_pruning_step():
     assert pruning.has_update_pruning_step([tfmot.sparsity.keras.UpdatePruningStep()])
     assert not pruning.has_update_pruning_step(None)
+
+
+def test_fit_without_update_pruning_step_fails_at_start_and_says_what_to_add():
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
+    base = tfmot.sparsity.keras.prune_low_magnitude(tiny_base_model(), pruning_schedule=schedule)
+    model = kmm.MinMaxMultiTask(base)
+    model.compile("sgd", loss={t: LOSSES[t] for t in TASKS})
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match=r"on layers \['a', 'b', 'c', 'trunk'\].*"
+                                         r"UpdatePruningStep\(\)"):
+        model.fit(x, y, verbose=0)
+    assert int(model.train_step_counter.numpy()) == 0
