@@ -127,6 +127,7 @@ from keras_minmax_mtl.ascent import ProjectedGradientAscent  # noqa: E402
 from keras_minmax_mtl.datasets import multi_digits  # noqa: E402
 from keras_minmax_mtl.minmax import MinMaxWeighting  # noqa: E402
 from keras_minmax_mtl.multitask import MinMaxMultiTask, MultiTaskModel  # noqa: E402
+from keras_minmax_mtl.cli import _non_negative_int, _positive_int  # noqa: E402
 from keras_minmax_mtl.networks import multi_digits_network  # noqa: E402
 from keras_minmax_mtl.weighting import EqualWeighting, TrainingClock  # noqa: E402
 
@@ -138,20 +139,6 @@ DEFAULT_OUT = os.path.join("benchmarks", "results", "step_time.json")
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Per-step time ratio of MinMaxMultiTask / MultiTaskModel(EqualWeighting), "
@@ -277,6 +264,14 @@ def run_block(model, iterator, steps, steps_per_execution):
     return elapsed, call_seconds, cpu
 
 
+def _paired_summary(prefix, ratios):
+    """Median, quartiles and IQR of paired ratios, under keys starting with `prefix`."""
+    q1, median, q3 = _quartiles(ratios)
+    return {f"{prefix}paired_ratios": ratios, f"{prefix}paired_ratio_median": median,
+            f"{prefix}paired_ratio_q1": q1, f"{prefix}paired_ratio_q3": q3,
+            f"{prefix}paired_ratio_iqr": q3 - q1}
+
+
 def _quartiles(values):
     q1, median, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
     return float(q1), float(median), float(q3)
@@ -310,9 +305,6 @@ def time_training(models, iterators, args):
     cpu_step = {name: [c / args.steps for c in cpu_blocks[name]] for name in order}
     cpu_median = {name: statistics.median(cpu_step[name]) for name in order}
     paired_cpu = [m / e for m, e in zip(cpu_step["minmax"], cpu_step["ew"])]
-    cq1, cmedian, cq3 = _quartiles(paired_cpu)
-    q1, paired_median, q3 = _quartiles(paired)
-    rq1, rmedian, rq3 = _quartiles(paired_robust)
     ms = lambda values: [1e3 * v for v in values]  # noqa: E731
     return {
         "graph_ops": {name: graph_ops(models[name], iterators[name]) for name in order},
@@ -323,28 +315,16 @@ def time_training(models, iterators, args):
         "median_step_ms": {name: 1e3 * median[name] for name in order},
         "min_block_step_ms": {name: 1e3 * min(block_mean[name]) for name in order},
         "ratio": median["minmax"] / median["ew"],
-        "paired_ratios": paired,
-        "paired_ratio_median": paired_median,
-        "paired_ratio_q1": q1,
-        "paired_ratio_q3": q3,
-        "paired_ratio_iqr": q3 - q1,
+        **_paired_summary("", paired),
         "extra_ms_per_step": 1e3 * (median["minmax"] - median["ew"]),
         "robust_step_ms": {name: 1e3 * robust[name] for name in order},
         "robust_ratio": robust["minmax"] / robust["ew"],
-        "robust_paired_ratios": paired_robust,
-        "robust_paired_ratio_median": rmedian,
-        "robust_paired_ratio_q1": rq1,
-        "robust_paired_ratio_q3": rq3,
-        "robust_paired_ratio_iqr": rq3 - rq1,
+        **_paired_summary("robust_", paired_robust),
         "robust_extra_ms_per_step": 1e3 * (robust["minmax"] - robust["ew"]),
         "block_cpu_seconds": cpu_blocks,
         "cpu_step_ms": {name: 1e3 * cpu_median[name] for name in order},
         "cpu_ratio": cpu_median["minmax"] / cpu_median["ew"],
-        "cpu_paired_ratios": paired_cpu,
-        "cpu_paired_ratio_median": cmedian,
-        "cpu_paired_ratio_q1": cq1,
-        "cpu_paired_ratio_q3": cq3,
-        "cpu_paired_ratio_iqr": cq3 - cq1,
+        **_paired_summary("cpu_", paired_cpu),
     }
 
 
@@ -374,7 +354,6 @@ def time_paired_steps(models, iterators, args):
         if gc_was_enabled:
             gc.enable()
     minmax, ew = np.asarray(seconds["minmax"]), np.asarray(seconds["ew"])
-    q1, paired_median, q3 = _quartiles(minmax / ew)
     return {
         "steps": calls * spe,
         "step_ms": {name: [1e3 * v for v in seconds[name]] for name in order},
@@ -382,10 +361,7 @@ def time_paired_steps(models, iterators, args):
                            "ew": 1e3 * float(np.median(ew))},
         "ratio_of_medians": float(np.median(minmax) / np.median(ew)),
         "ratio_of_means": float(minmax.mean() / ew.mean()),
-        "paired_ratio_median": paired_median,
-        "paired_ratio_q1": q1,
-        "paired_ratio_q3": q3,
-        "paired_ratio_iqr": q3 - q1,
+        **_paired_summary("", (minmax / ew).tolist()),
         "extra_us_per_step": 1e6 * float(np.median(minmax) - np.median(ew)),
     }
 
