@@ -83,6 +83,17 @@ def test_update_on_epoch_updates_on_the_first_batch_of_each_epoch():
     assert int(model.epoch_counter.numpy()) == 2 and int(model.train_step_counter.numpy()) == 12
 
 
+def test_update_every_two_epochs():
+    x, y = tiny_data(n=16)
+    model = compiled(kmm.MinMaxMultiTask(tiny_base_model(), step_size=0.1, update_on="epoch",
+                                         update_every=2), lr=0.0)
+    recorder = WeightRecorder()
+    model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0, callbacks=[recorder])
+    previous = [np.full(3, 1 / 3)] + recorder.history[:-1]
+    changed = [not np.allclose(a, b) for a, b in zip(recorder.history, previous)]
+    assert changed == [True, False, False, False, True, False, False, False, True, False]
+
+
 def test_every_step_logs_each_task_loss_and_weight():
     x, y = tiny_data()
     seen = []
