@@ -286,7 +286,9 @@ def global_sparsities(kernels, target_sparsity):
     Example:
 
     >>> global_sparsities([np.array([1., 2.]), np.array([3., 4., 5., 6.])], 0.5)
-    [0.5, 0.5]
+    [0.5, 0.25]
+
+    (6, 5 and 4 are kept in the second layer; the first keeps one weight anyway.)
     """
     target_sparsity = _check_sparsity(target_sparsity)
     magnitudes = [np.abs(np.asarray(k, dtype=np.float64)).ravel() for k in kernels]
