@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -283,3 +285,24 @@ def test_stage_callback_refuses_several_steps_per_execution_and_foreign_schedule
     model.compile("sgd", loss={t: LOSSES[t] for t in ("a", "b", "c")})
     with pytest.raises(ValueError, match=r"must hold a `ReweightedL1Schedule` with prune_step=3"):
         model.fit(x, y, verbose=0, callbacks=callbacks)
+
+
+def test_cli_runs_the_three_stages_and_reports_and_saves_the_stripped_model(tmp_path, capsys):
+    from keras_minmax_mtl import cli
+
+    out = tmp_path / "run"
+    code = cli.main(["train", "--pruning", "reweighted_l1", "--sparsity", "0.9", "--dense-epochs",
+                     "1", "--reweighted-epochs", "1", "--retrain-epochs", "1", "--rho", "1e-5",
+                     "--train-examples", "256", "--test-examples", "128", "--seed", "1",
+                     "--out", str(out), "--verbose", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["pruning"]["steps_per_epoch"] == 4
+    report = metrics["pruning"]["report"]
+    assert sorted(n.split("/")[0] for n in report["layers"]) == sorted([*PRUNED, "trunk_conv2"])
+    assert report["overall"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert "overall" in printed and "trunk_dense/kernel" in printed
+    stripped = keras.models.load_model(out / "model_stripped.keras")
+    assert isinstance(stripped, kmm.MinMaxMultiTask) and pruning.pruning_wrappers(stripped) == []
+    assert metrics["history"]["regularization_loss"][1] > 0
