@@ -218,6 +218,10 @@ class ReweightedL1Penalty:
                         name=f"reference_{weight.name.split(':')[0].replace('/', '_')}")
             for weight in self.weights
         ]
+        # 1 / (|w_ref| + ε), computed at each refresh so a step only multiplies.
+        self.factors = [tf.Variable(1.0 / (tf.abs(r) + self.epsilon), trainable=False,
+                                    name=r.name.split(":")[0].replace("reference", "factor"))
+                        for r in self.references]
         self.coefficient = tf.Variable(0.0, trainable=False, dtype=tf.float32,
                                        name="reweighted_l1_coefficient")
 
@@ -251,16 +255,16 @@ class ReweightedL1Penalty:
 
     def refresh(self):
         """``w^ref ← w`` for every pruned kernel."""
-        for reference, weight in zip(self.references, self.weights):
+        for reference, factor, weight in zip(self.references, self.factors, self.weights):
             reference.assign(weight)
+            factor.assign(1.0 / (tf.abs(reference) + self.epsilon))
 
     def set_coefficient(self, value):
         """Sets ``c`` (ρ in the reweighted stage, 0 otherwise)."""
         self.coefficient.assign(float(value))
 
     def _value(self):
-        terms = [tf.reduce_sum(tf.abs(w) / (tf.abs(r) + self.epsilon))
-                 for w, r in zip(self.weights, self.references)]
+        terms = [tf.reduce_sum(tf.abs(w) * f) for w, f in zip(self.weights, self.factors)]
         return self.coefficient * tf.add_n(terms)
 
     def __call__(self):
