@@ -72,6 +72,11 @@ def build_parser():
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=_positive_int, default=None,
                       help="number of validation and test examples (default: the dataset's)")
+    # --- pruning (issue 3): options and logic live in keras_minmax_mtl.reweighted_cli ---
+    from keras_minmax_mtl import reweighted_cli
+
+    reweighted_cli.add_arguments(train, _positive_int, _non_negative_int, _positive_float)
+    # --- end pruning ---
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser
@@ -166,6 +171,14 @@ def train(args):
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     splits, base, losses = _load_dataset(args)
+    # --- pruning (issue 3) ---
+    pruning_run = None
+    if getattr(args, "pruning", None) == "reweighted_l1":
+        from keras_minmax_mtl.reweighted_cli import ReweightedL1Run
+
+        pruning_run = ReweightedL1Run(args, base, splits["train"])
+        base = pruning_run.model
+    # --- end pruning ---
     model = _build_model(args, base)
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
@@ -175,7 +188,8 @@ def train(args):
           f"epochs={args.epochs}, seed={args.seed}")
     start = time.perf_counter()
     history = model.fit(splits["train"], epochs=args.epochs, validation_data=splits["validation"],
-                        callbacks=[weights], verbose=args.verbose)
+                        callbacks=[weights, *(pruning_run.callbacks if pruning_run else [])],
+                        verbose=args.verbose)
     train_seconds = time.perf_counter() - start
     test = model.evaluate(splits["test"], verbose=0, return_dict=True)
     accuracy = {task: float(test[f"{task}_accuracy"]) for task in tasks}
@@ -207,6 +221,8 @@ def train(args):
         "train_seconds": train_seconds,
         "model": str(model_path),
     }
+    if pruning_run is not None:  # pruning (issue 3)
+        metrics["pruning"] = pruning_run.finish(model, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nwrote {model_path}, {out / 'metrics.json'}, {out / 'task_weights.png'}")
     return metrics

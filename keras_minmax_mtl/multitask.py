@@ -119,6 +119,9 @@ class MultiTaskModel(keras.Model):
     update) and, for each metric, `{task}_{metric}`; `worst_loss` and
     `worst_{metric}` report the worst task (largest loss, smallest accuracy)
     among the tasks that have that metric (when at least two have it).
+    When the base model has losses of its own at `compile` (kernel
+    regularizers, penalties added with `add_loss`), `regularization_loss`
+    logs their sum, which enters the objective unweighted.
     `evaluate` reports the same (without weights).
 
     Args:
@@ -270,6 +273,10 @@ class MultiTaskModel(keras.Model):
             trackers = {"loss": keras.metrics.Mean(name="loss")}
             for t in self.task_names:
                 trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
+            if self.losses:
+                # The base model's own losses (kernel regularizers, penalties added
+                # with `add_loss`), unweighted by the task weights, logged on their own.
+                trackers["regularization_loss"] = keras.metrics.Mean(name="regularization_loss")
             self._compiled = _Compiled(task_losses, task_metrics, trackers, latest={})
             names = ["worst_loss", *(f"worst_{m}" for m in self._metric_tasks()),
                      *(f"{t}_weight" for t in self.task_names)]
@@ -472,10 +479,11 @@ class MultiTaskModel(keras.Model):
             check = self._finite_check(global_, clock.step)
             local, global_ = self._normalize(local, global_, training=True)
             objective = self._scale_value * self.weighting.descent_loss(local, replica_fraction)
-            if self.losses:
-                objective += tf.add_n(self.losses) * replica_fraction
+            regularization = tf.add_n(self.losses) if self.losses else None
+            if regularization is not None:
+                objective += regularization * replica_fraction
         # The logged objective: the global one that this step minimised (weights before the ascent).
-        reported = self._global_objective(global_)
+        reported = self._global_objective(global_, regularization)
         with tf.control_dependencies([check]):
             variables = self.trainable_variables
             gradients = tape.gradient(objective, variables)
@@ -484,7 +492,7 @@ class MultiTaskModel(keras.Model):
             self.train_step_counter.assign_add(1)
             self._epoch_start.assign(False)
         return self._update_metrics(y, y_pred, sample_weight, global_, reported, count,
-                                    with_weights=True)
+                                    with_weights=True, regularization=regularization)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -493,18 +501,20 @@ class MultiTaskModel(keras.Model):
         y_pred = self(x, training=False)
         _, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
         _, global_ = self._normalize(global_, global_, training=False)
+        regularization = tf.add_n(self.losses) if self.losses else None
         return self._update_metrics(y, y_pred, sample_weight, global_,
-                                    self._global_objective(global_), count, with_weights=False)
+                                    self._global_objective(global_, regularization), count,
+                                    with_weights=False, regularization=regularization)
 
-    def _global_objective(self, global_losses):
+    def _global_objective(self, global_losses, regularization=None):
         """``scale · Σ w_i L_i + regularisation`` on the global batch, for the logs."""
         objective = self._scale_value * self.weighting.descent_loss(global_losses)
-        if self.losses:
-            objective += tf.add_n(self.losses)
+        if regularization is not None:
+            objective += regularization
         return objective
 
     def _update_metrics(self, y, y_pred, sample_weight, global_losses, objective, count,
-                        with_weights):
+                        with_weights, regularization=None):
         """Updates the trackers and metrics and returns the logs of this step.
 
         The loss trackers are weighted by this replica's number of samples, so
@@ -516,6 +526,8 @@ class MultiTaskModel(keras.Model):
             raw = global_losses * tf.maximum(self.initial_losses, 1e-12)
         trackers = self._compiled.trackers
         trackers["loss"].update_state(objective, sample_weight=count)
+        if regularization is not None and "regularization_loss" in trackers:
+            trackers["regularization_loss"].update_state(regularization, sample_weight=count)
         for i, task in enumerate(self.task_names):
             trackers[f"{task}_loss"].update_state(raw[i], sample_weight=count)
             for metric in self._compiled.metrics.get(task, []):

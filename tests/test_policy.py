@@ -1,0 +1,82 @@
+import pytest
+import tensorflow_model_optimization as tfmot
+
+from keras_minmax_mtl import pruning
+from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.networks import multi_digits_network
+from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
+from tests.helpers import tiny_base_model
+
+
+def small_network():
+    return multi_digits_network(trunk_filters=(2,), trunk_units=8, head_units=4, seed=0)
+
+
+def test_roles_come_from_which_task_outputs_depend_on_a_layer():
+    roles = layer_roles(small_network())
+    assert roles == {
+        "trunk_conv1": "trunk", "trunk_dense": "trunk",
+        "left_hidden": "task_hidden", "right_hidden": "task_hidden", "sum_hidden": "task_hidden",
+        "left": "task_output", "right": "task_output", "sum": "task_output",
+    }
+
+
+def test_a_layer_shared_by_two_of_three_tasks_is_task_hidden():
+    inputs = keras.Input((4,))
+    trunk = keras.layers.Dense(3, name="trunk")(inputs)
+    pair = keras.layers.Dense(3, name="pair")(trunk)
+    outputs = [keras.layers.Dense(1, name="a")(pair), keras.layers.Dense(1, name="b")(pair),
+               keras.layers.Dense(1, name="c")(trunk)]
+    roles = layer_roles(keras.Model(inputs, outputs))
+    assert roles["trunk"] == "trunk" and roles["pair"] == "task_hidden"
+
+
+def test_default_policy_wraps_trunk_and_task_hidden_and_keeps_outputs_dense():
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, 0)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+        small_network(), pruning_schedule=schedule, pruning_policy=MultiTaskPruningPolicy())
+    names = sorted(w.layer.name for w in pruning.pruning_wrappers(wrapped))
+    assert names == ["left_hidden", "right_hidden", "sum_hidden", "trunk_conv1", "trunk_dense"]
+
+
+def test_policy_with_other_roles_and_exclusions():
+    policy = MultiTaskPruningPolicy(prune=("trunk", "task_output"), exclude=("trunk_conv1",))
+    policy.ensure_model_supports_pruning(small_network())
+    assert policy.prunable_layer_names(small_network()) == ["left", "right", "sum", "trunk_dense"]
+
+
+def test_policy_that_leaves_nothing_to_prune_names_the_roles():
+    policy = MultiTaskPruningPolicy(prune=("task_hidden",))  # the tiny model has no hidden layer
+    with pytest.raises(ValueError, match=r"leaves no layer.*'trunk': 'trunk'"):
+        policy.ensure_model_supports_pruning(tiny_base_model())
+
+
+def test_unknown_role_is_refused():
+    with pytest.raises(ValueError, match=r"Argument `prune`.*Received: prune=\('heads',\)"):
+        MultiTaskPruningPolicy(prune="heads")
+
+
+def test_allow_pruning_before_reading_the_graph_says_what_to_call():
+    with pytest.raises(RuntimeError, match="ensure_model_supports_pruning"):
+        MultiTaskPruningPolicy().allow_pruning(keras.layers.Dense(2))
+
+
+def test_subclassed_unbuilt_and_keras3_models_are_refused():
+    import keras as keras3
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    policy = MultiTaskPruningPolicy()
+    with pytest.raises(TypeError, match="subclassed model of class Net"):
+        policy.ensure_model_supports_pruning(Net())
+    with pytest.raises(ValueError, match="must be built.*unbuilt model"):
+        policy.ensure_model_supports_pruning(keras.Sequential([keras.layers.Dense(2)]))
+    k3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
+    with pytest.raises(TypeError, match=r"Keras 3 object.*tf_keras"):
+        policy.ensure_model_supports_pruning(k3)
