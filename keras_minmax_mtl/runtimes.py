@@ -137,7 +137,7 @@ def is_sparse_model(model):
             or any(t["sparse"] for t in details["tensors"].values()))
 
 
-def load_interpreter(model, num_threads=None):
+def load_interpreter(model, num_threads=None, default_delegates=None):
     """Opens a `.tflite` file with LiteRT and the op resolver that runs it.
 
     Uses `ai_edge_litert` if installed, else `tflite_runtime`, else `tf.lite`.
@@ -149,6 +149,9 @@ def load_interpreter(model, num_threads=None):
         model: a path or the bytes of a `.tflite` file.
         num_threads: CPU threads for the interpreter. Defaults to `None`
             (LiteRT's default).
+        default_delegates: `True` or `False` forces LiteRT's default delegates
+            (XNNPack) on or off. Defaults to `None`: off for sparse files, on
+            for dense ones.
 
     Returns:
         An interpreter with its tensors allocated.
@@ -163,7 +166,9 @@ def load_interpreter(model, num_threads=None):
     kwargs = {"model_content": content}
     if num_threads is not None:
         kwargs["num_threads"] = int(num_threads)
-    if is_sparse_model(content):
+    if default_delegates is None:
+        default_delegates = not is_sparse_model(content)
+    if not default_delegates:
         kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = interpreter_class(**kwargs)
     interpreter.allocate_tensors()
