@@ -84,11 +84,14 @@ def _kernel_sparsity(model):
     if not any(isinstance(layer, keras.layers.Wrapper) for layer in model.layers):
         return pruning.sparsity_report(model)
     layers = {}
-    for layer in model.layers:
+    for wrapper in model.layers:
+        layer = wrapper
         while isinstance(layer, keras.layers.Wrapper):
             layer = layer.layer
-        kernel = getattr(layer, "kernel", None)
-        if kernel is not None:
+        # A quantization wrapper replaces `layer.kernel` by a fake-quantized
+        # tensor and holds the kernel variable itself.
+        kernels = [w for w in wrapper.weights if w.name.split(":")[0] == f"{layer.name}/kernel"]
+        for kernel in kernels[:1]:
             values = kernel.numpy()
             zeros = int(np.count_nonzero(values == 0))
             layers[f"{layer.name}/kernel"] = {"size": int(values.size), "zeros": zeros,
@@ -428,7 +431,7 @@ def _kernel_zeros(content, details, layers):
         if op["op"] not in _KERNEL_OPS or len(op["inputs"]) < 2:
             continue
         index = op["inputs"][1]
-        if index in densified:
+        if index in densified or details["tensors"][index]["sparse"]:
             per_op.append({"op": op["op"], "layer": layer, "stored": "sparse"})
             continue
         if index in produced:

@@ -89,8 +89,10 @@ class MicroTarget(ExportTarget):
 
     Writes `<stem>.cc` and `<stem>.h` beside the file: the model as an
     `alignas(16) const unsigned char` array and its length. The report holds
-    the tensor-arena bytes the TFLite Micro interpreter allocated while
-    running the verification samples.
+    `arena_bytes`, the smallest tensor arena (multiple of 16 bytes) with which
+    TFLite Micro loads and runs the file, and `arena_recorded_bytes`, what its
+    recording allocator reports as allocated (it leaves out the temporary
+    memory that preparing the kernels needs).
 
     Args:
         array_name: the C identifier of the array (its length is
@@ -121,7 +123,9 @@ class MicroTarget(ExportTarget):
             raise runtimes.MicroOpError(
                 f"TFLite Micro cannot run this model: it has no kernel for {missing}. Replace "
                 "these layers, or export for target 'mobile'.", error.ops) from error
-        return outputs, {"runtime": "tflite_micro", "arena_bytes": arena}
+        return outputs, {"runtime": "tflite_micro",
+                         "arena_bytes": runtimes.micro_min_arena_bytes(path),
+                         "arena_recorded_bytes": arena}
 
     def extra_files(self, path, content, layer_names, work_dir):
         import pathlib
