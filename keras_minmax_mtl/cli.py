@@ -79,6 +79,11 @@ def build_parser():
     # --- end pruning ---
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    # --- TFLite export (issue 5): logic in keras_minmax_mtl/export_commands.py ---
+    from keras_minmax_mtl import export_commands
+    export_commands.add_train_option(train)
+    export_commands.add_commands(commands)
+    # --- end of TFLite export ---
     return parser
 
 
@@ -225,6 +230,9 @@ def train(args):
         metrics["pruning"] = pruning_run.finish(model, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nwrote {model_path}, {out / 'metrics.json'}, {out / 'task_weights.png'}")
+    if getattr(args, "export", None):  # TFLite export (issue 5)
+        from keras_minmax_mtl.export_commands import export_after_training
+        export_after_training(model, out, args.export, args.dataset, args.seed)
     return metrics
 
 
@@ -240,6 +248,9 @@ def main(argv=None):
         return 2
     if args.command == "train":
         train(args)
+    if args.command in ("export", "inspect"):  # TFLite export (issue 5)
+        from keras_minmax_mtl.export_commands import run_command
+        run_command(args)
     return 0
 
 

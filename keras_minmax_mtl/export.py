@@ -1,0 +1,446 @@
+r"""Export a multi-task model to TFLite for phones, microcontrollers or the Coral Edge TPU, verified by running it.
+
+`export_tflite` takes a `MinMaxMultiTask` (or any `MultiTaskModel`), or its
+Functional base model, with or without tfmot pruning wrappers, and:
+
+1. strips the pruning wrappers on a copy (the user's model is never changed)
+   and takes the base model of a `MultiTaskModel`;
+2. converts it with a signature whose outputs are named after the tasks, with
+   the batch fixed to 1 where the target needs it (`micro`, `edgetpu`);
+3. runs the file in the runtime that will run it (LiteRT, or TFLite Micro for
+   `micro`) on representative samples and compares every task's output with
+   the Keras model: float files must agree within a stated tolerance,
+   ``|y_tflite − y_keras| ≤ tol·(1 + |y_keras|)``; quantized files report the
+   per-task top-1 agreement and the largest error;
+4. only then writes the file, a JSON report beside it (`<stem>.json`) and the
+   target's extra files (C array for `micro`, compiler log for `edgetpu`).
+   On any error nothing is written.
+
+Example:
+
+>>> from keras_minmax_mtl.export import export_tflite
+>>> report = export_tflite(model, "out/mobile.tflite", target="mobile",
+...                        quantization="int8", representative_data=x_train[:256])
+>>> report["bytes"], report["verification"]["tasks"]["sum"]["top1_agreement"]
+(30712, 0.995)
+"""
+import gzip
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from keras_minmax_mtl import pruning, runtimes
+from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
+from keras_minmax_mtl.multitask import MultiTaskModel
+from keras_minmax_mtl.targets import TARGETS, get_target
+
+__all__ = ["export_tflite", "inspect_tflite", "ExportVerificationError", "deployable_model",
+           "TARGETS"]
+
+
+class ExportVerificationError(AssertionError):
+    """The exported file does not compute what the Keras model computes (nothing was written)."""
+
+
+def deployable_model(model):
+    """The Functional model to export: base model of a `MultiTaskModel`, pruning stripped on a copy.
+
+    Returns:
+        `(functional_model, {output name: task name})`. The task name of an
+        output is the name of its layer with any wrapper (pruning,
+        quantization) removed.
+    """
+    require_tf_keras_model(model)
+    base = model.base_model if isinstance(model, MultiTaskModel) else model
+    require_functional(base)
+    if pruning.pruning_wrappers(base):
+        base = pruning.strip_pruning(base)
+    tasks = {}
+    for name in base.output_names:
+        layer = base.get_layer(name)
+        while isinstance(layer, keras.layers.Wrapper):
+            layer = layer.layer
+        tasks[name] = layer.name
+    return base, tasks
+
+
+def _layer_names(model):
+    names = []
+    for layer in model.layers:
+        names.append(layer.name)
+        while isinstance(layer, keras.layers.Wrapper):
+            layer = layer.layer
+            names.append(layer.name)
+    return names
+
+
+def _kernel_sparsity(model):
+    """`sparsity_report` of the kernels, looking through quantization wrappers."""
+    if not any(isinstance(layer, keras.layers.Wrapper) for layer in model.layers):
+        return pruning.sparsity_report(model)
+    layers = {}
+    for wrapper in model.layers:
+        layer = wrapper
+        while isinstance(layer, keras.layers.Wrapper):
+            layer = layer.layer
+        # A quantization wrapper replaces `layer.kernel` by a fake-quantized
+        # tensor and holds the kernel variable itself.
+        kernels = [w for w in wrapper.weights if w.name.split(":")[0] == f"{layer.name}/kernel"]
+        for kernel in kernels[:1]:
+            values = kernel.numpy()
+            zeros = int(np.count_nonzero(values == 0))
+            layers[f"{layer.name}/kernel"] = {"size": int(values.size), "zeros": zeros,
+                                              "sparsity": zeros / values.size}
+    size = sum(r["size"] for r in layers.values())
+    zeros = sum(r["zeros"] for r in layers.values())
+    return {"layers": layers,
+            "overall": {"size": size, "zeros": zeros, "sparsity": zeros / size if size else 0.0}}
+
+
+def _input_specs(model, batch_size, target):
+    specs = []
+    for tensor, name in zip(model.inputs, model.input_names):
+        shape = tuple(tensor.shape[1:])
+        if target.batch_size is not None and any(d is None for d in shape):
+            raise ValueError(
+                f"Target {target.name!r} needs static shapes, but input {name!r} has the shape "
+                f"{(None,) + shape}. Build the model with a fixed input shape.")
+        specs.append(tf.TensorSpec((batch_size,) + shape, tensor.dtype, name=name))
+    return specs
+
+
+def _samples(representative_data, model, num_samples):
+    """Up to `num_samples` samples as `{input name: array}`, checked against the input shapes."""
+    names = list(model.input_names)
+    if isinstance(representative_data, tf.data.Dataset):
+        parts, count = {name: [] for name in names}, 0
+        for element in representative_data:
+            if isinstance(element, tuple):
+                element = element[0]
+            element = element if isinstance(element, dict) else {names[0]: element}
+            for name in names:
+                parts[name].append(np.asarray(element[name]))
+            count += len(parts[names[0]][-1])
+            if count >= num_samples:
+                break
+        data = {name: np.concatenate(p)[:num_samples] for name, p in parts.items()}
+    elif isinstance(representative_data, dict):
+        data = {name: np.asarray(representative_data[name])[:num_samples] for name in names
+                if name in representative_data}
+    else:
+        data = {names[0]: np.asarray(representative_data)[:num_samples]}
+    for tensor, name in zip(model.inputs, names):
+        want = tuple(tensor.shape[1:])
+        if name not in data:
+            raise ValueError(f"Argument `representative_data` lacks the model input {name!r}. "
+                             f"Received keys: {sorted(data)}")
+        got = data[name].shape[1:]
+        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ValueError(
+                "Argument `representative_data` must hold samples of the model's input shape "
+                f"{(None,) + want} (for input {name!r}). Received an array of shape "
+                f"{data[name].shape}.")
+        if len(data[name]) == 0:
+            raise ValueError("Argument `representative_data` holds no samples.")
+        data[name] = data[name].astype(tensor.dtype.as_numpy_dtype)
+    return data
+
+
+def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype):
+    output_names = list(model.output_names)
+
+    @tf.function(input_signature=specs)
+    def serve(*inputs):
+        outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return {tasks[name]: out for name, out in zip(output_names, outputs)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], model)
+    optimizations = []
+    if quantization in ("dynamic", "int8"):
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if quantization == "int8":
+        batch = specs[0].shape[0] or 1
+        n = len(next(iter(samples.values())))
+
+        def representative():
+            for start in range(0, n - batch + 1, batch):
+                yield [samples[spec.name][start:start + batch] for spec in specs]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.as_dtype(io_dtype)
+        converter.inference_output_type = tf.as_dtype(io_dtype)
+    return converter.convert()
+
+
+def _keras_outputs(model, tasks, samples):
+    inputs = [samples[name] for name in model.input_names]
+    outputs = model.predict(inputs if len(inputs) > 1 else inputs[0], batch_size=256, verbose=0)
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return {tasks[name]: np.asarray(out) for name, out in zip(model.output_names, outputs)}
+
+
+def _compare(reference, got, quantization, tolerance):
+    results = {}
+    for task, want in reference.items():
+        have = got[task].reshape(want.shape)
+        error = np.abs(have - want)
+        entry = {"max_abs_error": float(error.max()), "mean_abs_error": float(error.mean())}
+        if want.ndim >= 2 and want.shape[-1] > 1:
+            entry["top1_agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
+        if quantization == "float":
+            bound = tolerance * (1.0 + np.abs(want))
+            entry["within_tolerance"] = bool(np.all(error <= bound))
+        results[task] = entry
+    return results
+
+
+def export_tflite(model, path, target="mobile", representative_data=None, quantization=None,
+                  sparse_storage="auto", num_samples=256, float_tolerance=1e-4,
+                  min_top1_agreement=None):
+    r"""Exports `model` to a `.tflite` file for `target`, verified by running it.
+
+    Args:
+        model: a `MultiTaskModel` (e.g. `MinMaxMultiTask`) or a Functional
+            `tf_keras` model, with or without tfmot pruning wrappers, or a
+            quantization-aware model from `keras_minmax_mtl.qat`. It is not
+            changed.
+        path: the file to write; must end with `.tflite`. The report goes to
+            the same path with `.json`, and target files beside it.
+        target: `"mobile"`, `"micro"`, `"edgetpu"` or an `ExportTarget`.
+            Defaults to `"mobile"`.
+        representative_data: input samples (an array, a dict keyed by input
+            name, or a `tf.data.Dataset` of `x` or `(x, y)` batches). Used for
+            int8 calibration and for the verification. Required for int8;
+            without it a float or dynamic-range file is verified on
+            `num_samples` seeded standard-normal inputs (the report says so).
+            Defaults to `None`.
+        quantization: `"float"`, `"dynamic"` (int8 weights, float
+            activations) or `"int8"` (full integer, int8 inputs and outputs).
+            Defaults to `None`: the target's first choice (`"float"` for
+            mobile, `"int8"` for micro and edgetpu).
+        sparse_storage: `"auto"` converts with and without
+            `EXPERIMENTAL_SPARSITY` and keeps the smaller file; `True` or
+            `False` forces one (micro and edgetpu accept only `False`: their
+            runtimes have no `DENSIFY`). Defaults to `"auto"` for mobile.
+        num_samples: how many representative samples to use. Defaults to `256`.
+        float_tolerance: a float file must satisfy
+            ``|y_tflite − y_keras| ≤ tol·(1 + |y_keras|)`` for every output
+            value. Defaults to `1e-4`.
+        min_top1_agreement: if set, every classification task of a quantized
+            file must agree with the Keras top-1 on at least this fraction of
+            the samples. Defaults to `None` (reported, not enforced).
+
+    Returns:
+        The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
+        `sparsity` (per-layer and overall, of the Keras kernels), `ops`,
+        `inputs`, `outputs` (keyed by task name), `verification`, and the
+        target's entries (`arena_bytes` and `c_array` for micro, `edgetpu`).
+
+    Raises:
+        ValueError: unknown target, bad path, int8 without representative
+            data, samples of the wrong shape, dynamic shapes for micro/edgetpu.
+        ExportVerificationError: the file's outputs disagree with Keras.
+        keras_minmax_mtl.runtimes.MicroOpError: TFLite Micro lacks an op
+            (named with its layer).
+    """
+    target = get_target(target)
+    path = pathlib.Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"Argument `path` must end with '.tflite'. Received: path={str(path)!r}")
+    quantization = target.check_quantization(quantization)
+    if sparse_storage == "auto" and "auto" not in target.sparse_storage:
+        sparse_storage = target.sparse_storage[0]
+    sparse_storage = target.check_sparse_storage(sparse_storage)
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "Argument `representative_data` is required for quantization='int8' (it calibrates "
+            "the activation ranges and verifies the file). Pass a few hundred training inputs, "
+            "or use quantization='float' or 'dynamic' (target 'mobile').")
+    if not isinstance(num_samples, int) or num_samples <= 0:
+        raise ValueError(f"Argument `num_samples` must be an integer > 0. "
+                         f"Received: num_samples={num_samples!r}")
+
+    base, tasks = deployable_model(model)
+    if representative_data is None:
+        rng = np.random.default_rng(0)
+        samples = {name: rng.standard_normal((num_samples,) + tuple(t.shape[1:])).astype(
+            t.dtype.as_numpy_dtype) for t, name in zip(base.inputs, base.input_names)}
+        sample_source = "seeded standard-normal inputs (no representative_data given)"
+    else:
+        samples = _samples(representative_data, base, num_samples)
+        sample_source = "representative_data"
+    specs = _input_specs(base, target.batch_size, target)
+
+    candidates = {}
+    if sparse_storage in ("auto", False):
+        candidates["dense"] = _convert(base, tasks, specs, quantization, False, samples,
+                                       target.io_dtype)
+    if sparse_storage in ("auto", True):
+        candidates["sparse"] = _convert(base, tasks, specs, quantization, True, samples,
+                                        target.io_dtype)
+    storage = min(candidates, key=lambda k: len(candidates[k]))
+    content = candidates[storage]
+    if storage == "sparse" and not runtimes.is_sparse_model(content):
+        storage = "dense"  # the converter found nothing worth storing sparse
+
+    layer_names = _layer_names(base)
+    with tempfile.TemporaryDirectory() as work:
+        work = pathlib.Path(work)
+        staged = work / path.name
+        staged.write_bytes(content)
+        reference = _keras_outputs(base, tasks, samples)
+        outputs, run_info = target.run(staged, samples, layer_names)
+        missing = sorted(set(reference) - set(outputs))
+        if missing:
+            raise ExportVerificationError(f"The exported file has no outputs for tasks {missing}.")
+        comparison = _compare(reference, outputs, quantization, float_tolerance)
+        if quantization == "float":
+            bad = [t for t, r in comparison.items() if not r["within_tolerance"]]
+            if bad:
+                raise ExportVerificationError(
+                    f"The float file disagrees with the Keras model beyond the tolerance "
+                    f"{float_tolerance}·(1+|y|) on tasks {bad}: {comparison}. Nothing was written.")
+        if min_top1_agreement is not None:
+            bad = {t: r["top1_agreement"] for t, r in comparison.items()
+                   if r.get("top1_agreement", 1.0) < min_top1_agreement}
+            if bad:
+                raise ExportVerificationError(
+                    f"Top-1 agreement with the Keras model is below min_top1_agreement="
+                    f"{min_top1_agreement} on {bad}. Nothing was written.")
+
+        report = inspect_tflite(content, layer_names=layer_names)
+        report.update({
+            "file": path.name,
+            "target": target.name,
+            "target_config": target.get_config(),
+            "quantization": quantization,
+            "storage": storage,
+            "bytes_by_storage": {k: len(v) for k, v in candidates.items()},
+            "keras_sparsity": _kernel_sparsity(base),
+            "verification": {
+                "samples": len(next(iter(samples.values()))),
+                "sample_source": sample_source,
+                "tolerance": (f"|y_tflite - y_keras| <= {float_tolerance} * (1 + |y_keras|)"
+                              if quantization == "float" else None),
+                "tasks": comparison,
+                **run_info,
+            },
+        })
+        if "arena_bytes" in run_info:
+            report["arena_bytes"] = run_info["arena_bytes"]
+        extra, files = target.extra_files(staged, content, layer_names, work)
+        report.update(extra)
+        report_name = path.with_suffix(".json").name
+        (work / report_name).write_text(json.dumps(report, indent=2))
+        files = {path.name: staged, report_name: work / report_name, **files}
+        _publish(files, path.parent)
+    return report
+
+
+def _publish(files, directory):
+    """Moves staged files into `directory`, each by an atomic rename of a same-folder copy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pending = []
+    try:
+        for name, source in files.items():
+            fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            shutil.copyfile(source, temporary)
+            pending.append((temporary, directory / name))
+        for temporary, final in pending:
+            os.replace(temporary, final)
+    finally:
+        for temporary, _ in pending:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def inspect_tflite(model, layer_names=()):
+    """Size, sparsity, ops, inputs and outputs of a `.tflite` file.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file.
+        layer_names: Keras layer names, to name the layer of each op.
+            Defaults to `()`.
+
+    Returns:
+        `{"bytes", "gzip_bytes", "sparse_tensors", "ops" (counts by op),
+        "op_list" ([{"op", "layer"}]), "inputs", "outputs" (keyed by signature
+        name: the task names for files written by `export_tflite`),
+        "tflite_kernel_sparsity" (zeros of the dense constant kernels, per
+        op and overall)}`.
+    """
+    from keras_minmax_mtl.edgetpu_rules import op_layers
+
+    content = model if isinstance(model, (bytes, bytearray)) else pathlib.Path(model).read_bytes()
+    details = runtimes.model_details(content)
+    layers = op_layers(details, layer_names) if layer_names else [None] * len(details["ops"])
+    counts = {}
+    for op in details["ops"]:
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+
+    def describe(index):
+        t = details["tensors"][index]
+        return {"shape": t["shape"], "dtype": t["dtype"], "quantization": t["quantization"]}
+
+    signature = details["signature"] or {"inputs": {}, "outputs": {}}
+    kernels = _kernel_zeros(content, details, layers)
+    return {
+        "bytes": len(content),
+        "gzip_bytes": len(gzip.compress(bytes(content), mtime=0)),
+        "sparse_tensors": sum(t["sparse"] for t in details["tensors"].values()),
+        "ops": counts,
+        "op_list": [{"op": op["op"], "layer": layer} for op, layer in zip(details["ops"], layers)],
+        "inputs": {name: describe(i) for name, i in signature["inputs"].items()},
+        "outputs": {name: describe(i) for name, i in signature["outputs"].items()},
+        "tflite_kernel_sparsity": kernels,
+    }
+
+
+_KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _kernel_zeros(content, details, layers):
+    """Zero fraction of the constant weight input of every conv / fully-connected op.
+
+    Sparse-stored kernels are counted from the dense tensor the `DENSIFY` op
+    produces at run time, which TFLite does not expose before invoking: they
+    are reported as `"stored sparse"` instead.
+    """
+    from keras_minmax_mtl.runtimes import _inspect_interpreter
+
+    interpreter = _inspect_interpreter(content)
+    interpreter.allocate_tensors()
+    produced = {o for op in details["ops"] for o in op["outputs"]}
+    densified = {o for op in details["ops"] if op["op"] == "DENSIFY" for o in op["outputs"]}
+    per_op, size, zeros = [], 0, 0
+    for op, layer in zip(details["ops"], layers):
+        if op["op"] not in _KERNEL_OPS or len(op["inputs"]) < 2:
+            continue
+        index = op["inputs"][1]
+        if index in densified or details["tensors"][index]["sparse"]:
+            per_op.append({"op": op["op"], "layer": layer, "stored": "sparse"})
+            continue
+        if index in produced:
+            continue
+        values = interpreter.get_tensor(index)
+        z = int(np.count_nonzero(values == 0))
+        per_op.append({"op": op["op"], "layer": layer, "size": int(values.size), "zeros": z,
+                       "sparsity": z / values.size})
+        size += values.size
+        zeros += z
+    return {"kernels": per_op, "overall": {"size": int(size), "zeros": zeros,
+                                           "sparsity": zeros / size if size else None}}

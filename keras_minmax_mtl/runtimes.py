@@ -1,0 +1,400 @@
+"""Running `.tflite` files: LiteRT for phones and the Edge TPU host, TFLite Micro for microcontrollers.
+
+`load_interpreter` opens a file with the first LiteRT Python package that is
+installed (`ai_edge_litert`, then `tflite_runtime`, then `tf.lite`), with the
+op resolver that can run it: a file whose weights are stored sparse
+(`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`, a `DENSIFY` op or sparse tensors)
+is opened with `BUILTIN_WITHOUT_DEFAULT_DELEGATES`, because the default
+XNNPack delegate refuses sparse fully-connected layers.
+
+`run_litert` and `run_micro` run a batch of samples and return the outputs
+keyed by the signature's output names (the task names for files written by
+`keras_minmax_mtl.export`), never by position: the output tensors of a
+converted multi-output model are not in the Keras order.
+
+Example:
+
+>>> interpreter = load_interpreter("model.tflite")
+>>> outputs = run_litert("model.tflite", x)       # {"left": ..., "right": ..., "sum": ...}
+>>> outputs, arena = run_micro("micro.tflite", x)  # dequantized, and the arena bytes used
+"""
+import os
+import re
+import tempfile
+
+import numpy as np
+
+__all__ = [
+    "load_interpreter",
+    "litert_package",
+    "is_sparse_model",
+    "model_details",
+    "run_litert",
+    "run_micro",
+    "micro_interpreter",
+    "micro_arena_bytes",
+    "micro_min_arena_bytes",
+    "MicroOpError",
+]
+
+
+class MicroOpError(RuntimeError):
+    """TFLite Micro cannot run a model; the message names the missing op (and its layer).
+
+    Attributes:
+        ops: the builtin op names TFLite Micro has no kernel for.
+    """
+
+    def __init__(self, message, ops=()):
+        super().__init__(message)
+        self.ops = tuple(ops)
+
+
+def _interpreter_module():
+    """(name, Interpreter class, OpResolverType enum) of the first LiteRT package found."""
+    try:
+        from ai_edge_litert import interpreter as module
+        return "ai_edge_litert", module.Interpreter, module.OpResolverType
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as module
+        return "tflite_runtime", module.Interpreter, module.OpResolverType
+    except ImportError:
+        pass
+    import tensorflow as tf
+    return "tf.lite", tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+
+
+def litert_package():
+    """The name of the LiteRT Python package `load_interpreter` uses."""
+    return _interpreter_module()[0]
+
+
+def _read(model):
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    with open(model, "rb") as f:
+        return f.read()
+
+
+def _inspect_interpreter(content):
+    """An interpreter used only to read the graph (it is never invoked)."""
+    _, interpreter_class, resolver = _interpreter_module()
+    return interpreter_class(
+        model_content=content,
+        experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def model_details(model):
+    """The graph of a `.tflite` file: ops, tensors, signature, subgraph outputs.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file.
+
+    Returns:
+        A dict with `ops` (`[{"op", "inputs", "outputs"}]`, tensor indices),
+        `tensors` (`{index: {"name", "shape", "dtype", "sparse", "quantization"}}`),
+        `signature` (`{"inputs": {name: index}, "outputs": {name: index}}` of the
+        first signature, or `None`) and `outputs` (tensor indices of the
+        subgraph's outputs, in file order, which is TFLite Micro's order).
+    """
+    interpreter = _inspect_interpreter(_read(model))
+    tensors = {}
+    for t in interpreter.get_tensor_details():
+        scales = np.asarray(t["quantization_parameters"]["scales"])
+        tensors[int(t["index"])] = {
+            "name": t["name"],
+            "shape": [int(s) for s in t["shape_signature"]] if len(t.get("shape_signature", [])) else
+                     [int(s) for s in t["shape"]],
+            "dtype": np.dtype(t["dtype"]).name,
+            "sparse": bool(t["sparsity_parameters"]),
+            "quantization": {"scale": float(scales[0]) if scales.size == 1 else scales.tolist(),
+                             "zero_point": np.asarray(
+                                 t["quantization_parameters"]["zero_points"]).tolist()}
+            if scales.size else None,
+        }
+    ops = [{"op": o["op_name"], "inputs": [int(i) for i in o["inputs"] if i >= 0],
+            "outputs": [int(i) for i in o["outputs"]]} for o in interpreter._get_ops_details()]
+    signatures = interpreter.get_signature_list()
+    signature = None
+    if signatures:
+        key = next(iter(signatures))
+        runner = interpreter.get_signature_runner(key)
+        signature = {
+            "key": key,
+            "inputs": {k: int(v["index"]) for k, v in runner.get_input_details().items()},
+            "outputs": {k: int(v["index"]) for k, v in runner.get_output_details().items()},
+        }
+    return {"ops": ops, "tensors": tensors, "signature": signature,
+            "inputs": [int(d["index"]) for d in interpreter.get_input_details()],
+            "outputs": [int(d["index"]) for d in interpreter.get_output_details()]}
+
+
+def is_sparse_model(model):
+    """Whether a `.tflite` file stores weights sparse (it has a `DENSIFY` op or sparse tensors)."""
+    details = model_details(model)
+    return (any(op["op"] == "DENSIFY" for op in details["ops"])
+            or any(t["sparse"] for t in details["tensors"].values()))
+
+
+def load_interpreter(model, num_threads=None, default_delegates=None):
+    """Opens a `.tflite` file with LiteRT and the op resolver that runs it.
+
+    Uses `ai_edge_litert` if installed, else `tflite_runtime`, else `tf.lite`.
+    Files with sparse weights get `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`
+    (XNNPack, the default delegate, refuses sparse fully-connected layers);
+    dense files get the default (XNNPack) resolver.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file.
+        num_threads: CPU threads for the interpreter. Defaults to `None`
+            (LiteRT's default).
+        default_delegates: `True` or `False` forces LiteRT's default delegates
+            (XNNPack) on or off. Defaults to `None`: off for sparse files, on
+            for dense ones.
+
+    Returns:
+        An interpreter with its tensors allocated.
+
+    Example:
+
+    >>> runner = load_interpreter("model.tflite").get_signature_runner()
+    >>> outputs = runner(image=x)   # {"left": ..., "right": ..., "sum": ...}
+    """
+    content = _read(model)
+    _, interpreter_class, resolver = _interpreter_module()
+    kwargs = {"model_content": content}
+    if num_threads is not None:
+        kwargs["num_threads"] = int(num_threads)
+    if default_delegates is None:
+        default_delegates = not is_sparse_model(content)
+    if not default_delegates:
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = interpreter_class(**kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _quantize(x, scale, zero, dtype):
+    if np.dtype(dtype).kind == "f" or not scale:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y, scale, zero):
+    if np.issubdtype(y.dtype, np.floating) or not scale:
+        return y.astype(np.float32)
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def _as_input_dict(x, names):
+    if isinstance(x, dict):
+        missing = sorted(set(names) - set(x))
+        if missing:
+            raise ValueError(f"Argument `x` lacks the model inputs {missing}. "
+                             f"Received keys: {sorted(x)}")
+        return {name: np.asarray(x[name]) for name in names}
+    if len(names) != 1:
+        raise ValueError(f"Argument `x` must be a dict keyed by the model inputs {names}.")
+    return {names[0]: np.asarray(x)}
+
+
+def run_litert(model, x, batch_size=None, num_threads=None):
+    """Runs a `.tflite` file on `x` with LiteRT; outputs keyed by signature output name.
+
+    Quantized inputs are quantized with the file's own scale and zero point,
+    and quantized outputs are dequantized, so results compare directly with
+    the Keras model.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file with a signature.
+        x: an array (single input) or a dict keyed by input name; the first
+            axis is the sample axis.
+        batch_size: samples per invoke. Defaults to `None`: the file's static
+            batch size, or all samples at once if the batch is dynamic.
+        num_threads: passed to `load_interpreter`.
+
+    Returns:
+        `{output name: float32 array of shape (n, ...)}`.
+    """
+    interpreter = load_interpreter(model, num_threads=num_threads)
+    runner = interpreter.get_signature_runner()
+    inputs = runner.get_input_details()
+    x = _as_input_dict(x, list(inputs))
+    n = len(next(iter(x.values())))
+    static = {k: int(v["shape_signature"][0]) for k, v in inputs.items()}
+    if batch_size is None:
+        fixed = [b for b in static.values() if b > 0]
+        batch_size = fixed[0] if fixed else n
+    results = {}
+    for start in range(0, n, batch_size):
+        feed = {}
+        for name, detail in inputs.items():
+            value = x[name][start:start + batch_size]
+            scale, zero = detail["quantization"]
+            feed[name] = _quantize(value, scale, zero, detail["dtype"])
+        out = runner(**feed)
+        for name, detail in runner.get_output_details().items():
+            scale, zero = detail["quantization"]
+            results.setdefault(name, []).append(_dequantize(np.asarray(out[name]), scale, zero))
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+class _StderrCapture:
+    """Captures what C++ code writes to file descriptor 2 (TFLite Micro logs there)."""
+
+    def __enter__(self):
+        import sys
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+        return False
+
+
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
+
+
+def micro_interpreter(model, arena_size=None):
+    """A TFLite Micro interpreter (`tflite-micro`'s host build) for a `.tflite` file.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file.
+        arena_size: tensor-arena bytes. Defaults to `None`: TFLite Micro's
+            Python default (10× the file size).
+
+    Raises:
+        MicroOpError: the file uses an op TFLite Micro lacks (e.g. `DENSIFY`),
+            naming the op, or the arena is too small.
+    """
+    from tflite_micro.python.tflite_micro import runtime
+
+    content = _read(model)
+    capture = _StderrCapture()
+    try:
+        with capture:
+            interpreter = runtime.Interpreter.from_bytes(content, arena_size=arena_size)
+    except RuntimeError as error:
+        missing = sorted(set(_MISSING_OP.findall(capture.text)))
+        if missing:
+            raise MicroOpError(
+                f"TFLite Micro has no kernel for the op(s) {missing}; the model cannot run "
+                f"on a microcontroller. Log: {capture.text.strip()}", missing) from error
+        raise MicroOpError(f"TFLite Micro could not load the model: {error}. "
+                           f"Log: {capture.text.strip()}") from error
+    return interpreter
+
+
+def micro_arena_bytes(interpreter):
+    """Tensor-arena bytes a TFLite Micro interpreter has allocated (call after `invoke`).
+
+    Read from the interpreter's `RecordingMicroAllocator` report
+    ("Arena allocation total N bytes").
+    """
+    capture = _StderrCapture()
+    with capture:
+        interpreter.print_allocations()
+    match = re.search(r"Arena allocation total (\d+) bytes", capture.text)
+    if not match:
+        raise RuntimeError(f"TFLite Micro did not report its arena usage: {capture.text!r}")
+    return int(match.group(1))
+
+
+def _micro_runs(content, arena_size, inputs):
+    try:
+        with _StderrCapture():
+            interpreter = micro_interpreter(content, arena_size=arena_size)
+            for index, value in enumerate(inputs):
+                interpreter.set_input(value, index)
+            interpreter.invoke()
+    except (RuntimeError, MicroOpError):
+        return False
+    return True
+
+
+def micro_min_arena_bytes(model, step=16):
+    """The smallest tensor arena (a multiple of `step` bytes) with which TFLite Micro runs `model`.
+
+    Found by bisection between 0 and TFLite Micro's Python default (10× the
+    file size), loading the model and invoking it on zeros at every probe.
+    """
+    content = _read(model)
+    interpreter = micro_interpreter(content)
+    inputs = []
+    index = 0
+    while True:
+        try:
+            d = interpreter.get_input_details(index)
+        except (RuntimeError, IndexError, ValueError):
+            break
+        inputs.append(np.zeros(d["shape"], d["dtype"]))
+        index += 1
+        if index >= 64:
+            break
+    low, high = 0, -(-len(content) * 10 // step)  # in units of `step`
+    if not _micro_runs(content, high * step, inputs):
+        raise MicroOpError("TFLite Micro cannot run the model even with the default arena.")
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _micro_runs(content, middle * step, inputs):
+            high = middle
+        else:
+            low = middle
+    return high * step
+
+
+def run_micro(model, x):
+    """Runs a `.tflite` file sample by sample in TFLite Micro.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file with batch size 1.
+        x: an array (single input) or a dict keyed by input name.
+
+    Returns:
+        `(outputs, arena_bytes)`: `{output name: float32 array (n, ...)}` keyed
+        through the file's signature (so by task name), dequantized; and the
+        tensor-arena bytes the interpreter allocated.
+
+    Raises:
+        MicroOpError: the file uses an op TFLite Micro lacks.
+    """
+    content = _read(model)
+    details = model_details(content)
+    if details["signature"] is None:
+        raise ValueError("The model has no signature; outputs cannot be named.")
+    by_tensor_in = {v: k for k, v in details["signature"]["inputs"].items()}
+    by_tensor_out = {v: k for k, v in details["signature"]["outputs"].items()}
+    input_names = [by_tensor_in[i] for i in details["inputs"]]
+    output_names = [by_tensor_out[i] for i in details["outputs"]]
+    x = _as_input_dict(x, input_names)
+    interpreter = micro_interpreter(content)
+    n = len(next(iter(x.values())))
+    results = {name: [] for name in output_names}
+    for s in range(n):
+        for index, name in enumerate(input_names):
+            d = interpreter.get_input_details(index)
+            q = d["quantization_parameters"]
+            scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
+            zero = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
+            value = x[name][s:s + 1]
+            value = _quantize(value, scale, zero, d["dtype"])
+            interpreter.set_input(value, index)
+        interpreter.invoke()
+        for index, name in enumerate(output_names):
+            d = interpreter.get_output_details(index)
+            q = d["quantization_parameters"]
+            scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
+            zero = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
+            results[name].append(_dequantize(np.asarray(interpreter.get_output(index)), scale, zero))
+    arena = micro_arena_bytes(interpreter)
+    return {name: np.concatenate(parts) for name, parts in results.items()}, arena
