@@ -238,11 +238,11 @@ def train(args):
 
 def main(argv=None):
     """Entry point of the `kmm` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     # The command line (not the library) quiets TensorFlow's C++ start-up log,
     # unless the user chose a level; TensorFlow is imported after this point.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
