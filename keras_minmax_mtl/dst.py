@@ -218,17 +218,20 @@ def initialize_masks(model, sparsity, density="erk", seed=0):
 def optimizer_slots(optimizer, variable):
     """The optimizer variables that hold per-element state of `variable` (momentum, Adam's m and v…).
 
-    Works for `tf_keras` optimizers (named ``{slot}/{variable name}`` by
-    `add_variable_from_reference`) and legacy ones (`get_slot`). Returns an
+    Works for `tf_keras` optimizers (named ``{optimizer}/{slot}/{variable name}``
+    by `add_variable_from_reference`) and legacy ones (`get_slot`). Returns an
     empty list before the optimizer has created its slots.
     """
     if hasattr(optimizer, "get_slot_names"):  # legacy optimizers
         return [optimizer.get_slot(variable, name) for name in optimizer.get_slot_names()
                 if _has_slot(optimizer, variable, name)]
     target = variable._shared_name
+    scope = f"{optimizer.name}/"
     slots = []
     for slot in optimizer.variables:
         name = slot.name.split(":")[0]
+        if name.startswith(scope):  # the optimizer's name scope, e.g. "Adam/m/dense/kernel"
+            name = name[len(scope):]
         if "/" in name and name.split("/", 1)[1] == target and slot.shape == variable.shape \
                 and slot is not variable:
             slots.append(slot)
