@@ -67,6 +67,28 @@ def build_parser():
                         help="what --update-every counts (default: %(default)s)")
     minmax.add_argument("--ascent", default="projected", choices=["projected", "exponentiated"],
                         help="ascent rule (default: %(default)s)")
+    # --- sparsity (issue 4: dynamic sparse training; the logic is in keras_minmax_mtl.dst) ---
+    sparse = train.add_argument_group("sparsity")
+    sparse.add_argument("--pruning", default="none", choices=["none", "dst"],
+                        help="none: dense; dst: dynamic sparse training of the hidden layers "
+                             "(default: %(default)s)")
+    sparse.add_argument("--sparsity", type=float, default=0.9,
+                        help="target fraction of zero weights (default: %(default)s)")
+    sparse.add_argument("--dst-method", default="rigl", choices=["rigl", "set", "paper", "static"],
+                        help="rigl: grow by |gradient|; set: grow at random; paper: the authors' "
+                             "variant (on epochs); static: initial masks, never updated "
+                             "(default: %(default)s)")
+    sparse.add_argument("--density", default="erk", choices=["erk", "uniform"],
+                        help="layer densities (default: %(default)s)")
+    sparse.add_argument("--dst-update-every", type=_positive_int, default=100,
+                        help="steps (epochs for paper) between mask updates (default: %(default)s)")
+    sparse.add_argument("--dst-end-step", type=_positive_int, default=None,
+                        help="last update step (default: 75%% of training)")
+    sparse.add_argument("--drop-fraction", type=float, default=0.3,
+                        help="initial drop fraction, cosine-decayed (default: %(default)s)")
+    sparse.add_argument("--grow-ratio", type=float, default=None,
+                        help="paper only: constant grow ratio (default: --drop-fraction)")
+    # --- end of sparsity ---
     data = train.add_argument_group("data size")
     data.add_argument("--train-examples", type=_positive_int, default=None,
                       help="number of training examples (default: the dataset's)")
@@ -166,6 +188,11 @@ def train(args):
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     splits, base, losses = _load_dataset(args)
+    sparse = None
+    if getattr(args, "pruning", "none") == "dst":  # issue 4
+        from keras_minmax_mtl.dst import CliRun
+        sparse = CliRun(args)
+        base = sparse.wrap(base)
     model = _build_model(args, base)
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
@@ -175,7 +202,8 @@ def train(args):
           f"epochs={args.epochs}, seed={args.seed}")
     start = time.perf_counter()
     history = model.fit(splits["train"], epochs=args.epochs, validation_data=splits["validation"],
-                        callbacks=[weights], verbose=args.verbose)
+                        callbacks=[weights, *(sparse.callbacks if sparse else [])],
+                        verbose=args.verbose)
     train_seconds = time.perf_counter() - start
     test = model.evaluate(splits["test"], verbose=0, return_dict=True)
     accuracy = {task: float(test[f"{task}_accuracy"]) for task in tasks}
@@ -207,6 +235,8 @@ def train(args):
         "train_seconds": train_seconds,
         "model": str(model_path),
     }
+    if sparse:
+        metrics["sparsity"] = sparse.report(model)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nwrote {model_path}, {out / 'metrics.json'}, {out / 'task_weights.png'}")
     return metrics

@@ -310,3 +310,27 @@ def test_masks_are_identical_on_every_replica_and_match_one_device(tmp_path):
             assert len(replicas) == 2
             np.testing.assert_array_equal(replicas[0], replicas[1])
             np.testing.assert_array_equal(replicas[0], mask_one[0])
+
+
+# ----------------------------------------------------------------------- CLI
+def test_cli_trains_with_rigl_and_reports_turnover_and_layer_sparsity(tmp_path, capsys):
+    out = tmp_path / "run"
+    cli.main(["train", "--pruning", "dst", "--dst-method", "rigl", "--sparsity", "0.9",
+              "--density", "erk", "--dst-update-every", "2", "--epochs", "1", "--out", str(out),
+              "--train-examples", "256", "--test-examples", "64", "--verbose", "0"])
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [u["step"] for u in metrics["sparsity"]["updates"]] == [2]  # end: 75% of 4 steps = 3
+    assert "mask turnover per update" in printed and "trunk_dense/kernel" in printed
+    assert metrics["sparsity"]["sparsity"]["overall"]["sparsity"] >= 0.9
+    with pruning.prune_scope():
+        loaded = keras.models.load_model(out / "model.keras")
+    masks = _masks(loaded)
+    assert sum(int(m.sum()) for m in masks) == round(0.1 * sum(m.size for m in masks))
+    assert isinstance(pruning.pruning_wrappers(loaded)[0].pruning_schedule, dst.HoldMasks)
+
+
+def test_cli_refuses_an_unknown_dst_method(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--pruning", "dst", "--dst-method", "snip"])
+    assert "invalid choice: 'snip' (choose from 'rigl', 'set', 'paper', 'static')" in capsys.readouterr().err
