@@ -287,6 +287,9 @@ class DynamicSparseTraining(keras.callbacks.Callback):
                  end_step=None, drop_fraction=0.3, decay="cosine", grow_ratio=None, seed=0,
                  verbose=0):
         super().__init__()
+        # The batch hooks read no logs: Keras need not convert them to NumPy
+        # (a device sync) after every step because of this callback.
+        self._supports_tf_logs = True
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0 < sparsity < 1:
             raise ValueError(f"Argument `sparsity` must be in (0, 1). Received: sparsity={sparsity!r}")

@@ -33,13 +33,22 @@ __all__ = ["MaskUpdater", "RigLUpdater", "SETUpdater"]
 
 
 def _top(candidates, scores, k, rng):
-    """Flat indices of the `k` candidates with the highest scores, ties broken at random."""
+    """Flat indices of the `k` candidates with the highest scores, ties broken at random.
+
+    Linear time: a partition finds the k-th largest score; every candidate above
+    it is taken, and the rest are drawn at random among those equal to it.
+    """
     index = np.flatnonzero(candidates)
     if k <= 0 or index.size == 0:
         return index[:0]
-    tie_break = rng.random(index.size)
-    order = np.lexsort((tie_break, -scores.reshape(-1)[index]))
-    return index[order[:k]]
+    if k >= index.size:
+        return index
+    values = scores.reshape(-1)[index]
+    kth = np.partition(values, index.size - k)[index.size - k]
+    above = index[values > kth]
+    ties = index[values == kth]
+    chosen = ties[rng.choice(ties.size, size=k - above.size, replace=False)]
+    return np.concatenate([above, chosen])
 
 
 class MaskUpdater:
