@@ -28,6 +28,14 @@ WEIGHTINGS = {
     "uw": "uncertainty weighting (Kendall et al. 2018)",
     "dwa": "dynamic weight average (Liu et al. 2019, T=2)",
 }
+#: Epochs of `kmm train` without staged pruning.
+DEFAULT_EPOCHS = 20
+#: `--pruning` names.
+PRUNINGS = {
+    "none": "dense",
+    "reweighted_l1": "dense, reweighted-l1, hard prune, masked retraining (Guo et al. 2025)",
+    "dst": "dynamic sparse training of the hidden layers (prune and grow at constant sparsity)",
+}
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
 
@@ -44,7 +52,9 @@ def build_parser():
                        help="dataset (default: %(default)s)")
     train.add_argument("--weighting", default="minmax", choices=list(WEIGHTINGS),
                        help="task weighting: " + "; ".join(f"{k}: {v}" for k, v in WEIGHTINGS.items()))
-    train.add_argument("--epochs", type=_positive_int, default=20, help="default: %(default)s")
+    train.add_argument("--epochs", type=_positive_int, default=None,
+                       help=f"default: {DEFAULT_EPOCHS}; with --pruning reweighted_l1 the stage "
+                            "options set the epochs instead")
     train.add_argument("--seed", type=_non_negative_int, default=0,
                        help="seed of the data draw, initial weights and shuffling (default: %(default)s)")
     train.add_argument("--out", type=pathlib.Path, default=None,
@@ -67,16 +77,37 @@ def build_parser():
                         help="what --update-every counts (default: %(default)s)")
     minmax.add_argument("--ascent", default="projected", choices=["projected", "exponentiated"],
                         help="ascent rule (default: %(default)s)")
+    # --- sparsity: the logic is in keras_minmax_mtl.reweighted_cli and keras_minmax_mtl.dst ---
+    sparse = train.add_argument_group("sparsity")
+    sparse.add_argument("--pruning", default="none", choices=list(PRUNINGS),
+                        help="; ".join(f"{k}: {v}" for k, v in PRUNINGS.items())
+                             + " (default: %(default)s)")
+    sparse.add_argument("--sparsity", type=float, default=0.9,
+                        help="fraction of the prunable weights that are zero, in [0, 1) "
+                             "(default: %(default)s)")
+    sparse.add_argument("--dst-method", default="rigl", choices=["rigl", "set", "paper", "static"],
+                        help="rigl: grow by |gradient|; set: grow at random; paper: the authors' "
+                             "variant (on epochs); static: initial masks, never updated "
+                             "(default: %(default)s)")
+    sparse.add_argument("--density", default="erk", choices=["erk", "uniform"],
+                        help="layer densities (default: %(default)s)")
+    sparse.add_argument("--dst-update-every", type=_positive_int, default=100,
+                        help="steps (epochs for paper) between mask updates (default: %(default)s)")
+    sparse.add_argument("--dst-end-step", type=_positive_int, default=None,
+                        help="last update step (default: 75%% of training)")
+    sparse.add_argument("--drop-fraction", type=float, default=0.3,
+                        help="initial drop fraction, cosine-decayed (default: %(default)s)")
+    sparse.add_argument("--grow-ratio", type=float, default=None,
+                        help="paper only: constant grow ratio (default: --drop-fraction)")
+    # --- end of sparsity ---
     data = train.add_argument_group("data size")
     data.add_argument("--train-examples", type=_positive_int, default=None,
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=_positive_int, default=None,
                       help="number of validation and test examples (default: the dataset's)")
-    # --- pruning (issue 3): options and logic live in keras_minmax_mtl.reweighted_cli ---
     from keras_minmax_mtl import reweighted_cli
 
     reweighted_cli.add_arguments(train, _positive_int, _non_negative_int, _positive_float)
-    # --- end pruning ---
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/export_commands.py ---
@@ -176,14 +207,17 @@ def train(args):
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     splits, base, losses = _load_dataset(args)
-    # --- pruning (issue 3) ---
-    pruning_run = None
-    if getattr(args, "pruning", None) == "reweighted_l1":
+    sparse = None
+    if args.pruning == "reweighted_l1":
         from keras_minmax_mtl.reweighted_cli import ReweightedL1Run
 
-        pruning_run = ReweightedL1Run(args, base, splits["train"])
-        base = pruning_run.model
-    # --- end pruning ---
+        sparse = ReweightedL1Run(args, base, splits["train"])
+        base = sparse.model
+    elif args.pruning == "dst":
+        from keras_minmax_mtl.dst import CliRun
+
+        sparse = CliRun(args)
+        base = sparse.wrap(base)
     model = _build_model(args, base)
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
@@ -193,7 +227,7 @@ def train(args):
           f"epochs={args.epochs}, seed={args.seed}")
     start = time.perf_counter()
     history = model.fit(splits["train"], epochs=args.epochs, validation_data=splits["validation"],
-                        callbacks=[weights, *(pruning_run.callbacks if pruning_run else [])],
+                        callbacks=[weights, *(sparse.callbacks if sparse else [])],
                         verbose=args.verbose)
     train_seconds = time.perf_counter() - start
     test = model.evaluate(splits["test"], verbose=0, return_dict=True)
@@ -226,8 +260,8 @@ def train(args):
         "train_seconds": train_seconds,
         "model": str(model_path),
     }
-    if pruning_run is not None:  # pruning (issue 3)
-        metrics["pruning"] = pruning_run.finish(model, out)
+    if sparse is not None:
+        metrics["pruning"] = sparse.finish(model, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nwrote {model_path}, {out / 'metrics.json'}, {out / 'task_weights.png'}")
     if getattr(args, "export", None):  # TFLite export (issue 5)
@@ -243,6 +277,13 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        if args.pruning == "reweighted_l1" and args.epochs is not None:
+            parser.error("argument --epochs: not allowed with --pruning reweighted_l1, whose "
+                         "--dense-epochs, --reweighted-epochs and --retrain-epochs set the "
+                         f"epochs. Received --epochs {args.epochs}")
+        if args.epochs is None:
+            args.epochs = DEFAULT_EPOCHS
     if args.command is None:
         parser.print_help()
         return 2

@@ -21,7 +21,7 @@ from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.minmax import MinMaxWeighting
 from keras_minmax_mtl.weighting import EqualWeighting, TaskWeighting, TrainingClock
 
-__all__ = ["MultiTaskModel", "MinMaxMultiTask", "NonFiniteLossError"]
+__all__ = ["MultiTaskModel", "MinMaxMultiTask", "NonFiniteLossError", "GradientRequest"]
 
 _NON_FINITE = "Non-finite loss"
 
@@ -91,6 +91,54 @@ class _Compiled:
         self.metrics = metrics
         self.trackers = trackers
         self.latest = latest
+
+
+class GradientRequest:
+    """Gradients of chosen variables, stored by `MultiTaskModel.train_step` on the steps asked for.
+
+    Made by `MultiTaskModel.request_gradients`. Set `requested` to `True`
+    before a train step and that step stores the gradient of its objective
+    with respect to each of `variables` into `gradients` (same order); other
+    steps store nothing and cost nothing more. Under `tf.distribute` each
+    replica stores its own gradient (its share of the global-batch
+    objective) in a replica-local variable that sums over replicas when read
+    outside the replicas, e.g. from a callback: the value read is the
+    gradient of the global objective, identical for every reader.
+
+    Attributes:
+        variables: the watched variables.
+        requested: a boolean `tf.Variable`; the callback sets it.
+        gradients: one `tf.Variable` per watched variable.
+    """
+
+    def __init__(self, variables, strategy):
+        self.variables = list(variables)
+        with strategy.scope():
+            self.requested = tf.Variable(False, trainable=False, name="gradients_requested",
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.gradients = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="requested_gradient",
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.SUM)
+                for v in self.variables]
+
+    def _store(self, gradient_of):
+        """Writes the gradients (in replica context) when `requested` is set; a no-op otherwise."""
+        def store():
+            writes = []
+            for variable, buffer in zip(self.variables, self.gradients):
+                gradient = gradient_of.get(variable.ref())
+                value = tf.zeros_like(buffer) if gradient is None else tf.convert_to_tensor(gradient)
+                writes.append(buffer.assign(tf.cast(value, buffer.dtype)))
+            return tf.group(writes)
+        return tf.cond(self.requested.read_value(), store, tf.no_op)
+
+
+class _Hooks:
+    """Plain holder of the gradient requests, kept out of Keras' attribute tracking."""
+
+    def __init__(self):
+        self.gradient_requests = []
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -196,6 +244,7 @@ class MultiTaskModel(keras.Model):
         self.initial_losses = self.add_weight(
             name="initial_losses", shape=(self.num_tasks,), initializer="zeros", **state)
         self._compiled = None
+        self._hooks = _Hooks()
         # Every variable exists now (the base model is built, the strategy and
         # counters were just created): nothing is left for a first call to build.
         self.built = base_model.built
@@ -222,6 +271,35 @@ class MultiTaskModel(keras.Model):
         training loop with per-epoch weighting rules.
         """
         self._epoch_start.assign(True)
+
+    def request_gradients(self, variables):
+        """Lets a callback read the training gradients of `variables` on the steps it names.
+
+        The gradients come from the step's own backward pass (no extra forward
+        pass), and are stored only on the steps for which the returned
+        `GradientRequest`'s `requested` flag is set. The train function is
+        rebuilt to include the request; call `release_gradients` when done.
+
+        Args:
+            variables: trainable variables of the model.
+
+        Returns:
+            A `GradientRequest`.
+        """
+        trainable = {v.ref() for v in self.trainable_variables}
+        missing = [v.name for v in variables if v.ref() not in trainable]
+        if missing:
+            raise ValueError(f"Argument `variables` must be trainable variables of the model. "
+                             f"Received variables that are not: {missing}")
+        request = GradientRequest(variables, self.distribute_strategy)
+        self._hooks.gradient_requests.append(request)
+        self.make_train_function(force=True)
+        return request
+
+    def release_gradients(self, request):
+        """Stops storing the gradients of `request` (and rebuilds the train function)."""
+        self._hooks.gradient_requests = [r for r in self._hooks.gradient_requests if r is not request]
+        self.make_train_function(force=True)
 
     def call(self, inputs, training=None):
         outputs = self.base_model(inputs, training=training)
@@ -487,6 +565,10 @@ class MultiTaskModel(keras.Model):
         with tf.control_dependencies([check]):
             variables = self.trainable_variables
             gradients = tape.gradient(objective, variables)
+            if self._hooks.gradient_requests:
+                gradient_of = {v.ref(): g for v, g in zip(variables, gradients)}
+                for request in self._hooks.gradient_requests:
+                    request._store(gradient_of)
             self.optimizer.apply_gradients(zip(gradients, variables))
             self.weighting.on_step_end(tf.stop_gradient(global_), clock)
             self.train_step_counter.assign_add(1)

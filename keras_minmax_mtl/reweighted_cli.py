@@ -13,24 +13,19 @@ the first step of the retraining stage.
 """
 import json
 
-__all__ = ["PRUNINGS", "add_arguments", "ReweightedL1Run"]
-
-#: `--pruning` names.
-PRUNINGS = {"reweighted_l1": "dense, reweighted-l1, hard prune, masked retraining (Guo et al. 2025)"}
+__all__ = ["add_arguments", "ReweightedL1Run"]
 
 #: ρ chosen on the validation split of multi_digits (see docs/reweighted_l1.md).
 DEFAULT_RHO = 1e-5
 
 
 def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
-    """Adds the "pruning" option group to the `kmm train` parser."""
-    group = train_parser.add_argument_group("pruning")
-    group.add_argument("--pruning", default=None, choices=sorted(PRUNINGS),
-                       help="prune the trunk and task-hidden layers: "
-                            + "; ".join(f"{k}: {v}" for k, v in PRUNINGS.items()))
-    group.add_argument("--sparsity", type=float, default=0.9,
-                       help="fraction of the prunable weights removed, in [0, 1) "
-                            "(default: %(default)s)")
+    """Adds the reweighted-ℓ1 stage options to the `kmm train` parser.
+
+    `--pruning` and `--sparsity` are shared with the other methods and live in `cli`.
+    """
+    group = train_parser.add_argument_group(
+        "reweighted-l1 pruning (--pruning reweighted_l1; its stages replace --epochs)")
     group.add_argument("--dense-epochs", type=non_negative_int, default=8,
                        help="epochs of dense training (default: %(default)s)")
     group.add_argument("--reweighted-epochs", type=non_negative_int, default=6,

@@ -1,0 +1,117 @@
+r"""Prune-and-grow rules of dynamic sparse training: one small class per method.
+
+A `MaskUpdater` turns a layer's mask into a new one in two hooks:
+
+- `drop_scores`: the active weights with the *lowest* scores are dropped;
+- `grow_scores`: among the weights left inactive, those with the *highest*
+  scores are grown (a weight dropped in this update may be grown back, as in
+  RigL; it then keeps its value).
+
+`update` keeps the ``n_active − n_drop`` active weights of highest drop score
+and grows ``n_grow`` weights; ties are broken by a random key drawn from the
+`numpy.random.Generator` it is given, so a seeded generator makes the result
+reproducible. The methods (Evci et al., "Rigging the Lottery", ICML 2020;
+Mocanu et al., "Scalable training of artificial neural networks with
+adaptive sparse connectivity", Nature Communications 2018):
+
+======================  ==================  ===========================
+class                   drop score          grow score
+======================  ==================  ===========================
+`RigLUpdater`           ``|w|``             ``|∂L/∂w|``
+`SETUpdater`            ``|w|``             uniform random
+======================  ==================  ===========================
+
+Example:
+
+>>> updater = RigLUpdater()
+>>> new_mask = updater.update(weight, mask, gradient, n_drop=3, n_grow=3,
+...                           rng=np.random.default_rng(0))
+"""
+import numpy as np
+
+__all__ = ["MaskUpdater", "RigLUpdater", "SETUpdater"]
+
+
+def _top(candidates, scores, k, rng):
+    """Flat indices of the `k` candidates with the highest scores, ties broken at random.
+
+    Linear time: a partition finds the k-th largest score; every candidate above
+    it is taken, and the rest are drawn at random among those equal to it.
+    """
+    index = np.flatnonzero(candidates)
+    if k <= 0 or index.size == 0:
+        return index[:0]
+    if k >= index.size:
+        return index
+    values = scores.reshape(-1)[index]
+    kth = np.partition(values, index.size - k)[index.size - k]
+    above = index[values > kth]
+    ties = index[values == kth]
+    chosen = ties[rng.choice(ties.size, size=k - above.size, replace=False)]
+    return np.concatenate([above, chosen])
+
+
+class MaskUpdater:
+    """Base class: a prune-and-grow rule defined by its drop and grow scores.
+
+    Subclasses override `drop_scores` and/or `grow_scores`, and set
+    `needs_gradients` when `grow_scores` reads the gradient.
+    """
+
+    #: Whether `update` must be given the layer's gradient.
+    needs_gradients = False
+
+    def drop_scores(self, weight, mask, gradient, rng):
+        """Scores of the weights; the active ones with the lowest scores are dropped.
+
+        Defaults to the magnitude ``|weight · mask|``.
+        """
+        return np.abs(weight * mask)
+
+    def grow_scores(self, weight, mask, gradient, rng):
+        """Scores of the weights; the inactive ones with the highest scores are grown."""
+        raise NotImplementedError
+
+    def update(self, weight, mask, gradient, n_drop, n_grow, rng):
+        """The new mask after dropping `n_drop` and growing `n_grow` weights.
+
+        Args:
+            weight: the layer's weight (NumPy array).
+            mask: its current 0/1 mask, same shape.
+            gradient: the gradient of the loss with respect to the weight, same
+                shape, or `None` if the updater does not need it.
+            n_drop: how many active weights to drop (capped at the number active).
+            n_grow: how many inactive weights to grow (capped at the number
+                left inactive after the drop).
+            rng: a `numpy.random.Generator` for the random scores and ties.
+
+        Returns:
+            The new mask, a float array of the mask's dtype and shape.
+        """
+        active = mask.reshape(-1) > 0
+        n_active = int(active.sum())
+        n_drop = min(max(int(n_drop), 0), n_active)
+        keep_index = _top(active, self.drop_scores(weight, mask, gradient, rng), n_active - n_drop, rng)
+        kept = np.zeros(active.size, dtype=bool)
+        kept[keep_index] = True
+        grow_index = _top(~kept, self.grow_scores(weight, mask, gradient, rng), int(n_grow), rng)
+        kept[grow_index] = True
+        return kept.reshape(mask.shape).astype(mask.dtype)
+
+
+class RigLUpdater(MaskUpdater):
+    """RigL (Evci et al. 2020): drop by magnitude, grow by the largest gradient magnitude."""
+
+    needs_gradients = True
+
+    def grow_scores(self, weight, mask, gradient, rng):
+        if gradient is None:
+            raise ValueError("RigLUpdater.grow_scores needs the gradient of the weight. Received: None")
+        return np.abs(gradient)
+
+
+class SETUpdater(MaskUpdater):
+    """SET (Mocanu et al. 2018): drop by magnitude, grow at random."""
+
+    def grow_scores(self, weight, mask, gradient, rng):
+        return rng.random(mask.shape)
