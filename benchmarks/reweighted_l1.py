@@ -1,6 +1,3 @@
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 r"""Reweighted-ℓ1 pruning on multi_digits: min-max vs equal weighting, next to dense.
 
 For every seed, the same network (`multi_digits_network(seed)`) and data
@@ -16,20 +13,23 @@ each with ``minmax`` (`MinMaxMultiTask`, paper defaults β=50, γ=5) and
 prints, per configuration, the achieved sparsity of the prunable weights
 (mean over seeds, to 0.1 %), and test worst-task and mean accuracy as
 mean ± std over seeds. With `--select-rho r1 r2 ...` it first picks ρ on the
-*validation* split (seed 0, min-max, the largest sparsity, worst-task
-accuracy), then runs the table with it. Everything is saved to
+*validation* split (seed 0, min-max, at `--select-at` sparsity, default the
+smallest of `--sparsities`; worst-task accuracy, then mean), then runs the
+table with it. Everything is saved to
 `benchmarks/results/reweighted_l1.json`.
 
     python benchmarks/reweighted_l1.py --seeds 0 1 2 --sparsities 0.9 0.975 --select-rho 1e-6 1e-5 1e-4
 """
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a script, not the library
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import keras_minmax_mtl as kmm  # noqa: E402
@@ -54,7 +54,8 @@ def run(args, seed, weighting, sparsity, rho, split):
     if sparsity is not None:
         base, callbacks = prune_reweighted_l1(
             base, sparsity, dense_steps=args.dense_epochs * steps,
-            reweighted_steps=args.reweighted_epochs * steps, rho=rho, epsilon=args.epsilon)
+            reweighted_steps=args.reweighted_epochs * steps, rho=rho, epsilon=args.epsilon,
+            allocation=args.allocation)
     if weighting == "minmax":
         model = kmm.MinMaxMultiTask(base, step_size=0.02, gamma=5.0)
     else:
@@ -87,23 +88,26 @@ def main(argv=None):
     parser.add_argument("--rho", type=float, default=1e-5)
     parser.add_argument("--select-rho", type=float, nargs="*", default=[])
     parser.add_argument("--epsilon", type=float, default=1e-6)
-    parser.add_argument("--dense-epochs", type=int, default=6)
-    parser.add_argument("--reweighted-epochs", type=int, default=4)
-    parser.add_argument("--retrain-epochs", type=int, default=4)
-    parser.add_argument("--train-examples", type=int, default=3000)
+    parser.add_argument("--select-at", type=float, default=None,
+                        help="sparsity at which rho is selected (default: the smallest)")
+    parser.add_argument("--allocation", default="uniform", choices=["uniform", "global"])
+    parser.add_argument("--dense-epochs", type=int, default=10)
+    parser.add_argument("--reweighted-epochs", type=int, default=5)
+    parser.add_argument("--retrain-epochs", type=int, default=5)
+    parser.add_argument("--train-examples", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).parent / "results" / "reweighted_l1.json")
     args = parser.parse_args(argv)
-    print(f"multi_digits, {args.train_examples} training examples, "
+    print(f"multi_digits, {args.train_examples} training examples, allocation {args.allocation}, "
           f"{args.dense_epochs}+{args.reweighted_epochs}+{args.retrain_epochs} epochs, "
           f"batch {args.batch_size}, Adam {args.learning_rate}", flush=True)
 
     selection = []
     rho = args.rho
     if args.select_rho:
-        sparsity = max(args.sparsities)
+        sparsity = args.select_at if args.select_at is not None else min(args.sparsities)
         for candidate in args.select_rho:
             r = run(args, 0, "minmax", sparsity, candidate, "validation")
             selection.append(r)
