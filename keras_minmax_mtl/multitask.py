@@ -264,6 +264,25 @@ class MultiTaskModel(keras.Model):
         """The task weights of the strategy, shape `(K,)` (before `scale`)."""
         return self.weighting.task_weights
 
+    def with_base_model(self, base_model):
+        """A new model of this class and configuration around `base_model`.
+
+        The task-weighting state (task weights, DWA history, UW log-variances)
+        and the step and epoch counters are copied; the optimizer and the
+        compile settings are not. Used to swap the network for a stripped,
+        quantisation-aware or otherwise rebuilt copy of it.
+        """
+        config = self.get_config()
+        config["base_model"] = base_model
+        if "weighting" in config:
+            config["weighting"] = keras.saving.deserialize_keras_object(config["weighting"])
+        copy = type(self)(**config)
+        for target, source in zip(copy.weighting.weights, self.weighting.weights):
+            target.assign(source)
+        for name in ("train_step_counter", "epoch_counter", "initial_losses"):
+            getattr(copy, name).assign(getattr(self, name))
+        return copy
+
     def start_epoch(self):
         """Marks the next train step as the first of an epoch.
 

@@ -134,17 +134,7 @@ def strip_pruning(model):
             objects that are not `tf_keras` models.
     """
     if isinstance(model, MultiTaskModel):
-        base = _strip_functional(model.base_model)
-        config = model.get_config()
-        config["base_model"] = base
-        if "weighting" in config:
-            config["weighting"] = keras.saving.deserialize_keras_object(config["weighting"])
-        copy = type(model)(**config)
-        for target, source in zip(copy.weighting.weights, model.weighting.weights):
-            target.assign(source)
-        for name in ("train_step_counter", "epoch_counter", "initial_losses"):
-            getattr(copy, name).assign(getattr(model, name))
-        return copy
+        return model.with_base_model(_strip_functional(model.base_model))
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise TypeError(
             "Argument `model` must be a Functional `tf_keras` model or a `MultiTaskModel`. "

@@ -52,17 +52,9 @@ def prune_preserving_qat(model):
     if not isinstance(model, MultiTaskModel):
         return _qat_functional(model)
     source = pruning.strip_pruning(model) if pruning.pruning_wrappers(model) else model
-    config = source.get_config()
-    config["base_model"] = _qat_functional(source.base_model)
-    if "weighting" in config:
-        config["weighting"] = keras.saving.deserialize_keras_object(config["weighting"])
+    base = _qat_functional(source.base_model)
     with quantize_scope():
-        copy = type(model)(**config)
-    for target, value in zip(copy.weighting.weights, source.weighting.weights):
-        target.assign(value)
-    for name in ("train_step_counter", "epoch_counter", "initial_losses"):
-        getattr(copy, name).assign(getattr(source, name))
-    return copy
+        return source.with_base_model(base)
 
 
 def quantize_scope():

@@ -121,3 +121,17 @@ def test_backup_and_restore_resumes_task_weights_and_step_counter(tmp_path):
     np.testing.assert_allclose(resumed.task_weights.numpy(), reference.task_weights.numpy(),
                                atol=1e-6)
     assert not np.allclose(reference.task_weights.numpy(), 1 / 3)
+
+
+def test_with_base_model_copies_weighting_state_and_counters_not_the_network():
+    x, y = tiny_data(n=48)
+    model = compiled(kmm.MultiTaskModel(tiny_base_model(), weighting=kmm.DynamicWeightAverage(),
+                                        scale=2.0))
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    other = tiny_base_model(seed=7)
+    copy = model.with_base_model(other)
+    assert type(copy) is kmm.MultiTaskModel and copy.base_model is other and copy.scale == 2.0
+    for a, b in zip(copy.weighting.weights, model.weighting.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(copy.train_step_counter.numpy()) == 18 and int(copy.epoch_counter.numpy()) == 2
+    assert not copy._is_compiled
