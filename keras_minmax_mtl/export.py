@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl import pruning, runtimes
-from keras_minmax_mtl.logits import OUTPUT_FORMS, softmax_outputs, without_softmax
+from keras_minmax_mtl.logits import (OUTPUT_FORMS, floorable_outputs, logit_floors,
+                                     softmax_outputs, without_softmax)
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.targets import TARGETS, get_target
@@ -253,9 +254,18 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             every top-1 decision of the float model, is the same; but a
             full-int8 softmax output has the step 1/256, and the top classes
             of an unsure head tie there, while int8 logits keep them apart.
+            For `quantization="int8"` a head whose softmax is the activation
+            of a layer with a bias outputs ``max(z − t, 0)`` instead, with a
+            floor ``t`` just below the smallest top logit ``max_k z`` of the
+            samples (`logits.logit_floors`, margin 0.1 of their spread): the
+            int8 scale then covers the logits that can win rather than the
+            whole range with its long negative tail; the argmax is that of
+            ``z`` whenever ``max z > t``.
             Defaults to `None`: `"logits"` for `quantization="int8"`,
             `"probabilities"` otherwise (float activations lose nothing).
-            The report's `output_forms` says what each task's output is.
+            The report's `output_forms` says what each task's output is
+            (`"probabilities"`, `"logits"`, `"logits_above_floor"` or
+            `"as_model"`) and `logit_floors` the floors ``t``.
 
     Returns:
         The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
@@ -296,12 +306,6 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
 
     base, tasks = deployable_model(model)
     stripped = base  # its kernels and layer names; the logits copy has the same weights
-    if outputs == "logits":
-        base, forms = without_softmax(base)
-    else:
-        forms = {name: "probabilities" if has else "as_model"
-                 for name, has in softmax_outputs(base).items()}
-    output_forms = {tasks[name]: form for name, form in forms.items()}
     if representative_data is None:
         rng = np.random.default_rng(0)
         samples = {name: rng.standard_normal((num_samples,) + tuple(t.shape[1:])).astype(
@@ -310,6 +314,21 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     else:
         samples = _samples(representative_data, base, num_samples)
         sample_source = "representative_data"
+    floors = {}
+    if outputs == "logits":
+        logits_model, forms = without_softmax(base)
+        if quantization == "int8" and floorable_outputs(base):
+            # Floor the int8 logits just below the smallest top logit of the samples, so
+            # that the int8 range covers the logits that can win (see `logits.without_softmax`).
+            reference = _keras_outputs(logits_model, {n: n for n in logits_model.output_names},
+                                       samples)
+            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)})
+            logits_model, forms = without_softmax(base, floors)
+        base = logits_model
+    else:
+        forms = {name: "probabilities" if has else "as_model"
+                 for name, has in softmax_outputs(base).items()}
+    output_forms = {tasks[name]: form for name, form in forms.items()}
     specs = _input_specs(base, target.batch_size, target)
 
     candidates = {}
@@ -357,12 +376,14 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             "quantization": quantization,
             "storage": storage,
             "output_forms": output_forms,
+            "logit_floors": {tasks[name]: t for name, t in floors.items()},
             "bytes_by_storage": {k: len(v) for k, v in candidates.items()},
             "keras_sparsity": _kernel_sparsity(stripped),
             "verification": {
                 "samples": len(next(iter(samples.values()))),
-                "reference": ("the Keras model with the final softmax dropped (logits)"
-                              if "logits" in output_forms.values() else "the Keras model"),
+                "reference": ("the Keras model with the final softmax dropped (logits; "
+                              "max(logits - floor, 0) where logit_floors has a floor)"
+                              if outputs == "logits" else "the Keras model"),
                 "sample_source": sample_source,
                 "tolerance": (f"|y_tflite - y_keras| <= {float_tolerance} * (1 + |y_keras|)"
                               if quantization == "float" else None),

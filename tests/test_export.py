@@ -87,7 +87,8 @@ def test_micro_export_is_batch_one_int8_runs_in_tflite_micro_and_writes_c_that_c
     assert report["inputs"]["features"]["dtype"] == "int8"
     assert report["verification"]["runtime"] == "tflite_micro"
     # int8 files output logits by default: the heads' softmax is dropped on the copy only.
-    assert report["output_forms"] == {"a": "logits", "b": "logits"} and "SOFTMAX" not in report["ops"]
+    assert report["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
+    assert "SOFTMAX" not in report["ops"] and sorted(report["logit_floors"]) == ["a", "b"]
     assert model.base_model.get_layer("prune_low_magnitude_a").layer.activation.__name__ == "softmax"
     assert report["storage"] == "dense" and "DENSIFY" not in report["ops"]
     assert report["arena_bytes"] > 0
@@ -124,11 +125,12 @@ def test_edgetpu_rules_pass_int8_batch_one_and_name_float_ops_with_layers(traine
     report = export_tflite(model, tmp_path / "e.tflite", target="edgetpu", representative_data=x)
     rules = report["edgetpu"]["rules"]
     assert rules["all_on_edgetpu"], rules["cpu_ops"]
-    assert report["output_forms"] == {"a": "logits", "b": "logits"}
+    assert report["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
     stripped = pruning.strip_pruning(model)
     logits = export_tflite(stripped, tmp_path / "s.tflite", quantization="int8",
                            representative_data=x)
-    assert logits["output_forms"] == {"a": "logits", "b": "logits"} and "SOFTMAX" not in logits["ops"]
+    assert logits["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
+    assert "SOFTMAX" not in logits["ops"]
     assert stripped.base_model.get_layer("a").get_config()["activation"] == "softmax"
     assert [o["op"] for o in rules["ops"]].count("FULLY_CONNECTED") == 3
     assert report["edgetpu"]["compiler"] == {"found": False} or report["edgetpu"]["compiler"]["found"]
@@ -252,7 +254,9 @@ def test_int8_probabilities_tie_on_near_ties_and_logits_keep_the_top1_decision(t
     for target in ("mobile", "micro", "edgetpu"):
         report = export_tflite(model, tmp_path / f"{target}.tflite", target=target,
                                quantization="int8", representative_data=x)
-        assert report["output_forms"] == {"t": "logits", "r": "as_model"}, target
+        assert report["output_forms"] == {"t": "logits_above_floor", "r": "as_model"}, target
+        # Top logits are 0.51 everywhere, the median logit 0: t = 0.51 - 0.1 * 0.51.
+        assert report["logit_floors"] == {"t": pytest.approx(0.459, abs=1e-6)}
         assert "SOFTMAX" not in report["ops"] and "SOFTMAX" in probabilities["ops"]
         tasks = report["verification"]["tasks"]
         assert tasks["t"]["top1_agreement"] == 1.0 and tasks["t"]["top1_tie_fraction"] == 0.0
@@ -302,3 +306,16 @@ def test_logits_copy_handles_softmax_layers_wrappers_and_refuses_a_shared_softma
     shared = keras.Model(inputs, [p, keras.layers.Dense(1, name="q")(p)])
     with pytest.raises(ValueError, match=r"Cannot output logits for 'p': its layer also feeds \['q'\]"):
         without_softmax(shared)
+
+
+def test_floored_logits_are_relu_of_logits_minus_the_floor_and_floors_are_below_every_top():
+    from keras_minmax_mtl.logits import logit_floors, without_softmax
+
+    model, x = near_tie_model()
+    copy, forms = without_softmax(model, floors={"t": 0.3})
+    assert forms == {"t": "logits_above_floor", "r": "as_model"}
+    kernel, bias = model.get_layer("t").get_weights()
+    np.testing.assert_allclose(copy(x)[0], np.maximum(x @ kernel + bias - 0.3, 0), atol=1e-6)
+    assert logit_floors({"t": np.array([[0.0, 2.0], [1.0, 0.0]])}) == {"t": pytest.approx(0.85)}
+    with pytest.raises(ValueError, match=r"`floors` names 'r'.*can be floored: \['t'\]"):
+        without_softmax(model, floors={"r": 0.0})
