@@ -5,14 +5,18 @@ Functional base model, with or without tfmot pruning wrappers, and:
 
 1. strips the pruning wrappers on a copy (the user's model is never changed)
    and takes the base model of a `MultiTaskModel`;
-2. converts it with a signature whose outputs are named after the tasks, with
+2. for full-int8 files (or `outputs="logits"`), drops the final softmax of
+   each task head on the copy (`keras_minmax_mtl.logits`), so that int8 keeps
+   the float model's top-1 decisions; the report's `output_forms` says what
+   each task outputs;
+3. converts it with a signature whose outputs are named after the tasks, with
    the batch fixed to 1 where the target needs it (`micro`, `edgetpu`);
-3. runs the file in the runtime that will run it (LiteRT, or TFLite Micro for
+4. runs the file in the runtime that will run it (LiteRT, or TFLite Micro for
    `micro`) on representative samples and compares every task's output with
    the Keras model: float files must agree within a stated tolerance,
    ``|y_tflite − y_keras| ≤ tol·(1 + |y_keras|)``; quantized files report the
    per-task top-1 agreement and the largest error;
-4. only then writes the file, a JSON report beside it (`<stem>.json`) and the
+5. only then writes the file, a JSON report beside it (`<stem>.json`) and the
    target's extra files (C array for `micro`, compiler log for `edgetpu`).
    On any error nothing is written.
 
