@@ -11,7 +11,12 @@ output folder (`--model-dir`) or one trained here (`--dense-epochs`). Then:
 
 Every file is run on the whole test split in the runtime that will run it
 (LiteRT; TFLite Micro for micro) and its per-task accuracy is compared with
-the sparse Keras model's.
+the sparse Keras model's. Full-int8 files output logits by default (the
+final softmax of each head is dropped on the exported copy; `--outputs
+probabilities` keeps it): top-1 agreement is the argmax of the file against
+the argmax of the Keras model, which a softmax does not change; `ties max` is
+the largest per-task fraction of test samples whose top output value is shared
+by two or more classes in the file.
 
     PYTHONPATH=. python benchmarks/export.py --model-dir runs/dense --prune-epochs 60 --learning-rate 3e-3
 """
@@ -47,6 +52,8 @@ def parse():
                    help="fine-tuning learning rate (dense training uses 1e-3)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outputs", default=None, choices=["probabilities", "logits"],
+                   help="export_tflite(outputs=...); default: its default (logits for int8)")
     p.add_argument("--work", type=pathlib.Path, default=pathlib.Path("benchmarks/results/export"))
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results/export.json"))
     return p.parse_args()
@@ -98,6 +105,7 @@ def main():
     prune_seconds = time.perf_counter() - start
     sparsity = pruning.sparsity_report(sparse)["overall"]["sparsity"]
     stripped = pruning.strip_pruning(sparse)
+    stripped.base_model.save(args.work / "sparse_base.keras")  # for inspecting the exports later
 
     x_test, y_test = data["test"]
     x_val, y_val = data["validation"]
@@ -119,7 +127,8 @@ def main():
     files = {}
     for name, (model, kwargs) in exports.items():
         path = args.work / f"{name}.tflite"
-        report = export_tflite(model, path, representative_data=rep, **kwargs)
+        report = export_tflite(model, path, representative_data=rep, outputs=args.outputs,
+                               **kwargs)
         if kwargs["target"] == "micro":
             out, _ = runtimes.run_micro(path, x_test)
             runtime = "tflite_micro"
@@ -132,7 +141,10 @@ def main():
         # Top-1 agreement of the file with the Keras model it came from, on the test split.
         agreement = {t: float(np.mean(out[t].argmax(-1) == keras_out[source_model][t].argmax(-1)))
                      for t in tasks}
+        ties = {t: float(np.mean(np.sum(out[t] == out[t].max(-1, keepdims=True), -1) > 1))
+                for t in tasks}
         files[name] = {"path": str(path), "bytes": report["bytes"], "gzip_bytes": report["gzip_bytes"],
+                       "output_forms": report["output_forms"], "top1_tie_fraction": ties,
                        "storage": report["storage"], "runtime": runtime,
                        "arena_bytes": report.get("arena_bytes"), "test_accuracy": acc,
                        "keras_test_accuracy": reference, "top1_agreement": agreement,
@@ -146,13 +158,15 @@ def main():
     print(f"Keras test accuracy  dense: {keras_acc['dense']}\n"
           f"                    sparse: {keras_acc['sparse']}   (validation: {val_acc})")
     header = f"{'file':<13}{'bytes':>9}{'/dense':>8}{'storage':>8}  {'runtime':<15}" + "".join(
-        f"{t + ' acc':>10}{'Δpt':>7}" for t in tasks) + f"{'agree min':>11}"
+        f"{t + ' acc':>10}{'Δpt':>7}" for t in tasks) + f"{'agree min':>11}{'ties max':>10}  outputs"
     print(header)
     for name, f in files.items():
         print(f"{name:<13}{f['bytes']:>9}{f['bytes_ratio_to_dense_float']:>8.3f}{f['storage']:>8}  "
               f"{f['runtime']:<15}" + "".join(
                   f"{f['test_accuracy'][t]:>10.4f}{f['accuracy_gap_points'][t]:>7.2f}" for t in tasks)
-              + f"{min(f['top1_agreement'].values()):>11.4f}")
+              + f"{min(f['top1_agreement'].values()):>11.4f}"
+              + f"{max(f['top1_tie_fraction'].values()):>10.4f}  "
+              + ",".join(sorted(set(f["output_forms"].values()))))
     print("goals: mobile/dense <= 0.35, micro/dense <= 0.30, |Δpt| <= 1 and int8 top-1 "
           "agreement >= 0.99 (vs the Keras model the file came from); micro arena bytes:",
           files["micro_int8"]["arena_bytes"])

@@ -5,14 +5,18 @@ Functional base model, with or without tfmot pruning wrappers, and:
 
 1. strips the pruning wrappers on a copy (the user's model is never changed)
    and takes the base model of a `MultiTaskModel`;
-2. converts it with a signature whose outputs are named after the tasks, with
+2. for full-int8 files (or `outputs="logits"`), drops the final softmax of
+   each task head on the copy (`keras_minmax_mtl.logits`), so that int8 keeps
+   the float model's top-1 decisions; the report's `output_forms` says what
+   each task outputs;
+3. converts it with a signature whose outputs are named after the tasks, with
    the batch fixed to 1 where the target needs it (`micro`, `edgetpu`);
-3. runs the file in the runtime that will run it (LiteRT, or TFLite Micro for
+4. runs the file in the runtime that will run it (LiteRT, or TFLite Micro for
    `micro`) on representative samples and compares every task's output with
    the Keras model: float files must agree within a stated tolerance,
    ``|y_tflite − y_keras| ≤ tol·(1 + |y_keras|)``; quantized files report the
    per-task top-1 agreement and the largest error;
-4. only then writes the file, a JSON report beside it (`<stem>.json`) and the
+5. only then writes the file, a JSON report beside it (`<stem>.json`) and the
    target's extra files (C array for `micro`, compiler log for `edgetpu`).
    On any error nothing is written.
 
@@ -35,6 +39,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl import pruning, runtimes
+from keras_minmax_mtl.logits import (OUTPUT_FORMS, floorable_outputs, logit_floors,
+                                     softmax_outputs, without_softmax)
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.targets import TARGETS, get_target
@@ -200,6 +206,10 @@ def _compare(reference, got, quantization, tolerance):
         entry = {"max_abs_error": float(error.max()), "mean_abs_error": float(error.mean())}
         if want.ndim >= 2 and want.shape[-1] > 1:
             entry["top1_agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
+            # Samples whose largest output value is shared by two or more classes: the
+            # argmax then takes the lowest of them (frequent for int8 probabilities).
+            top = have.max(-1, keepdims=True)
+            entry["top1_tie_fraction"] = float(np.mean(np.sum(have == top, axis=-1) > 1))
         if quantization == "float":
             bound = tolerance * (1.0 + np.abs(want))
             entry["within_tolerance"] = bool(np.all(error <= bound))
@@ -209,7 +219,7 @@ def _compare(reference, got, quantization, tolerance):
 
 def export_tflite(model, path, target="mobile", representative_data=None, quantization=None,
                   sparse_storage="auto", num_samples=256, float_tolerance=1e-4,
-                  min_top1_agreement=None):
+                  min_top1_agreement=None, outputs=None):
     r"""Exports `model` to a `.tflite` file for `target`, verified by running it.
 
     Args:
@@ -242,11 +252,31 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         min_top1_agreement: if set, every classification task of a quantized
             file must agree with the Keras top-1 on at least this fraction of
             the samples. Defaults to `None` (reported, not enforced).
+        outputs: `"probabilities"` keeps every task head as the model computes
+            it; `"logits"` drops the final softmax of each head that ends with
+            one (on the copy), so the file outputs logits. The argmax, hence
+            every top-1 decision of the float model, is the same; but a
+            full-int8 softmax output has the step 1/256, and the top classes
+            of an unsure head tie there, while int8 logits keep them apart.
+            For `quantization="int8"` a head whose softmax is the activation
+            of a layer with a bias outputs ``max(z − t, 0)`` instead, with a
+            floor ``t`` just below the smallest top logit ``max_k z`` of the
+            samples (`logits.logit_floors`, margin 0.1 of their spread): the
+            int8 scale then covers the logits that can win rather than the
+            whole range with its long negative tail; the argmax is that of
+            ``z`` whenever ``max z > t``.
+            Defaults to `None`: `"logits"` for `quantization="int8"`,
+            `"probabilities"` otherwise (float activations lose nothing).
+            The report's `output_forms` says what each task's output is
+            (`"probabilities"`, `"logits"`, `"logits_above_floor"` or
+            `"as_model"`) and `logit_floors` the floors ``t``.
 
     Returns:
         The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
         `sparsity` (per-layer and overall, of the Keras kernels), `ops`,
-        `inputs`, `outputs` (keyed by task name), `verification`, and the
+        `inputs`, `outputs` (keyed by task name), `output_forms` (per task:
+        `"probabilities"` or `"logits"` for heads that end with a softmax,
+        `"as_model"` for the others), `verification`, and the
         target's entries (`arena_bytes` and `c_array` for micro, `edgetpu`).
 
     Raises:
@@ -269,11 +299,17 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             "Argument `representative_data` is required for quantization='int8' (it calibrates "
             "the activation ranges and verifies the file). Pass a few hundred training inputs, "
             "or use quantization='float' or 'dynamic' (target 'mobile').")
+    if outputs is None:
+        outputs = "logits" if quantization == "int8" else "probabilities"
+    if outputs not in OUTPUT_FORMS:
+        raise ValueError(f"Argument `outputs` must be one of {list(OUTPUT_FORMS)} or None. "
+                         f"Received: outputs={outputs!r}")
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise ValueError(f"Argument `num_samples` must be an integer > 0. "
                          f"Received: num_samples={num_samples!r}")
 
     base, tasks = deployable_model(model)
+    stripped = base  # its kernels and layer names; the logits copy has the same weights
     if representative_data is None:
         rng = np.random.default_rng(0)
         samples = {name: rng.standard_normal((num_samples,) + tuple(t.shape[1:])).astype(
@@ -282,6 +318,21 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     else:
         samples = _samples(representative_data, base, num_samples)
         sample_source = "representative_data"
+    floors = {}
+    if outputs == "logits":
+        logits_model, forms = without_softmax(base)
+        if quantization == "int8" and floorable_outputs(base):
+            # Floor the int8 logits just below the smallest top logit of the samples, so
+            # that the int8 range covers the logits that can win (see `logits.without_softmax`).
+            reference = _keras_outputs(logits_model, {n: n for n in logits_model.output_names},
+                                       samples)
+            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)})
+            logits_model, forms = without_softmax(base, floors)
+        base = logits_model
+    else:
+        forms = {name: "probabilities" if has else "as_model"
+                 for name, has in softmax_outputs(base).items()}
+    output_forms = {tasks[name]: form for name, form in forms.items()}
     specs = _input_specs(base, target.batch_size, target)
 
     candidates = {}
@@ -296,7 +347,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     if storage == "sparse" and not runtimes.is_sparse_model(content):
         storage = "dense"  # the converter found nothing worth storing sparse
 
-    layer_names = _layer_names(base)
+    layer_names = _layer_names(stripped)
     with tempfile.TemporaryDirectory() as work:
         work = pathlib.Path(work)
         staged = work / path.name
@@ -328,10 +379,15 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             "target_config": target.get_config(),
             "quantization": quantization,
             "storage": storage,
+            "output_forms": output_forms,
+            "logit_floors": {tasks[name]: t for name, t in floors.items()},
             "bytes_by_storage": {k: len(v) for k, v in candidates.items()},
-            "keras_sparsity": _kernel_sparsity(base),
+            "keras_sparsity": _kernel_sparsity(stripped),
             "verification": {
                 "samples": len(next(iter(samples.values()))),
+                "reference": ("the Keras model with the final softmax dropped (logits; "
+                              "max(logits - floor, 0) where logit_floors has a floor)"
+                              if outputs == "logits" else "the Keras model"),
                 "sample_source": sample_source,
                 "tolerance": (f"|y_tflite - y_keras| <= {float_tolerance} * (1 + |y_keras|)"
                               if quantization == "float" else None),

@@ -29,6 +29,10 @@ def add_commands(commands):
                         help="default: %(default)s")
     export.add_argument("--quantization", default=None, choices=["float", "dynamic", "int8"],
                         help="default: float for mobile, int8 for micro and edgetpu")
+    export.add_argument("--outputs", default=None, choices=["probabilities", "logits"],
+                        help="task outputs of the file (default: logits for int8, dropping each "
+                             "head's final softmax so int8 keeps the top-1 decision; "
+                             "probabilities otherwise)")
     export.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: MODEL_DIR)")
     export.add_argument("--samples", type=int, default=256,
@@ -60,8 +64,10 @@ def _summary(path, report):
              f"{report['quantization']}, {report['storage']} storage) for target {report['target']}"]
     for task, result in report["verification"]["tasks"].items():
         agreement = result.get("top1_agreement")
-        lines.append(f"  {task}: max |tflite - keras| = {result['max_abs_error']:.3g}"
-                     + (f", top-1 agreement {agreement:.4f}" if agreement is not None else ""))
+        lines.append(f"  {task} ({report['output_forms'][task]}): max |tflite - keras| = "
+                     f"{result['max_abs_error']:.3g}"
+                     + (f", top-1 agreement {agreement:.4f}, tied top values "
+                        f"{result['top1_tie_fraction']:.4f}" if agreement is not None else ""))
     lines.append(f"  verified in {report['verification']['runtime']} on "
                  f"{report['verification']['samples']} samples")
     if "arena_bytes" in report:
@@ -75,13 +81,15 @@ def _summary(path, report):
     return "\n".join(lines)
 
 
-def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None):
+def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
+                          outputs=None):
     """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report."""
     from keras_minmax_mtl.export import export_tflite
 
     path = pathlib.Path(out) / f"model_{target}.tflite"
     report = export_tflite(model, path, target=target, quantization=quantization,
-                           representative_data=_training_inputs(dataset, seed, samples))
+                           representative_data=_training_inputs(dataset, seed, samples),
+                           outputs=outputs)
     print(_summary(path, report))
     return report
 
@@ -102,4 +110,4 @@ def run_command(args):
         model = keras.models.load_model(args.model_dir / "model.keras")
     return export_after_training(model, args.out or args.model_dir, args.target,
                                  metrics["dataset"], metrics["seed"], args.samples,
-                                 args.quantization)
+                                 args.quantization, args.outputs)

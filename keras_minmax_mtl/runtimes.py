@@ -310,7 +310,7 @@ def micro_arena_bytes(interpreter):
     return int(match.group(1))
 
 
-def _micro_runs(content, arena_size, inputs):
+def _micro_runs_here(content, arena_size, inputs):
     try:
         with _StderrCapture():
             interpreter = micro_interpreter(content, arena_size=arena_size)
@@ -320,6 +320,30 @@ def _micro_runs(content, arena_size, inputs):
     except (RuntimeError, MicroOpError):
         return False
     return True
+
+
+def _micro_runs(content, arena_size, inputs):
+    """Whether TFLite Micro loads and runs the model with this arena, probed in a forked child.
+
+    With an arena a little too small, TFLite Micro's host build can crash the
+    process (a segmentation fault) instead of reporting the failed allocation,
+    so each probe runs in a child process and a crash counts as "does not
+    run". Where `os.fork` does not exist, the probe runs in this process.
+    """
+    if not hasattr(os, "fork"):
+        return _micro_runs_here(content, arena_size, inputs)
+    pid = os.fork()
+    if pid == 0:  # the child: probe, then leave without running any Python exit handler
+        import faulthandler
+
+        faulthandler.disable()  # a crash here is an expected answer, not an error to report
+        code = 1
+        try:
+            code = 0 if _micro_runs_here(content, arena_size, inputs) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def micro_min_arena_bytes(model, step=16):

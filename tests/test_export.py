@@ -86,6 +86,10 @@ def test_micro_export_is_batch_one_int8_runs_in_tflite_micro_and_writes_c_that_c
     assert report["inputs"]["features"]["shape"] == [1, 6]
     assert report["inputs"]["features"]["dtype"] == "int8"
     assert report["verification"]["runtime"] == "tflite_micro"
+    # int8 files output logits by default: the heads' softmax is dropped on the copy only.
+    assert report["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
+    assert "SOFTMAX" not in report["ops"] and sorted(report["logit_floors"]) == ["a", "b"]
+    assert model.base_model.get_layer("prune_low_magnitude_a").layer.activation.__name__ == "softmax"
     assert report["storage"] == "dense" and "DENSIFY" not in report["ops"]
     assert report["arena_bytes"] > 0
     # The arena the report names is the smallest with which TFLite Micro runs the model.
@@ -121,6 +125,13 @@ def test_edgetpu_rules_pass_int8_batch_one_and_name_float_ops_with_layers(traine
     report = export_tflite(model, tmp_path / "e.tflite", target="edgetpu", representative_data=x)
     rules = report["edgetpu"]["rules"]
     assert rules["all_on_edgetpu"], rules["cpu_ops"]
+    assert report["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
+    stripped = pruning.strip_pruning(model)
+    logits = export_tflite(stripped, tmp_path / "s.tflite", quantization="int8",
+                           representative_data=x)
+    assert logits["output_forms"] == {"a": "logits_above_floor", "b": "logits_above_floor"}
+    assert "SOFTMAX" not in logits["ops"]
+    assert stripped.base_model.get_layer("a").get_config()["activation"] == "softmax"
     assert [o["op"] for o in rules["ops"]].count("FULLY_CONNECTED") == 3
     assert report["edgetpu"]["compiler"] == {"found": False} or report["edgetpu"]["compiler"]["found"]
     export_tflite(model, tmp_path / "f.tflite", target="mobile", sparse_storage=False,
@@ -203,3 +214,108 @@ def test_cli_train_export_then_export_and_inspect(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", str(run), "--target", "phone"])
 
+
+
+def near_tie_model():
+    """Task "t": 19 classes; classes 0 and 1 have logits 0.5 ∓ 0.01·s, the others 0.
+
+    For s = +1 class 1 wins by a logit gap of 0.02, i.e. by 0.0016 in
+    probability, less than the int8 softmax step 1/256: the int8
+    probabilities of classes 0 and 1 tie and the argmax says 0. The int8
+    logits (range [0, 0.51], step 0.002) keep the gap. Task "r" is a
+    regression head (no softmax). Returns the model and 64 samples, half with
+    s = +1.
+    """
+    inputs = keras.Input((2,), name="features")
+    head = keras.layers.Dense(19, activation="softmax", name="t")
+    reg = keras.layers.Dense(1, name="r")
+    model = keras.Model(inputs, [head(inputs), reg(inputs)])
+    kernel = np.zeros((2, 19), np.float32)
+    kernel[0, :2] = [-0.01, 0.01]
+    bias = np.zeros(19, np.float32)
+    bias[:2] = 0.5
+    head.set_weights([kernel, bias])
+    reg.set_weights([np.array([[0.0], [1.0]], np.float32), np.zeros(1, np.float32)])
+    s = np.repeat([1.0, -1.0], 32).astype(np.float32)
+    u = np.linspace(-1, 1, 64).astype(np.float32)
+    return model, np.stack([s, u], axis=1)
+
+
+def test_int8_probabilities_tie_on_near_ties_and_logits_keep_the_top1_decision(tmp_path):
+    model, x = near_tie_model()
+    keras_top1 = model.predict(x, verbose=0)[0].argmax(-1)
+    np.testing.assert_array_equal(keras_top1, np.repeat([1, 0], 32))
+    probabilities = export_tflite(model, tmp_path / "p.tflite", quantization="int8",
+                                  representative_data=x, outputs="probabilities")
+    assert probabilities["output_forms"] == {"t": "probabilities", "r": "as_model"}
+    tasks = probabilities["verification"]["tasks"]
+    assert tasks["t"]["top1_agreement"] == 0.5 and tasks["t"]["top1_tie_fraction"] == 1.0
+    assert "top1_tie_fraction" not in tasks["r"]
+    for target in ("mobile", "micro", "edgetpu"):
+        report = export_tflite(model, tmp_path / f"{target}.tflite", target=target,
+                               quantization="int8", representative_data=x)
+        assert report["output_forms"] == {"t": "logits_above_floor", "r": "as_model"}, target
+        # Top logits are 0.51 everywhere, the median logit 0: t = 0.51 - 0.1 * 0.51.
+        assert report["logit_floors"] == {"t": pytest.approx(0.459, abs=1e-6)}
+        assert "SOFTMAX" not in report["ops"] and "SOFTMAX" in probabilities["ops"]
+        tasks = report["verification"]["tasks"]
+        assert tasks["t"]["top1_agreement"] == 1.0 and tasks["t"]["top1_tie_fraction"] == 0.0
+        assert tasks["r"]["max_abs_error"] < 0.02, target
+    run = runtimes.run_micro(tmp_path / "micro.tflite", x)[0]["t"]
+    np.testing.assert_array_equal(run.argmax(-1), keras_top1)
+    assert model.get_layer("t").get_config()["activation"] == "softmax"  # the model is unchanged
+
+
+def test_float_export_keeps_probabilities_by_default_and_logits_match_keras_logits(tmp_path):
+    model, x = near_tie_model()
+    report = export_tflite(model, tmp_path / "p.tflite", representative_data=x)
+    assert report["output_forms"]["t"] == "probabilities" and report["ops"]["SOFTMAX"] == 1
+    report = export_tflite(model, tmp_path / "l.tflite", representative_data=x, outputs="logits")
+    assert report["output_forms"]["t"] == "logits" and "SOFTMAX" not in report["ops"]
+    assert report["verification"]["tasks"]["t"]["within_tolerance"]
+    kernel, bias = model.get_layer("t").get_weights()
+    np.testing.assert_allclose(runtimes.run_litert(tmp_path / "l.tflite", x)["t"],
+                               x @ kernel + bias, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`outputs` must be one of \['probabilities', "
+                                         r"'logits'\] or None. Received: outputs='scores'"):
+        export_tflite(model, tmp_path / "x.tflite", representative_data=x, outputs="scores")
+
+
+def test_logits_copy_handles_softmax_layers_wrappers_and_refuses_a_shared_softmax():
+    from keras_minmax_mtl.logits import without_softmax
+
+    inputs = keras.Input((4,), name="features")
+    z = keras.layers.Dense(3, name="z")(inputs)
+    outs = [keras.layers.Softmax(name="s")(z),
+            keras.layers.Activation("softmax", name="a")(keras.layers.Dense(2, name="d")(inputs))]
+    model = keras.Model(inputs, outs)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    copy, forms = without_softmax(model)
+    assert forms == {"s": "logits", "a": "logits"} and copy.output_names == ["s", "a"]
+    got = copy(x)
+    np.testing.assert_allclose(got[0], model.get_layer("z")(x), atol=1e-6)
+    np.testing.assert_allclose(got[1], model.get_layer("d")(x), atol=1e-6)
+    # Quantization-aware heads: softmax of the copy's logits is the model's output.
+    qmodel = qat.prune_preserving_qat(tiny_base_model(TASKS))
+    qcopy, forms = without_softmax(qmodel)
+    assert forms == {"quant_a": "logits", "quant_b": "logits"}
+    xq, _ = tiny_data(n=8, tasks=TASKS)
+    for want, have in zip(qmodel(xq, training=False), qcopy(xq, training=False)):
+        np.testing.assert_allclose(keras.activations.softmax(have), want, atol=1e-6)
+    p = keras.layers.Dense(3, activation="softmax", name="p")(inputs)
+    shared = keras.Model(inputs, [p, keras.layers.Dense(1, name="q")(p)])
+    with pytest.raises(ValueError, match=r"Cannot output logits for 'p': its layer also feeds \['q'\]"):
+        without_softmax(shared)
+
+
+def test_floored_logits_are_relu_of_logits_minus_the_floor_and_floors_are_below_every_top():
+    from keras_minmax_mtl.logits import logit_floors, without_softmax
+
+    model, x = near_tie_model()
+    copy, forms = without_softmax(model, floors={"t": 0.3})
+    assert forms == {"t": "logits_above_floor", "r": "as_model"}
+    kernel, bias = model.get_layer("t").get_weights()
+    np.testing.assert_allclose(copy(x)[0], np.maximum(x @ kernel + bias - 0.3, 0), atol=1e-6)
+    assert logit_floors({"t": np.array([[0.0, 2.0], [1.0, 0.0]])}) == {"t": pytest.approx(0.85)}
+    with pytest.raises(ValueError, match=r"`floors` names 'r'.*can be floored: \['t'\]"):
+        without_softmax(model, floors={"r": 0.0})
