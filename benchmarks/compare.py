@@ -126,19 +126,23 @@ def summarize(args, results):
     return summary, tests
 
 
-def power_note(n):
-    """What a paired t-test over `n` seeds can and cannot show."""
+def power_note(n, tests=0):
+    """What a paired t-test over `n` seeds can and cannot show, for `tests` tests."""
     from scipy import stats
 
     if n < 2:
         return "One seed: no paired test is possible."
     critical = stats.t.ppf(0.975, n - 1)
-    return (f"Paired t-test over {n} seeds ({n - 1} degree{'s' if n > 2 else ''} of freedom): "
-            f"p < 0.05 needs |mean difference| > {critical:.2f} × (std of the differences) / "
-            f"√{n}, i.e. a difference {critical / np.sqrt(n):.2f}× the spread of the per-seed "
-            f"differences. With so few seeds the test has little power: a p above 0.05 does "
-            f"not show that there is no difference, and a single p below 0.05 among the "
-            f"{'many' if n < 5 else 'several'} comparisons here can be chance.")
+    note = (f"Paired t-test over {n} seeds ({n - 1} degree{'s' if n > 2 else ''} of freedom): "
+            f"p < 0.05 needs the mean per-seed difference to exceed {critical / np.sqrt(n):.2f}× "
+            f"the standard deviation of the per-seed differences (t > {critical:.2f}). With so "
+            f"few seeds the test has little power: p ≥ 0.05 does not show that two weightings "
+            f"are equal, only that {n} seeds cannot tell them apart.")
+    if tests > 1:
+        note += (f" {tests} tests are reported and none is corrected for multiple comparisons: "
+                 f"about {0.05 * tests:.1f} of them would fall below 0.05 by chance if no "
+                 f"weighting differed.")
+    return note
 
 
 def _fmt(cell, scale=100):
@@ -178,7 +182,8 @@ def markdown(args, summary, tests):
                     f"| {LABELS[c]} | {w} | {test['worst']['difference'] * 100:+.2f} | "
                     f"{_p(test['worst']['p'])} | {test['mean']['difference'] * 100:+.2f} | "
                     f"{_p(test['mean']['p'])} |")
-    lines += ["", power_note(len(args.seed_list))]
+    lines += ["", power_note(len(args.seed_list),
+                             sum(2 * len(per) for per in tests.values()))]
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ def test_compare_writes_consistent_outputs_and_resumes_without_training(compare,
     assert (f"| dense | minmax | {cell['left']['mean'] * 100:.2f} ± {cell['left']['std'] * 100:.2f} |"
             in table)
     assert "| dense | ew |" in table and "Δm %" not in table and "little power" in table
+    assert "2 tests are reported" in table  # worst and mean, min-max vs ew
     for name in ("task_weights_dense.png", "worst_vs_sparsity.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
