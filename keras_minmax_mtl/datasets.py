@@ -546,7 +546,7 @@ def load_cifar100_mtl(data_dir, split="train"):
     }
 
 
-def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0):
+def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0, tasks=None):
     """Builds multi-task CIFAR-100: 20 five-way tasks, one batch of every task per step.
 
     The paper's protocol (Guo et al., after Rosenbaum et al.'s multi-task
@@ -574,8 +574,11 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0):
         batch_size: positive number of images *per task* in a step.
             Defaults to `32`.
         shuffle: whether to reshuffle every task's images each epoch.
-            Defaults to `None`: `True` when `split` starts with `"train"`.
+            Defaults to `None`: `True` for `"train"` (pass `True` for a
+            training slice such as `"train[:90%]"`).
         seed: non-negative shuffle seed. Defaults to `0`.
+        tasks: a subset of `CIFAR100_TASKS` to serve, in that order (labels
+            unchanged). Defaults to `None`: all 20.
 
     Returns:
         A prefetched `tf.data.Dataset` of `(x, y)` as above.
@@ -586,7 +589,8 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0):
 
     Example:
 
-    >>> train = cifar100_mtl("~/tensorflow_datasets", "train[:90%]", batch_size=16)
+    >>> train = cifar100_mtl("~/tensorflow_datasets", "train[:90%]", batch_size=16,
+    ...                      shuffle=True)
     >>> x, y = next(iter(train))
     >>> sorted(y)[:2], tuple(x["people_image"].shape)
     (['aquatic_mammals', 'fish'], (16, 32, 32, 3))
@@ -597,11 +601,19 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0):
         raise ValueError(f"Argument `split` must be a TFDS split string such as 'train', "
                          f"'test' or 'train[:90%]'. Received: split={split!r}")
     if shuffle is None:
-        shuffle = split.startswith("train")
+        shuffle = split == "train"
     elif not isinstance(shuffle, (bool, np.bool_)):
         raise ValueError(
             f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
+    if tasks is None:
+        tasks = CIFAR100_TASKS
+    if (isinstance(tasks, str) or not tasks
+            or any(t not in CIFAR100_TASKS for t in tasks) or len(set(tasks)) != len(tasks)):
+        raise ValueError(f"Argument `tasks` must be a non-empty sequence of distinct names from "
+                         f"{list(CIFAR100_TASKS)}. Received: tasks={tasks!r}")
+    tasks = tuple(t for t in CIFAR100_TASKS if t in tasks)
     per_task = load_cifar100_mtl(data_dir, split)
+    per_task = {t: per_task[t] for t in tasks}
     empty = [t for t, (images, _) in per_task.items() if len(images) < (batch_size if shuffle else 1)]
     if empty:
         raise ValueError(
@@ -614,12 +626,12 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0):
             ds = ds.shuffle(len(images), seed=seed * 1000 + c, reshuffle_each_iteration=True)
         return ds.batch(batch_size, drop_remainder=bool(shuffle))
 
-    parts = tuple(task_dataset(c, *per_task[t]) for c, t in enumerate(CIFAR100_TASKS))
+    parts = tuple(task_dataset(CIFAR100_TASKS.index(t), *per_task[t]) for t in tasks)
 
     def to_example(*batches):
         x = {cifar100_input_name(t): tf.cast(b[0], tf.float32) / 255.0
-             for t, b in zip(CIFAR100_TASKS, batches)}
-        y = {t: b[1] for t, b in zip(CIFAR100_TASKS, batches)}
+             for t, b in zip(tasks, batches)}
+        y = {t: b[1] for t, b in zip(tasks, batches)}
         return x, y
 
     return tf.data.Dataset.zip(parts).map(to_example).prefetch(tf.data.AUTOTUNE)
