@@ -14,6 +14,14 @@ of unequal difficulty are defined on every canvas (see `MULTI_DIGITS_TASKS`):
 Everything is built at run time from data that ships inside the scikit-learn
 wheel: nothing is downloaded.
 
+The module also reads the two benchmarks of the paper from local copies
+(nothing is ever downloaded; see docs/datasets.md):
+
+- `cifar100_mtl`: multi-task CIFAR-100 from a prepared TFDS `cifar100`, 20
+  five-way tasks (the superclasses), one batch of every task per step;
+- `nyuv2`: NYUv2 in the MTAN pre-processed layout, `(image, {"segmentation",
+  "depth", "normal"})` batches (losses and metrics: `keras_minmax_mtl.nyuv2`).
+
 The 1797 source images are split once, by a fixed stratified draw that does
 not depend on any `seed`, into three disjoint pools (see `SPLIT_FRACTIONS`):
 `"train"` (55%), `"validation"` (15%) and `"test"` (30%). Canvases of a split
@@ -654,12 +662,14 @@ NYUV2_FOLDERS = {"image": 3, "label": 0, "depth": 1, "normal": 3}
 
 _NYUV2_HOWTO = (
     "Expected the MTAN pre-processed NYUv2 layout (Liu, Johns, Davison, CVPR 2019; "
-    "https://github.com/lorenmt/mtan, README section 'Datasets', link 'NYUv2'): "
+    "https://github.com/lorenmt/mtan, README section 'Image-to-Image Predictions': "
+    "https://www.dropbox.com/s/p2nn02wijg7peiy/nyuv2.zip): "
     "<data_dir>/<split>/image/<i>.npy (288x384x3 float), <data_dir>/<split>/label/<i>.npy "
     "(288x384, classes 0..12, -1 = ignore), <data_dir>/<split>/depth/<i>.npy (288x384x1, "
     "0 = invalid) and <data_dir>/<split>/normal/<i>.npy (288x384x3), i = 0, 1, 2, ...; "
     "splits `train` (795 images) and `val` (654, the test set). Download and unpack the "
-    "archive elsewhere and pass the folder holding `train/` and `val/` as `data_dir`."
+    "archive elsewhere, copy it here and pass the folder holding `train/` and `val/` "
+    "as `data_dir`."
 )
 
 
