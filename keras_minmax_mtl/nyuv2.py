@@ -70,8 +70,10 @@ __all__ = [
 ]
 
 #: Single-task SegNet (MTAN architecture) results on NYUv2, the "STL" row that
-#: CAGrad (Liu et al., NeurIPS 2021) and Nash-MTL (Navon et al., ICML 2022,
-#: Table 2) report and Δm is usually measured against.
+#: CAGrad (Liu et al., NeurIPS 2021) and Nash-MTL (Navon et al., ICML 2022)
+#: report and measure Δm against: `BASE` in Nash-MTL's
+#: `experiments/nyuv2/utils.py` ("base results from CAGrad"), there as
+#: fractions for mIoU, pixel accuracy and the three "within" percentages.
 SINGLE_TASK_SEGNET = {
     "miou": 38.30, "pixel_acc": 63.76,
     "abs_err": 0.6754, "rel_err": 0.2780,
