@@ -12,7 +12,6 @@ data set that follows the official hierarchy and serves it through
 `tfds.testing.mock_data`, so the very same loader code runs.
 """
 import argparse
-import contextlib
 import pathlib
 import sys
 import tempfile

@@ -7,9 +7,9 @@ Reads the MTAN pre-processed layout (`<data-dir>/train`, `<data-dir>/val`;
 see `keras_minmax_mtl.datasets.nyuv2`), trains a small encoder-decoder with
 three heads (`keras_minmax_mtl.networks.nyuv2_network`) with
 `MinMaxMultiTask` on the standard losses (each divided by its first-step
-value, `normalize_losses=True`, as the losses have different scales), compresses it (reweighted ℓ1 or DST), exports it for
-mobile and prints the nine metrics on `val` and Δm against the single-task
-SegNet numbers. `--smoke` writes a few random 32×32 examples in the same
+value, `normalize_losses=True`, as the losses have different scales),
+compresses it (reweighted ℓ1 or DST), exports it for mobile and prints the
+nine metrics on `val` and Δm against the single-task SegNet numbers. `--smoke` writes a few random 32×32 examples in the same
 layout to a temporary folder and runs the same code on them.
 """
 import argparse
