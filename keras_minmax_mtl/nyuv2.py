@@ -89,6 +89,13 @@ HIGHER_IS_BETTER = {
 }
 
 
+# Keras runs `Loss.call`, `Metric.update_state` and `Metric.result` through
+# autograph. These methods have no Python control flow on tensors, so they are
+# kept out of autograph: its conversion cache, keyed by code objects, was seen
+# to hand a converted *other* method back in a long test session.
+_plain_tf = tf.autograph.experimental.do_not_convert
+
+
 def _masked_mean(values, mask):
     """Per-image mean of `values` over `mask` (both (B, ...)); 0 where the mask is empty."""
     axes = list(range(1, values.shape.rank))
@@ -148,6 +155,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         self.ignore_index = _check_ignore(ignore_index)
         self.from_logits = bool(from_logits)
 
+    @_plain_tf
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.int32)
         y_pred = tf.convert_to_tensor(y_pred)
@@ -182,6 +190,7 @@ class DepthL1(keras.losses.Loss):
     def __init__(self, name="depth_l1", **kwargs):
         super().__init__(name=name, **kwargs)
 
+    @_plain_tf
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
         return _masked_mean(tf.abs(tf.cast(y_pred, tf.float32) - y_true),
@@ -207,6 +216,7 @@ class NormalCosine(keras.losses.Loss):
     def __init__(self, name="normal_cosine", **kwargs):
         super().__init__(name=name, **kwargs)
 
+    @_plain_tf
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
         cos = tf.reduce_sum(_normalise(y_pred) * y_true, axis=-1)
@@ -228,6 +238,7 @@ class _ConfusionMetric(keras.metrics.Metric):
         self.confusion = self.add_weight("confusion", shape=(num_classes, num_classes),
                                          initializer="zeros", dtype=tf.float64)
 
+    @_plain_tf
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = tf.cast(y_true, tf.int32)
         y_pred = tf.convert_to_tensor(y_pred)
@@ -260,6 +271,7 @@ class SegmentationMIoU(_ConfusionMetric):
     def __init__(self, num_classes=NYUV2_NUM_CLASSES, ignore_index=-1, name="miou", **kwargs):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
+    @_plain_tf
     def result(self):
         tp = tf.linalg.diag_part(self.confusion)
         union = tf.reduce_sum(self.confusion, 0) + tf.reduce_sum(self.confusion, 1) - tp
@@ -283,6 +295,7 @@ class PixelAccuracy(_ConfusionMetric):
                  **kwargs):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
+    @_plain_tf
     def result(self):
         return tf.cast(100.0 * tf.math.divide_no_nan(
             tf.linalg.trace(self.confusion), tf.reduce_sum(self.confusion)), tf.float32)
@@ -296,14 +309,17 @@ class _MaskedMean(keras.metrics.Metric):
         self.total = self.add_weight("total", initializer="zeros", dtype=tf.float64)
         self.count = self.add_weight("count", initializer="zeros", dtype=tf.float64)
 
+    @_plain_tf
     def values(self, y_true, y_pred):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @_plain_tf
     def update_state(self, y_true, y_pred, sample_weight=None):
         values, valid = self.values(y_true, y_pred)
         self.total.assign_add(tf.reduce_sum(tf.cast(tf.boolean_mask(values, valid), tf.float64)))
         self.count.assign_add(tf.reduce_sum(tf.cast(valid, tf.float64)))
 
+    @_plain_tf
     def result(self):
         return tf.cast(tf.math.divide_no_nan(self.total, self.count), tf.float32)
 
@@ -327,6 +343,7 @@ class DepthAbsError(_MaskedMean):
     def __init__(self, name="abs_err", **kwargs):
         super().__init__(name=name, **kwargs)
 
+    @_plain_tf
     def values(self, y_true, y_pred):
         _, error, valid = _depth(y_true, y_pred)
         return error, valid
@@ -339,6 +356,7 @@ class DepthRelError(_MaskedMean):
     def __init__(self, name="rel_err", **kwargs):
         super().__init__(name=name, **kwargs)
 
+    @_plain_tf
     def values(self, y_true, y_pred):
         y_true, error, valid = _depth(y_true, y_pred)
         return tf.math.divide_no_nan(error, y_true), valid
@@ -351,6 +369,7 @@ class NormalAngleMean(_MaskedMean):
     def __init__(self, name="angle_mean", **kwargs):
         super().__init__(name=name, **kwargs)
 
+    @_plain_tf
     def values(self, y_true, y_pred):
         return _angles(y_true, y_pred)
 
@@ -371,6 +390,7 @@ class NormalAngleWithin(_MaskedMean):
         self.threshold = float(threshold)
         super().__init__(name=name or f"within_{self.threshold:g}", **kwargs)
 
+    @_plain_tf
     def values(self, y_true, y_pred):
         angle, valid = _angles(y_true, y_pred)
         return tf.cast(angle < self.threshold, tf.float32) * 100.0, valid
@@ -403,6 +423,7 @@ class NormalAngleMedian(keras.metrics.Metric):
         self.histogram = self.add_weight("histogram", shape=(num_bins,), initializer="zeros",
                                          dtype=tf.float64)
 
+    @_plain_tf
     def update_state(self, y_true, y_pred, sample_weight=None):
         angle, valid = _angles(y_true, y_pred)
         width = 180.0 / self.num_bins
@@ -412,6 +433,7 @@ class NormalAngleMedian(keras.metrics.Metric):
             tf.math.bincount(bins, minlength=self.num_bins, maxlength=self.num_bins),
             tf.float64))
 
+    @_plain_tf
     def result(self):
         cumulative = tf.cumsum(self.histogram)
         total = cumulative[-1]
