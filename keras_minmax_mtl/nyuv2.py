@@ -91,8 +91,7 @@ HIGHER_IS_BETTER = {
 
 # Keras runs `Loss.call`, `Metric.update_state` and `Metric.result` through
 # autograph. These methods have no Python control flow on tensors, so they are
-# kept out of autograph: its conversion cache, keyed by code objects, was seen
-# to hand a converted *other* method back in a long test session.
+# kept out of autograph and trace as the plain TensorFlow code they are.
 _plain_tf = tf.autograph.experimental.do_not_convert
 
 
