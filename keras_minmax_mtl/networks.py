@@ -18,9 +18,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import CANVAS_COLS, CANVAS_ROWS, MULTI_DIGITS_TASKS
+from keras_minmax_mtl.datasets import (
+    CANVAS_COLS,
+    CANVAS_ROWS,
+    CIFAR100_CLASSES_PER_TASK,
+    CIFAR100_IMAGE_SHAPE,
+    CIFAR100_TASKS,
+    MULTI_DIGITS_TASKS,
+    NYUV2_NUM_CLASSES,
+    cifar100_input_name,
+)
 
-__all__ = ["multi_digits_network"]
+__all__ = ["multi_digits_network", "cifar100_mtl_network", "nyuv2_network"]
 
 
 def _is_int(value):
@@ -193,3 +202,131 @@ def multi_digits_network(
             )(z)
         )
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def _seeded_initializers(seed, count):
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(
+            f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
+        )
+    seeds = iter(int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count) >> 1)
+    return lambda: keras.initializers.GlorotUniform(seed=next(seeds))
+
+
+def cifar100_mtl_network(tasks=CIFAR100_TASKS, trunk_filters=(32, 64), trunk_units=128,
+                         head_units=64, seed=0, name="cifar100_mtl_net"):
+    """Builds the multi-input, shared-trunk network of multi-task CIFAR-100.
+
+    One input per task, `cifar100_input_name(task)` of shape `(32, 32, 3)`;
+    the *same* trunk layers (`Conv2D(f, 3, relu, same)` + `MaxPooling2D(2)`
+    per entry of `trunk_filters`, named `trunk_conv{i}` / `trunk_pool{i}`,
+    then `Flatten` and `Dense(trunk_units, relu)` named `trunk_dense`) are
+    applied to every input, so the trunk's weights are shared while each task
+    sees only its own batch (`keras_minmax_mtl.datasets.cifar100_mtl`); then
+    per task `Dense(head_units, relu)` (`f"{task}_hidden"`) and a 5-way
+    softmax named `task`. The output names are the task names.
+
+    Args:
+        tasks: the task names. Defaults to `CIFAR100_TASKS` (20 superclasses).
+        trunk_filters: filters of the trunk's convolutions. Defaults to `(32, 64)`.
+        trunk_units: width of the shared dense layer. Defaults to `128`.
+        head_units: width of each task's hidden layer. Defaults to `64`.
+        seed: non-negative seed of the initial weights. Defaults to `0`.
+        name: Defaults to `"cifar100_mtl_net"`.
+
+    Returns:
+        An uncompiled Functional `tf_keras` model.
+
+    Example:
+
+    >>> model = cifar100_mtl_network(seed=0)
+    >>> model.output_names[:2], model.input_names[0]
+    (['aquatic_mammals', 'fish'], 'aquatic_mammals_image')
+    """
+    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"Argument `tasks` must be a non-empty sequence of task names. "
+                         f"Received: tasks={tasks!r}")
+    tasks = tuple(tasks)
+    trunk_filters = _check_filters(trunk_filters)
+    trunk_units = _check_positive_int(trunk_units, "trunk_units")
+    head_units = _check_positive_int(head_units, "head_units")
+    init = _seeded_initializers(seed, len(trunk_filters) + 1 + 2 * len(tasks))
+    trunk = []
+    for i, filters in enumerate(trunk_filters):
+        trunk.append(keras.layers.Conv2D(filters, 3, activation="relu", padding="same",
+                                         kernel_initializer=init(), name=f"trunk_conv{i + 1}"))
+        trunk.append(keras.layers.MaxPooling2D(2, name=f"trunk_pool{i + 1}"))
+    trunk.append(keras.layers.Flatten(name="trunk_flatten"))
+    trunk.append(keras.layers.Dense(trunk_units, activation="relu", kernel_initializer=init(),
+                                    name="trunk_dense"))
+    inputs, outputs = [], []
+    heads = [(keras.layers.Dense(head_units, activation="relu", kernel_initializer=init(),
+                                 name=f"{t}_hidden"),
+              keras.layers.Dense(CIFAR100_CLASSES_PER_TASK, activation="softmax",
+                                 kernel_initializer=init(), name=t)) for t in tasks]
+    for task, (hidden, out) in zip(tasks, heads):
+        x = keras.Input(CIFAR100_IMAGE_SHAPE, name=cifar100_input_name(task))
+        h = x
+        for layer in trunk:
+            h = layer(h)
+        inputs.append(x)
+        outputs.append(out(hidden(h)))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def nyuv2_network(input_shape=(288, 384, 3), filters=(16, 32), seed=0, name="nyuv2_net"):
+    """Builds a tiny encoder-decoder for NYUv2 with three heads.
+
+    Encoder: per entry of `filters`, `Conv2D(f, 3, relu, same)` then
+    `MaxPooling2D(2)` (`trunk_conv{i}`, `trunk_pool{i}`); decoder: per entry,
+    in reverse, `UpSampling2D(2)` then `Conv2D(f, 3, relu, same)`
+    (`trunk_up{i}`, `trunk_deconv{i}`). Heads (each a `Conv2D(16, 3, relu)`
+    `f"{task}_hidden"` then): `segmentation` = `Conv2D(13, 1, softmax)`,
+    `depth` = `Conv2D(1, 1)`, `normal` = `Conv2D(3, 1)` (`normal_conv`) then
+    `UnitNormalization` named `normal`. Height and width must be divisible
+    by ``2 ** len(filters)``.
+
+    Args:
+        input_shape: `(H, W, 3)`. Defaults to `(288, 384, 3)`.
+        filters: encoder widths. Defaults to `(16, 32)`.
+        seed: non-negative seed of the initial weights. Defaults to `0`.
+        name: Defaults to `"nyuv2_net"`.
+
+    Returns:
+        An uncompiled Functional `tf_keras` model with input `"image"` and
+        outputs `["segmentation", "depth", "normal"]`.
+
+    Example:
+
+    >>> nyuv2_network((32, 32, 3)).output_names
+    ['segmentation', 'depth', 'normal']
+    """
+    filters = _check_filters(filters)
+    factor = 2 ** len(filters)
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or input_shape[2] != 3 or any(not _is_int(d) or d <= 0 or d % factor
+                                          for d in input_shape[:2])):
+        raise ValueError(f"Argument `input_shape` must be (H, W, 3) with H and W positive "
+                         f"multiples of {factor}. Received: input_shape={input_shape!r}")
+    init = _seeded_initializers(seed, 2 * len(filters) + 6)
+    x = keras.Input(tuple(input_shape), name="image")
+    h = x
+    for i, f in enumerate(filters):
+        h = keras.layers.Conv2D(f, 3, activation="relu", padding="same",
+                                kernel_initializer=init(), name=f"trunk_conv{i + 1}")(h)
+        h = keras.layers.MaxPooling2D(2, name=f"trunk_pool{i + 1}")(h)
+    for i, f in enumerate(reversed(filters)):
+        h = keras.layers.UpSampling2D(2, name=f"trunk_up{i + 1}")(h)
+        h = keras.layers.Conv2D(f, 3, activation="relu", padding="same",
+                                kernel_initializer=init(), name=f"trunk_deconv{i + 1}")(h)
+
+    def hidden(task):
+        return keras.layers.Conv2D(16, 3, activation="relu", padding="same",
+                                   kernel_initializer=init(), name=f"{task}_hidden")(h)
+
+    seg = keras.layers.Conv2D(NYUV2_NUM_CLASSES, 1, activation="softmax",
+                              kernel_initializer=init(), name="segmentation")(hidden("segmentation"))
+    depth = keras.layers.Conv2D(1, 1, kernel_initializer=init(), name="depth")(hidden("depth"))
+    normal = keras.layers.Conv2D(3, 1, kernel_initializer=init(), name="normal_conv")(hidden("normal"))
+    normal = keras.layers.UnitNormalization(axis=-1, name="normal")(normal)
+    return keras.Model(x, [seg, depth, normal], name=name)
