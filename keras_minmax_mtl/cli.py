@@ -41,6 +41,7 @@ DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, righ
 
 
 def build_parser():
+    """The `kmm` argument parser: `train`, `export` and `inspect`."""
     parser = argparse.ArgumentParser(
         prog="kmm", description="Compressed multi-task learning with min-max task weighting.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
