@@ -145,6 +145,16 @@ def _check_seed(seed):
     return int(seed)
 
 
+def _resolve_shuffle(shuffle, split):
+    """`shuffle` as given, or `True` for the "train" split when it is `None`."""
+    if shuffle is None:
+        return split == "train"
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ValueError(
+            f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
+    return bool(shuffle)
+
+
 def _check_positive_int(value, name, hint=""):
     if not _is_int(value) or value <= 0:
         raise ValueError(
@@ -359,12 +369,7 @@ def multi_digits(split="train", seed=0, num_examples=None, batch_size=32, shuffl
         hint=" (`multi_digits` always returns a batched `tf.data.Dataset`; "
         "use `load_multi_digits` for NumPy arrays)",
     )
-    if shuffle is None:
-        shuffle = split == "train"
-    elif not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(
-            f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}"
-        )
+    shuffle = _resolve_shuffle(shuffle, split)
     x, labels = load_multi_digits(split, seed=seed, num_examples=num_examples)
 
     dataset = tf.data.Dataset.from_tensor_slices((x, labels))
@@ -608,11 +613,7 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0, t
     if not isinstance(split, str) or not split:
         raise ValueError(f"Argument `split` must be a TFDS split string such as 'train', "
                          f"'test' or 'train[:90%]'. Received: split={split!r}")
-    if shuffle is None:
-        shuffle = split == "train"
-    elif not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(
-            f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
+    shuffle = _resolve_shuffle(shuffle, split)
     if tasks is None:
         tasks = CIFAR100_TASKS
     if (isinstance(tasks, str) or not tasks
@@ -765,11 +766,7 @@ def nyuv2(data_dir, split="train", batch_size=8, shuffle=None, seed=0):
     if not isinstance(split, str) or not split or "/" in split:
         raise ValueError(f"Argument `split` must be a split folder name such as 'train' or "
                          f"'val'. Received: split={split!r}")
-    if shuffle is None:
-        shuffle = split == "train"
-    elif not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(
-            f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
+    shuffle = _resolve_shuffle(shuffle, split)
     split_dir = pathlib.Path(data_dir).expanduser() / split
     if not split_dir.is_dir():
         raise FileNotFoundError(f"NYUv2 split folder {str(split_dir)!r} not found. {_NYUV2_HOWTO}")
