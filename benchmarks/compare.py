@@ -34,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
+from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
 LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)"}
 
@@ -230,13 +231,6 @@ def plot(args, results, summary):
     figure.savefig(path)
     paths.append(path)
     return paths
-
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be an integer > 0, received {text}")
-    return value
 
 
 def build_parser():
