@@ -30,6 +30,17 @@ def tiny_base_model(tasks=("a", "b", "c"), seed=0, l2=0.0):
     return keras.Model(inputs, outputs, name="tiny")
 
 
+class SubclassedNet(keras.Model):
+    """A subclassed model, which the package refuses where it needs a Functional one."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.d(x)
+
+
 def tiny_data(n=32, tasks=("a", "b", "c"), seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)

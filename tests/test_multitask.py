@@ -4,7 +4,7 @@ import tensorflow as tf
 
 import keras_minmax_mtl as kmm
 from keras_minmax_mtl._keras import keras
-from tests.helpers import LOSSES, WeightRecorder, task_losses, tiny_base_model, tiny_data
+from tests.helpers import LOSSES, SubclassedNet, WeightRecorder, task_losses, tiny_base_model, tiny_data
 
 TASKS = ("a", "b", "c")
 
@@ -215,16 +215,8 @@ class TestBadInput:
             kmm.MinMaxMultiTask(k3)
 
     def test_subclassed_model_is_refused(self):
-        class Net(keras.Model):
-            def __init__(self):
-                super().__init__()
-                self.d = keras.layers.Dense(2)
-
-            def call(self, x):
-                return self.d(x)
-
-        with pytest.raises(TypeError, match=r"Functional.*subclassed model of class Net"):
-            kmm.MinMaxMultiTask(Net())
+        with pytest.raises(TypeError, match=r"Functional.*subclassed model of class SubclassedNet"):
+            kmm.MinMaxMultiTask(SubclassedNet())
 
     @pytest.mark.parametrize("kwargs, match", [
         ({"step_size": 0}, r"`step_size` must be > 0. Received: step_size=0"),

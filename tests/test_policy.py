@@ -5,7 +5,7 @@ from keras_minmax_mtl import pruning
 from keras_minmax_mtl._keras import keras
 from keras_minmax_mtl.networks import multi_digits_network
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
-from tests.helpers import tiny_base_model
+from tests.helpers import SubclassedNet, tiny_base_model
 
 
 def small_network():
@@ -64,17 +64,9 @@ def test_allow_pruning_before_reading_the_graph_says_what_to_call():
 def test_subclassed_unbuilt_and_keras3_models_are_refused():
     import keras as keras3
 
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
     policy = MultiTaskPruningPolicy()
-    with pytest.raises(TypeError, match="subclassed model of class Net"):
-        policy.ensure_model_supports_pruning(Net())
+    with pytest.raises(TypeError, match="subclassed model of class SubclassedNet"):
+        policy.ensure_model_supports_pruning(SubclassedNet())
     with pytest.raises(ValueError, match="must be built.*unbuilt model"):
         policy.ensure_model_supports_pruning(keras.Sequential([keras.layers.Dense(2)]))
     k3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
