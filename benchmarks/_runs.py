@@ -21,6 +21,8 @@ that the tables compare ("accuracy") and, where defined, the single-task
 reference values of Δm.
 """
 import dataclasses
+import pathlib
+import tempfile
 import time
 
 import numpy as np
@@ -33,6 +35,12 @@ MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
+#: The exports a run can make (`config["exports"]`): `export_tflite` keyword arguments.
+EXPORTS = {
+    "mobile_float": {"target": "mobile", "quantization": "float"},
+    "mobile_int8": {"target": "mobile", "quantization": "int8"},
+    "micro_int8": {"target": "micro"},
+}
 #: DST settings: RigL's published defaults, as in benchmarks/dst.py.
 DST = {"method": "rigl", "density": "erk", "update_every": 100, "drop_fraction": 0.3}
 
@@ -137,11 +145,73 @@ def evaluate(model, dataset, metric="accuracy"):
             "mean": float(np.mean(list(per_task.values())))}
 
 
+def split_arrays(dataset):
+    """`(x, y)` numpy arrays (or dicts of them) of a batched `(x, y)` dataset, in order."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(
+        lambda *parts: np.concatenate(parts), *[(x, y) for x, y in dataset.as_numpy_iterator()])
+
+
+def nonzero_weights(model):
+    """Non-zero entries of the deployable model's weight matrices and kernels (ndim ≥ 2).
+
+    Counted on the stripped Functional model (`export.deployable_model`), so
+    masks and pruning wrappers are not counted; biases and normalisation
+    vectors (ndim 1) are left out. Every kernel counts, task heads included.
+    """
+    from keras_minmax_mtl.export import deployable_model
+
+    base, _ = deployable_model(model)
+    return int(sum(np.count_nonzero(w) for w in base.get_weights() if np.ndim(w) >= 2))
+
+
+def export_run(model, splits, names, directory, metric="accuracy"):
+    """Exports `model` once per name of `EXPORTS` into `directory` and runs each file on the test split.
+
+    Full-int8 calibration uses the first 256 training inputs. Returns, per
+    export, the file's `bytes`, `gzip_bytes`, `storage`, `path` and its `test`
+    accuracy (`tasks`, `worst`, `mean`; the argmax of the file's outputs
+    against the labels), run in the runtime of its target (TFLite Micro for
+    `micro`, LiteRT otherwise).
+    """
+    from keras_minmax_mtl import runtimes
+    from keras_minmax_mtl.export import export_tflite
+
+    if metric != "accuracy":
+        raise ValueError(f"Exports are scored by top-1 accuracy only. Received: metric={metric!r}")
+    unknown = sorted(set(names) - set(EXPORTS))
+    if unknown:
+        raise ValueError(f"Argument `names` must hold names of {list(EXPORTS)}. "
+                         f"Received unknown names {unknown}")
+    x_train, _ = split_arrays(splits["train"])
+    x_test, y_test = split_arrays(splits["test"])
+    representative = x_train[:256] if not isinstance(x_train, dict) else {
+        k: v[:256] for k, v in x_train.items()}
+    files = {}
+    for name in names:
+        kwargs = EXPORTS[name]
+        path = pathlib.Path(directory) / f"{name}.tflite"
+        report = export_tflite(model, path, representative_data=representative, **kwargs)
+        if kwargs["target"] == "micro":
+            outputs, _ = runtimes.run_micro(path, x_test)
+        else:
+            outputs = runtimes.run_litert(path, x_test)
+        per_task = {t: float(np.mean(np.argmax(outputs[t], -1) == y_test[t])) for t in y_test}
+        files[name] = {"path": str(path), "bytes": report["bytes"],
+                       "gzip_bytes": report["gzip_bytes"], "storage": report["storage"],
+                       "test": {"tasks": per_task, "worst": min(per_task.values()),
+                                "mean": float(np.mean(list(per_task.values())))}}
+    return files
+
+
 def train_run(config):
     """Trains and evaluates one configuration; returns the result dict (JSON-able).
 
     `config` keys: `dataset`, `weighting`, `compression`, `seed`, `epochs`,
-    `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`.
+    `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`,
+    and optionally `exports` (names of `EXPORTS`: each file is written to a
+    temporary folder and its size and test accuracy go to `result["exports"]`).
     Keras state is cleared and every seed set first, so runs in one process
     do not depend on the ones before.
     """
@@ -171,8 +241,14 @@ def train_run(config):
               "test": evaluate(model, splits["test"], data.metric),
               "sparsity": (pruning.sparsity_report(model)["overall"]["sparsity"]
                            if config["compression"] != "dense" else 0.0),
+              "nonzero_weights": nonzero_weights(model),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
+    if config.get("exports"):
+        with tempfile.TemporaryDirectory() as work:
+            result["exports"] = export_run(model, splits, config["exports"], work, data.metric)
+        for entry in result["exports"].values():
+            del entry["path"]
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
     return result

@@ -14,6 +14,10 @@ for every seed (same data and initial weights per seed; see
   defines single-task references — not for multi_digits), and paired t-tests
   (scipy `ttest_rel`, pairs = seeds) of min-max against each baseline on the
   worst-task and the mean accuracy;
+- with `--exports` (e.g. `mobile_int8 micro_int8`), every run's model is also
+  exported (`export_tflite`, see `_runs.EXPORTS`) and each file is run on the
+  test split in its runtime: `compare.md` gains a table of file bytes and the
+  files' worst-task and mean accuracy;
 - `task_weights_<compression>.png`: the min-max task-weight trajectory (first seed);
 - `worst_vs_sparsity.png`: worst-task test accuracy against achieved sparsity.
 
@@ -41,10 +45,11 @@ LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (Rig
 
 def configurations(args):
     """The run configurations in the order they are trained (compression, seed, weighting)."""
+    exports = {"exports": list(args.exports)} if args.exports else {}
     return [{"dataset": args.dataset, "weighting": w, "compression": c, "seed": s,
              "epochs": args.epochs, "sparsity": None if c == "dense" else args.sparsity,
              "batch_size": args.batch_size, "train_examples": args.train_examples,
-             "learning_rate": args.learning_rate}
+             "learning_rate": args.learning_rate, **exports}
             for c in args.compressions for s in args.seed_list for w in args.weightings]
 
 
@@ -108,6 +113,12 @@ def summarize(args, results):
                     cell[key] = _runs.mean_std([r["test"][key] for r in group])
             cell["validation_worst"] = _runs.mean_std([r["validation"]["worst"] for r in group])
             cell["sparsity"] = float(np.mean([r["sparsity"] for r in group]))
+            cell["nonzero_weights"] = float(np.mean([r["nonzero_weights"] for r in group]))
+            cell["exports"] = {
+                name: {"bytes": _runs.mean_std([r["exports"][name]["bytes"] for r in group]),
+                       "worst": _runs.mean_std([r["exports"][name]["test"]["worst"] for r in group]),
+                       "mean": _runs.mean_std([r["exports"][name]["test"]["mean"] for r in group])}
+                for name in group[0].get("exports", {})}
             cell["seeds"] = [r["config"]["seed"] for r in group]
             summary[c][w] = cell
         if "minmax" not in args.weightings or len(args.seed_list) < 2:
@@ -153,7 +164,8 @@ def _fmt(cell, scale=100):
 def markdown(args, summary, tests):
     """The markdown report: one table per compression, then the tests."""
     tasks = [k for k in next(iter(next(iter(summary.values())).values()))
-             if k not in ("mean", "worst", "delta_m", "validation_worst", "sparsity", "seeds")]
+             if k not in ("mean", "worst", "delta_m", "validation_worst", "sparsity", "seeds",
+                          "nonzero_weights", "exports")]
     has_delta = any("delta_m" in cell for per in summary.values() for cell in per.values())
     lines = [f"Dataset `{args.dataset}`, seeds {args.seed_list}, {args.epochs} epochs, "
              f"sparsity {args.sparsity:.0%} for the sparse runs. Test accuracy in %, "
@@ -161,7 +173,7 @@ def markdown(args, summary, tests):
              + ("" if has_delta else " Δm is not defined for this dataset (no single-task "
                                      "reference values), so it is not shown."), ""]
     header = ["compression", "weighting", *tasks, "mean", "worst task", *(["Δm %"] if has_delta else []),
-              "sparsity"]
+              "sparsity", "non-zero weights"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in args.compressions:
         for w in args.weightings:
@@ -170,8 +182,18 @@ def markdown(args, summary, tests):
                    _fmt(cell["worst"])]
             if has_delta:
                 row.append(_fmt(cell["delta_m"], 1) if "delta_m" in cell else "")
-            row.append(f"{cell['sparsity']:.3f}")
+            row += [f"{cell['sparsity']:.3f}", f"{cell['nonzero_weights']:.0f}"]
             lines.append("| " + " | ".join(row) + " |")
+    if args.exports:
+        lines += ["", "Exported files (`export_tflite`, run on the test split in their runtime): "
+                      "bytes and accuracy in %, mean ± std over seeds.", "",
+                  "| compression | weighting | export | bytes | worst task | mean |",
+                  "|---|---|---|---|---|---|"]
+        for c in args.compressions:
+            for w in args.weightings:
+                for name, cell in summary[c][w]["exports"].items():
+                    lines.append(f"| {LABELS[c]} | {w} | {name} | {cell['bytes']['mean']:.0f} ± {cell['bytes']['std']:.0f} | "
+                                 f"{_fmt(cell['worst'])} | {_fmt(cell['mean'])} |")
     if tests:
         lines += ["", "Paired t-tests (scipy.stats.ttest_rel, pairs = seeds), min-max minus "
                       "baseline, in accuracy points:", "",
@@ -213,7 +235,7 @@ def plot(args, results, summary):
     figure = Figure(figsize=(6.4, 4.0), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    markers = dict(zip(_runs.COMPRESSIONS, "os^"))
+    markers = dict(zip(_runs.COMPRESSIONS, "os^Dvx<>p*"))
     for i, w in enumerate(args.weightings):
         for c in args.compressions:
             cell = summary[c][w]
@@ -246,6 +268,8 @@ def build_parser():
                         help="epochs per run; reweighted l1: half dense, a quarter reweighted, "
                              "the rest retraining (default: %(default)s = 10 + 5 + 5)")
     parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--exports", nargs="+", default=[], choices=list(_runs.EXPORTS),
+                        help="also export every run's model and score the files on the test split")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-examples", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

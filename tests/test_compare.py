@@ -71,3 +71,26 @@ def test_compare_does_not_reuse_a_run_saved_with_another_configuration(compare, 
     assert compare["load_saved"](path, config) == {"config": config, "test": {}}
     assert compare["load_saved"](path, {**config, "learning_rate": 0.1}) is None
     assert compare["load_saved"](tmp_path / "absent.json", config) is None
+
+
+def test_compare_exports_every_run_and_scores_the_files(compare, tmp_path):
+    from keras_minmax_mtl.networks import multi_digits_network
+
+    argv = ["--dataset", "multi_digits", "--seeds", "1", "--weightings", "minmax",
+            "--compressions", "dense", "--epochs", "1", "--train-examples", "128",
+            "--exports", "micro_int8", "--out", str(tmp_path)]
+    result = compare["main"](argv)
+    run = json.loads((tmp_path / "runs" / "dense-minmax-s0.json").read_text())
+    assert run["config"]["exports"] == ["micro_int8"]
+    kernels = [w for w in multi_digits_network(seed=0).get_weights() if w.ndim >= 2]
+    assert run["nonzero_weights"] == sum(w.size for w in kernels)  # dense: no zero kernel entry
+    micro = run["exports"]["micro_int8"]
+    assert micro["storage"] == "dense" and micro["bytes"] > 0
+    assert micro["test"]["worst"] == min(micro["test"]["tasks"].values())
+    # A full-int8 file of a (barely trained) model agrees with Keras on most test samples.
+    for task, accuracy in run["test"]["tasks"].items():
+        assert abs(micro["test"]["tasks"][task] - accuracy) < 0.1
+    cell = result["summary"]["dense"]["minmax"]["exports"]["micro_int8"]
+    table = (tmp_path / "compare.md").read_text()
+    assert (f"| dense | minmax | micro_int8 | {micro['bytes']} ± 0 | "
+            f"{cell['worst']['mean'] * 100:.2f} ± 0.00 |") in table
