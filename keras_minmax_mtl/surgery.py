@@ -203,6 +203,8 @@ class _Planner:
             self.blocked.add(origin)
 
     def run(self):
+        self.calls = collections.Counter(
+            id(node.layer) for nodes in self.model._nodes_by_depth.values() for node in nodes)
         for depth in sorted(self.model._nodes_by_depth, reverse=True):
             for node in self.model._nodes_by_depth[depth]:
                 inputs = [self.states[self.key(t)] for t in node.keras_inputs]
@@ -231,9 +233,9 @@ class _Planner:
         removing = layer.name in self.removals and len(self.removals[layer.name])
         if not any(_cut(s) for s in inputs) and not removing:
             return [_all_kept(t) for t in outputs]
-        if len(layer._inbound_nodes) > 1:
+        if self.calls[id(layer)] > 1:
             raise ValueError(
-                f"Layer {layer.name!r} ({kind}) is called {len(layer._inbound_nodes)} times "
+                f"Layer {layer.name!r} ({kind}) is called {self.calls[id(layer)]} times "
                 "(a shared layer); `shrink` cannot cut a shared layer's units or inputs.")
         if _unit_layer(layer):
             return [self.unit_layer(layer, inputs[0], node.keras_inputs[0].shape)]
