@@ -162,6 +162,23 @@ def test_pruning_wrappers_and_multitask_models_are_shrunk_through_their_base():
     assert_same_outputs(base, small, images((6,)))
 
 
+def test_a_pruned_multitask_model_exports_shrunk_for_micro_and_is_verified_against_itself(
+        tmp_path):
+    base = mlp()
+    zero_units(base, "trunk", [1, 2, 6])
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+        base, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0))
+    model = kmm.MinMaxMultiTask(wrapped)
+    x = images((6,), n=64)
+    report = export_tflite(model, tmp_path / "m.tflite", target="micro", representative_data=x)
+    assert report["structured"]["removed_units"] == {"trunk": [1, 2, 6]}
+    assert report["structured"]["units"]["trunk"] == {"before": 8, "after": 5}
+    assert report["inputs"]["features"]["shape"] == [1, 6]
+    for task in ("a", "b"):
+        assert report["verification"]["tasks"][task]["max_abs_error"] < 0.05
+    assert wrapped.get_layer("prune_low_magnitude_trunk").layer.units == 8  # unchanged
+
+
 def test_unstructured_zeros_are_not_removed_units():
     model = mlp()
     layer = model.get_layer("trunk")
