@@ -34,6 +34,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -221,7 +222,7 @@ STRUCTURED = ("auto", True, False)
 
 
 def _structured(base, structured, target):
-    """`(shrunk model or None, the report's "structured" entry)` for `export_tflite(structured=)`."""
+    """`(shrunk model or None, the report's "structured" entry)` for `export_tflite`."""
     if not (isinstance(structured, bool) or structured == "auto"):
         raise ValueError(f"Argument `structured` must be one of {list(STRUCTURED)}. "
                          f"Received: structured={structured!r}")
@@ -239,7 +240,15 @@ def _structured(base, structured, target):
                 "`prune_reweighted_l1(..., sparsity_type=\"filter\")` (`kmm train --pruning "
                 "reweighted_l1 --sparsity-type filter`), or export with structured=False.")
         return None, entry
-    shrunk = surgery.shrink(base)
+    try:
+        shrunk = surgery.shrink(base)
+    except ValueError as error:
+        if structured is True:
+            raise
+        # "auto": a layer the surgery cannot cut; export as before, and say why.
+        warnings.warn(f"export_tflite(structured='auto') did not remove units: {error}")
+        entry["skipped"] = str(error)
+        return None, entry
     report = surgery.shrink_report(base, shrunk)
     entry.update({
         "applied": True,
@@ -325,8 +334,11 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             outputs with fewer weights and operations). `"auto"` does so for
             targets without sparse kernels (`micro`, `edgetpu`) when the
             model has removed units (`surgery.has_structured_sparsity`), and
-            never for `mobile` (sparse storage covers it); `True` requires
-            removed units (a `ValueError` otherwise); `False` never shrinks.
+            never for `mobile` (sparse storage covers it); where the surgery
+            cannot cut a layer, `"auto"` exports unshrunk with a warning and
+            the report's `structured["skipped"]` says why. `True` requires
+            removed units and a model the surgery can cut (a `ValueError`
+            otherwise); `False` never shrinks.
             The shrunk model's outputs are checked against the original's
             (within ``float_tolerance·(1 + |y|)``), and the file is verified
             against the original model. Defaults to `"auto"`.
@@ -337,10 +349,11 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         `inputs`, `outputs` (keyed by task name), `output_forms` (per task:
         `"probabilities"` or `"logits"` for heads that end with a softmax,
         `"as_model"` for the others), `verification`, `structured` (`mode`,
-        `applied`; when applied, `removed_units`, `kept_constant`, `units`
-        per layer, `params`, `float32_bytes` and `int8_bytes` of the weights
-        `dense` vs `shrunk`, and `keras_max_abs_difference`; always
-        `file_bytes`), and the target's entries (`arena_bytes` and `c_array` for micro, `edgetpu`).
+        `applied`; `skipped` where "auto" could not shrink; when applied
+        `removed_units`, `kept_constant`, `units` per layer, `params`,
+        `float32_bytes` and `int8_bytes` of the weights `dense` vs `shrunk`,
+        and `keras_max_abs_difference`; always `file_bytes`), and the
+        target's entries (`arena_bytes` and `c_array` for micro, `edgetpu`).
 
     Raises:
         ValueError: unknown target, bad path, int8 without representative

@@ -84,6 +84,8 @@ def _summary(path, report):
         lines.append(f"  units removed (structured): weights {structured['params']['dense']} -> "
                      f"{structured['params']['shrunk']} parameters, int8 weight bytes "
                      f"{structured['int8_bytes']['dense']} -> {structured['int8_bytes']['shrunk']}")
+    if "skipped" in structured:
+        lines.append(f"  units not removed (structured auto): {structured['skipped']}")
     if "arena_bytes" in report:
         lines.append(f"  TFLite Micro arena: {report['arena_bytes']} bytes; C array: "
                      f"{report['c_array']['source']}, {report['c_array']['header']}")

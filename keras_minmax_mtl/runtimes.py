@@ -453,15 +453,17 @@ def micro_invoke_seconds(model, x=None, repeats=100, warmup=10):
 
     Example:
 
-    >>> micro_invoke_seconds("shrunk.tflite", x[0]) / micro_invoke_seconds("dense.tflite", x[0])
-    0.41
+    >>> ratio = (micro_invoke_seconds("shrunk.tflite", x[0])
+    ...          / micro_invoke_seconds("dense.tflite", x[0]))
     """
     import time
 
     if not isinstance(repeats, int) or repeats <= 0:
-        raise ValueError(f"Argument `repeats` must be an integer > 0. Received: repeats={repeats!r}")
+        raise ValueError("Argument `repeats` must be an integer > 0. "
+                         f"Received: repeats={repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"Argument `warmup` must be an integer >= 0. Received: warmup={warmup!r}")
+        raise ValueError("Argument `warmup` must be an integer >= 0. "
+                         f"Received: warmup={warmup!r}")
     content = _read(model)
     details = model_details(content)
     by_tensor = {v: k for k, v in (details["signature"] or {"inputs": {}})["inputs"].items()}

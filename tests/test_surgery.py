@@ -189,13 +189,18 @@ def test_unstructured_zeros_are_not_removed_units():
     assert shrink(model).count_params() == model.count_params()
 
 
-def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
+def add_model():
     inputs = keras.Input((6,), name="features")
     d1 = keras.layers.Dense(4, name="d1")(inputs)
     d2 = keras.layers.Dense(4, name="d2")(inputs)
     out = keras.layers.Dense(2, name="out")(keras.layers.Add(name="add")([d1, d2]))
     model = seeded(keras.Model(inputs, out))
     zero_units(model, "d1", [3])
+    return model
+
+
+def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
+    model = add_model()
     with pytest.raises(ValueError, match=r"Layer 'add' \(Add\) receives channels from which "
                                          r"`shrink` removes units \(d1\[3\]\).*cannot cut the "
                                          r"inputs of a Add. Supported layers: Dense, Conv2D"):
@@ -205,6 +210,19 @@ def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
     with pytest.raises(ValueError, match=r"Layer 'hidden_b' \(Dense\) has all of its 4 units "
                                          r"removed"):
         shrink(model)
+
+
+def test_auto_export_of_a_model_the_surgery_cannot_cut_is_unshrunk_and_says_why(tmp_path):
+    model, x = add_model(), images((6,), n=32)
+    with pytest.warns(UserWarning, match=r"did not remove units: Layer 'add' \(Add\)"):
+        report = export_tflite(model, tmp_path / "a.tflite", target="edgetpu",
+                               representative_data=x)
+    assert not report["structured"]["applied"]
+    assert "cannot cut the inputs of a Add" in report["structured"]["skipped"]
+    with pytest.raises(ValueError, match=r"Layer 'add' \(Add\)"):
+        export_tflite(model, tmp_path / "b.tflite", target="edgetpu", representative_data=x,
+                      structured=True)
+    assert not (tmp_path / "b.tflite").exists()
 
 
 def test_concatenated_branches_are_cut_per_input():
