@@ -218,18 +218,25 @@ def _compare(reference, got, quantization, tolerance):
     return results
 
 
-STRUCTURED = ("auto", True, False)
+_STRUCTURED = ("auto", True, False)
 
 
 def _structured(base, structured, target):
     """`(shrunk model or None, the report's "structured" entry)` for `export_tflite`."""
     if not (isinstance(structured, bool) or structured == "auto"):
-        raise ValueError(f"Argument `structured` must be one of {list(STRUCTURED)}. "
+        raise ValueError(f"Argument `structured` must be one of {list(_STRUCTURED)}. "
                          f"Received: structured={structured!r}")
     entry = {"mode": structured, "applied": False}
     if structured is False or (structured == "auto" and not target.structured_auto):
         return None, entry
     if not surgery.has_structured_sparsity(base):
+        wrapped = [layer.name for layer in base.layers if isinstance(layer, keras.layers.Wrapper)]
+        if structured is True and wrapped:
+            raise ValueError(
+                "Argument `structured=True` cannot shrink quantization-aware (wrapped) layers "
+                f"{wrapped}. Shrink the pruned model first (`keras_minmax_mtl.surgery.shrink`), "
+                "then fine-tune it with quantization-aware training, or export with "
+                "structured=False.")
         if structured is True:
             sparsity = pruning.sparsity_report(base)["overall"]["sparsity"]
             raise ValueError(

@@ -3,7 +3,7 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli, runtimes
+from keras_minmax_mtl import cli, qat, runtimes
 from keras_minmax_mtl._keras import keras
 from keras_minmax_mtl.export import export_tflite
 from keras_minmax_mtl.surgery import (has_structured_sparsity, removed_units, shrink,
@@ -205,6 +205,13 @@ def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
                                          r"`shrink` removes units \(d1\[3\]\).*cannot cut the "
                                          r"inputs of a Add. Supported layers: Dense, Conv2D"):
         shrink(model)
+    inputs = [keras.Input((6,), name="left"), keras.Input((6,), name="right")]
+    shared = keras.layers.Dense(4, activation="relu", name="shared")
+    outputs = [keras.layers.Dense(2, name=n)(shared(x)) for n, x in zip("ab", inputs)]
+    model = seeded(keras.Model(inputs, outputs))
+    zero_units(model, "shared", [1])
+    with pytest.raises(ValueError, match=r"Layer 'shared' \(Dense\) is called 2 times"):
+        shrink(model)
     model = mlp()
     zero_units(model, "hidden_b", [0, 1, 2, 3])
     with pytest.raises(ValueError, match=r"Layer 'hidden_b' \(Dense\) has all of its 4 units "
@@ -286,6 +293,16 @@ def test_mobile_shrinks_only_on_request_and_structured_true_needs_removed_units(
                                          r"Received: structured='on'"):
         export_tflite(model, tmp_path / "u" / "u.tflite", structured="on")
     assert not (tmp_path / "u").exists()
+
+
+def test_quantization_aware_models_are_not_shrunk_and_structured_true_says_so(tmp_path):
+    model = mlp()
+    zero_units(model, "trunk", [0])
+    qmodel = qat.prune_preserving_qat(model)
+    assert removed_units(qmodel) == {}  # wrapped layers are left whole
+    with pytest.raises(ValueError, match=r"cannot shrink quantization-aware \(wrapped\) layers"):
+        export_tflite(qmodel, tmp_path / "q.tflite", target="micro",
+                      representative_data=images((6,)), structured=True)
 
 
 def test_micro_invoke_seconds_refuses_bad_counts(conv_exports):
