@@ -34,11 +34,12 @@ import os
 import pathlib
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl import pruning, runtimes
+from keras_minmax_mtl import pruning, runtimes, surgery
 from keras_minmax_mtl.logits import (OUTPUT_FORMS, floorable_outputs, logit_floors,
                                      softmax_outputs, without_softmax)
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
@@ -217,9 +218,72 @@ def _compare(reference, got, quantization, tolerance):
     return results
 
 
+_STRUCTURED = ("auto", True, False)
+
+
+def _structured(base, structured, target):
+    """`(shrunk model or None, the report's "structured" entry)` for `export_tflite`."""
+    if not (isinstance(structured, bool) or structured == "auto"):
+        raise ValueError(f"Argument `structured` must be one of {list(_STRUCTURED)}. "
+                         f"Received: structured={structured!r}")
+    entry = {"mode": structured, "applied": False}
+    if structured is False or (structured == "auto" and not target.structured_auto):
+        return None, entry
+    if not surgery.has_structured_sparsity(base):
+        wrapped = [layer.name for layer in base.layers if isinstance(layer, keras.layers.Wrapper)]
+        if structured is True and wrapped:
+            raise ValueError(
+                "Argument `structured=True` cannot shrink quantization-aware (wrapped) layers "
+                f"{wrapped}. Shrink the pruned model first (`keras_minmax_mtl.surgery.shrink`), "
+                "then fine-tune it with quantization-aware training, or export with "
+                "structured=False.")
+        if structured is True:
+            sparsity = pruning.sparsity_report(base)["overall"]["sparsity"]
+            raise ValueError(
+                "Argument `structured=True` needs a model with removed units (a hidden Dense "
+                "kernel column or Conv2D filter that is all zero), but this model has none: its "
+                f"kernels are {sparsity:.1%} zeros, spread over the units (unstructured "
+                "sparsity), which no layer surgery can remove. Prune whole units with "
+                "`prune_reweighted_l1(..., sparsity_type=\"filter\")` (`kmm train --pruning "
+                "reweighted_l1 --sparsity-type filter`), or export with structured=False.")
+        return None, entry
+    try:
+        shrunk = surgery.shrink(base)
+    except ValueError as error:
+        if structured is True:
+            raise
+        # "auto": a layer the surgery cannot cut; export as before, and say why.
+        warnings.warn(f"export_tflite(structured='auto') did not remove units: {error}")
+        entry["skipped"] = str(error)
+        return None, entry
+    report = surgery.shrink_report(base, shrunk)
+    entry.update({
+        "applied": True,
+        "removed_units": surgery.removed_units(base),
+        "kept_constant": report["kept_constant"],
+        "units": {name: e["units"] for name, e in report["layers"].items()
+                  if e["units"]["before"] is not None},
+        **{key: {"dense": value["before"], "shrunk": value["after"]}
+           for key, value in report["total"].items()},
+    })
+    return shrunk, entry
+
+
+def _check_shrunk(reference, got, tolerance):
+    """The largest |shrunk − original| Keras output; raises beyond ``tol·(1 + |y|)``."""
+    comparison = _compare(reference, got, "float", tolerance)
+    bad = {t: r["max_abs_error"] for t, r in comparison.items() if not r["within_tolerance"]}
+    if bad:
+        raise ExportVerificationError(
+            f"The shrunk model (units removed) disagrees with the original Keras model beyond "
+            f"{tolerance}·(1+|y|) on tasks {bad}. Nothing was written; export with "
+            "structured=False.")
+    return max(r["max_abs_error"] for r in comparison.values())
+
+
 def export_tflite(model, path, target="mobile", representative_data=None, quantization=None,
                   sparse_storage="auto", num_samples=256, float_tolerance=1e-4,
-                  min_top1_agreement=None, outputs=None):
+                  min_top1_agreement=None, outputs=None, structured="auto"):
     r"""Exports `model` to a `.tflite` file for `target`, verified by running it.
 
     Args:
@@ -270,19 +334,41 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             The report's `output_forms` says what each task's output is
             (`"probabilities"`, `"logits"`, `"logits_above_floor"` or
             `"as_model"`) and `logit_floors` the floors ``t``.
+        structured: whether to convert a copy without the removed units of a
+            structured-pruned model (`keras_minmax_mtl.surgery.shrink`: a
+            hidden Dense kernel column or Conv2D filter that is all zero is
+            dropped and the next layers cut to match, giving the same
+            outputs with fewer weights and operations). `"auto"` does so for
+            targets without sparse kernels (`micro`, `edgetpu`) when the
+            model has removed units (`surgery.has_structured_sparsity`), and
+            never for `mobile` (sparse storage covers it); where the surgery
+            cannot cut a layer, `"auto"` exports unshrunk with a warning and
+            the report's `structured["skipped"]` says why. `True` requires
+            removed units and a model the surgery can cut (a `ValueError`
+            otherwise); `False` never shrinks.
+            The shrunk model's outputs are checked against the original's
+            (within ``float_tolerance·(1 + |y|)``), and the file is verified
+            against the original model. Defaults to `"auto"`.
 
     Returns:
         The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
         `sparsity` (per-layer and overall, of the Keras kernels), `ops`,
         `inputs`, `outputs` (keyed by task name), `output_forms` (per task:
         `"probabilities"` or `"logits"` for heads that end with a softmax,
-        `"as_model"` for the others), `verification`, and the
+        `"as_model"` for the others), `verification`, `structured` (`mode`,
+        `applied`; `skipped` where "auto" could not shrink; when applied
+        `removed_units`, `kept_constant`, `units` per layer, `params`,
+        `float32_bytes` and `int8_bytes` of the weights `dense` vs `shrunk`,
+        and `keras_max_abs_difference`; always `file_bytes`), and the
         target's entries (`arena_bytes` and `c_array` for micro, `edgetpu`).
 
     Raises:
         ValueError: unknown target, bad path, int8 without representative
-            data, samples of the wrong shape, dynamic shapes for micro/edgetpu.
-        ExportVerificationError: the file's outputs disagree with Keras.
+            data, samples of the wrong shape, dynamic shapes for micro/edgetpu,
+            `structured=True` for a model without removed units, a layer the
+            surgery cannot cut (`keras_minmax_mtl.surgery.shrink`).
+        ExportVerificationError: the file's outputs disagree with Keras (or
+            the shrunk model's with the original's).
         keras_minmax_mtl.runtimes.MicroOpError: TFLite Micro lacks an op
             (named with its layer).
     """
@@ -309,7 +395,8 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
                          f"Received: num_samples={num_samples!r}")
 
     base, tasks = deployable_model(model)
-    stripped = base  # its kernels and layer names; the logits copy has the same weights
+    stripped = base  # its kernels and layer names; the copies below have the same names
+    shrunk, structured_report = _structured(base, structured, target)
     if representative_data is None:
         rng = np.random.default_rng(0)
         samples = {name: rng.standard_normal((num_samples,) + tuple(t.shape[1:])).astype(
@@ -329,18 +416,27 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             floors = logit_floors({n: reference[n] for n in floorable_outputs(base)})
             logits_model, forms = without_softmax(base, floors)
         base = logits_model
+        if shrunk is not None:
+            shrunk = without_softmax(shrunk, floors)[0]
     else:
         forms = {name: "probabilities" if has else "as_model"
                  for name, has in softmax_outputs(base).items()}
     output_forms = {tasks[name]: form for name, form in forms.items()}
-    specs = _input_specs(base, target.batch_size, target)
+    # `base` is the model the file is checked against (the original, masked model) and
+    # `converted` the one converted: the shrunk copy where units were removed.
+    converted = base if shrunk is None else shrunk
+    reference = _keras_outputs(base, tasks, samples)
+    if shrunk is not None:
+        structured_report["keras_max_abs_difference"] = _check_shrunk(
+            reference, _keras_outputs(shrunk, tasks, samples), float_tolerance)
+    specs = _input_specs(converted, target.batch_size, target)
 
     candidates = {}
     if sparse_storage in ("auto", False):
-        candidates["dense"] = _convert(base, tasks, specs, quantization, False, samples,
+        candidates["dense"] = _convert(converted, tasks, specs, quantization, False, samples,
                                        target.io_dtype)
     if sparse_storage in ("auto", True):
-        candidates["sparse"] = _convert(base, tasks, specs, quantization, True, samples,
+        candidates["sparse"] = _convert(converted, tasks, specs, quantization, True, samples,
                                         target.io_dtype)
     storage = min(candidates, key=lambda k: len(candidates[k]))
     content = candidates[storage]
@@ -352,7 +448,6 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         work = pathlib.Path(work)
         staged = work / path.name
         staged.write_bytes(content)
-        reference = _keras_outputs(base, tasks, samples)
         outputs, run_info = target.run(staged, samples, layer_names)
         missing = sorted(set(reference) - set(outputs))
         if missing:
@@ -383,6 +478,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             "logit_floors": {tasks[name]: t for name, t in floors.items()},
             "bytes_by_storage": {k: len(v) for k, v in candidates.items()},
             "keras_sparsity": _kernel_sparsity(stripped),
+            "structured": {**structured_report, "file_bytes": len(content)},
             "verification": {
                 "samples": len(next(iter(samples.values()))),
                 "reference": ("the Keras model with the final softmax dropped (logits; "

@@ -1,6 +1,7 @@
 """`kmm export`, `kmm inspect` and `kmm train --export`: the command-line side of `keras_minmax_mtl.export`.
 
     kmm export runs/minmax-s0 --target micro --out deploy/
+    kmm export runs/filter-pruned --target mobile --structured on
     kmm inspect deploy/model_micro.tflite
     kmm train --dataset multi_digits --epochs 20 --export mobile
 
@@ -13,6 +14,9 @@ import json
 import pathlib
 
 __all__ = ["add_commands", "add_train_option", "run_command", "export_after_training"]
+
+#: `--structured` values and the `export_tflite(structured=...)` each stands for.
+_STRUCTURED = {"auto": "auto", "on": True, "off": False}
 
 
 def add_commands(commands):
@@ -33,6 +37,11 @@ def add_commands(commands):
                         help="task outputs of the file (default: logits for int8, dropping each "
                              "head's final softmax so int8 keeps the top-1 decision; "
                              "probabilities otherwise)")
+    export.add_argument("--structured", default="auto", choices=sorted(_STRUCTURED),
+                        help="remove the units of a structured-pruned model before converting "
+                             "(keras_minmax_mtl.surgery.shrink): auto = for micro and edgetpu "
+                             "when the model has removed units; on = required; off = never "
+                             "(default: %(default)s)")
     export.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: MODEL_DIR)")
     export.add_argument("--samples", type=int, default=256,
@@ -70,6 +79,13 @@ def _summary(path, report):
                         f"{result['top1_tie_fraction']:.4f}" if agreement is not None else ""))
     lines.append(f"  verified in {report['verification']['runtime']} on "
                  f"{report['verification']['samples']} samples")
+    structured = report["structured"]
+    if structured["applied"]:
+        lines.append(f"  units removed (structured): weights {structured['params']['dense']} -> "
+                     f"{structured['params']['shrunk']} parameters, int8 weight bytes "
+                     f"{structured['int8_bytes']['dense']} -> {structured['int8_bytes']['shrunk']}")
+    if "skipped" in structured:
+        lines.append(f"  units not removed (structured auto): {structured['skipped']}")
     if "arena_bytes" in report:
         lines.append(f"  TFLite Micro arena: {report['arena_bytes']} bytes; C array: "
                      f"{report['c_array']['source']}, {report['c_array']['header']}")
@@ -82,14 +98,17 @@ def _summary(path, report):
 
 
 def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
-                          outputs=None):
-    """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report."""
+                          outputs=None, structured="auto"):
+    """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
+
+    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`).
+    """
     from keras_minmax_mtl.export import export_tflite
 
     path = pathlib.Path(out) / f"model_{target}.tflite"
     report = export_tflite(model, path, target=target, quantization=quantization,
                            representative_data=_training_inputs(dataset, seed, samples),
-                           outputs=outputs)
+                           outputs=outputs, structured=structured)
     print(_summary(path, report))
     return report
 
@@ -110,4 +129,5 @@ def run_command(args):
         model = keras.models.load_model(args.model_dir / "model.keras")
     return export_after_training(model, args.out or args.model_dir, args.target,
                                  metrics["dataset"], metrics["seed"], args.samples,
-                                 args.quantization, args.outputs)
+                                 args.quantization, args.outputs,
+                                 _STRUCTURED[args.structured])

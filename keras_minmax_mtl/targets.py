@@ -3,11 +3,11 @@
 Each target is one small class on `ExportTarget`; adding a target is a new
 class registered in `TARGETS`, not an `if` chain in `export_tflite`.
 
-| target    | quantization              | batch  | weights stored          | verified in   |
-|-----------|---------------------------|--------|-------------------------|---------------|
-| `mobile`  | float, dynamic, int8      | as is  | sparse if smaller       | LiteRT        |
-| `micro`   | int8                      | 1      | dense (no DENSIFY op)   | TFLite Micro  |
-| `edgetpu` | int8 (int8 or uint8 I/O)  | 1      | dense                   | LiteRT + rules|
+| target    | quantization              | batch  | weights stored          | removed units cut | verified in   |
+|-----------|---------------------------|--------|-------------------------|-------------------|---------------|
+| `mobile`  | float, dynamic, int8      | as is  | sparse if smaller       | on request        | LiteRT        |
+| `micro`   | int8                      | 1      | dense (no DENSIFY op)   | automatically     | TFLite Micro  |
+| `edgetpu` | int8 (int8 or uint8 I/O)  | 1      | dense                   | automatically     | LiteRT + rules|
 
 Example:
 
@@ -36,6 +36,10 @@ class ExportTarget:
         sparse_storage: the `sparse_storage` values the target accepts
             (`"auto"`: store weights sparse when the file gets smaller).
         io_dtype: the dtype of the inputs and outputs of a full-int8 file.
+        structured_auto: whether `structured="auto"` removes the units of a
+            structured-pruned model (`keras_minmax_mtl.surgery.shrink`):
+            `True` where the runtime has no sparse kernels, so only removed
+            units make the file smaller and faster.
     """
 
     name = None
@@ -43,6 +47,7 @@ class ExportTarget:
     batch_size = None
     sparse_storage = ("auto", True, False)
     io_dtype = "int8"
+    structured_auto = False
 
     def check_quantization(self, quantization):
         """Returns the quantization to use (the default for `None`), or raises."""
@@ -103,6 +108,7 @@ class MicroTarget(ExportTarget):
     quantizations = ("int8",)
     batch_size = 1
     sparse_storage = (False,)
+    structured_auto = True
 
     def __init__(self, array_name="g_model"):
         if not isinstance(array_name, str) or not array_name.isidentifier():
@@ -155,6 +161,7 @@ class EdgeTPUTarget(ExportTarget):
     quantizations = ("int8",)
     batch_size = 1
     sparse_storage = (False,)
+    structured_auto = True
 
     def __init__(self, io_dtype="int8", compiler="edgetpu_compiler"):
         if io_dtype not in ("int8", "uint8"):
