@@ -224,9 +224,9 @@ class RemovedUnits:
 
     Example:
 
-    >>> removed = RemovedUnits(model)
-    >>> removed.removed["trunk_dense"]
-    [0, 3, 5]
+    >>> removed = RemovedUnits(model)     # multi_digits_network pruned at a unit fraction of 0.5
+    >>> len(removed.removed["trunk_dense"])
+    32
     >>> removed.hold()      # re-zeroes kernels, biases and BN entries of those units
     """
 
@@ -274,9 +274,10 @@ def prune_units(model, fractions):
 
     Example:
 
-    >>> removed = prune_units(wrapped, 0.5)
+    >>> removed = prune_units(wrapped, 0.5)          # wrapped multi_digits_network
     >>> {name: len(units) for name, units in removed.removed.items()}
-    {'trunk_conv1': 8, 'trunk_dense': 32}
+    {'trunk_conv1': 8, 'trunk_conv2': 16, 'trunk_dense': 32, 'left_hidden': 16, \
+'right_hidden': 16, 'sum_hidden': 16}
     """
     wrappers = pruning_wrappers(model)
     chosen = []
