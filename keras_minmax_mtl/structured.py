@@ -276,8 +276,8 @@ def prune_units(model, fractions):
 
     >>> removed = prune_units(wrapped, 0.5)          # wrapped multi_digits_network
     >>> {name: len(units) for name, units in removed.removed.items()}
-    {'trunk_conv1': 8, 'trunk_conv2': 16, 'trunk_dense': 32, 'left_hidden': 16, \
-'right_hidden': 16, 'sum_hidden': 16}
+    {'trunk_conv1': 8, 'trunk_conv2': 16, 'trunk_dense': 32,
+     'left_hidden': 16, 'right_hidden': 16, 'sum_hidden': 16}
     """
     wrappers = pruning_wrappers(model)
     chosen = []
