@@ -136,6 +136,10 @@ def test_filter_schedule_never_asks_tfmot_to_prune_and_round_trips_its_config():
                       "config": {"target_sparsity": 0.5, "prune_step": 7, "begin_step": 3,
                                  "sparsity_type": "filter"}}
     assert ReweightedL1Schedule.from_config(config["config"]).get_config() == config
+    # Configs saved before the option existed still load, as unstructured schedules.
+    old = ReweightedL1Schedule.from_config({"target_sparsity": 0.5, "prune_step": 7,
+                                            "begin_step": 3})
+    assert old.sparsity_type == "unstructured" and bool(old(7)[0])
     wrapper = PruneLowMagnitude(keras.layers.Dense(3), pruning_schedule=schedule)
     rebuilt = PruneLowMagnitude.from_config(wrapper.get_config())
     assert rebuilt.pruning_schedule.get_config() == config
