@@ -301,5 +301,6 @@ def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, caps
     assert {n: (r["units"], r["removed"]) for n, r in units["layers"].items()} == {
         "trunk_conv1": (16, 8), "trunk_conv2": (32, 16), "trunk_dense": (64, 32),
         "left_hidden": (32, 16), "right_hidden": (32, 16), "sum_hidden": (32, 16)}
-    assert metrics["arguments"]["rho"] == reweighted_cli.DEFAULT_FILTER_RHO and metrics["arguments"]["allocation"] == "uniform"
+    assert metrics["arguments"]["rho"] == reweighted_cli.DEFAULT_FILTER_RHO
+    assert metrics["arguments"]["allocation"] == "uniform"
     assert "removed units" in printed and "trunk_dense" in printed
