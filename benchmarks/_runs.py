@@ -15,7 +15,7 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
 - filter ℓ1: the same stages with `sparsity_type="filter"` (whole output
   units; `sparsity` is the fraction of units removed from every trunk and
   task-hidden layer), `allocation="uniform"`, ρ =
-  `reweighted_cli.DEFAULT_FILTER_RHO`;
+  `reweighted_cli.DEFAULT_FILTER_RHO` (1e-3, chosen on the validation split);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
   with RigL's defaults (update every 100 steps, drop fraction 0.3).
 

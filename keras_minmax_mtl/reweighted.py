@@ -640,7 +640,7 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     Filter mode, half of the units of every trunk and task-hidden layer:
 
     >>> wrapped, callbacks = prune_reweighted_l1(base, 0.5, dense_steps=500,
-    ...                                          reweighted_steps=400, rho=1e-2,
+    ...                                          reweighted_steps=400, rho=1e-3,
     ...                                          sparsity_type="filter")
     """
     require_functional(base_model, "base_model")
