@@ -12,6 +12,10 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
 - reweighted ℓ1: `prune_reweighted_l1(allocation="global", rho=1e-4)`, 10
   dense + 5 reweighted + 5 retraining epochs (chosen on the validation split,
   see docs/results.md and keras_minmax_mtl/reweighted_cli.py);
+- filter ℓ1: the same stages with `sparsity_type="filter"` (whole output
+  units; `sparsity` is the fraction of units removed from every trunk and
+  task-hidden layer), `allocation="uniform"`, ρ =
+  `reweighted_cli.DEFAULT_FILTER_RHO` (1e-3, chosen on the validation split);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
   with RigL's defaults (update every 100 steps, drop fraction 0.3).
 
@@ -27,11 +31,13 @@ import time
 
 import numpy as np
 
+from keras_minmax_mtl.reweighted_cli import DEFAULT_FILTER_RHO
+
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst")
+COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1")
 
 #: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
-MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1}
+MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
@@ -41,6 +47,9 @@ EXPORTS = {
     "mobile_int8": {"target": "mobile", "quantization": "int8"},
     "micro_int8": {"target": "micro"},
 }
+#: Reweighted-ℓ1 in filter mode: whole units, the same fraction in every pruned layer.
+FILTER_L1 = {"rho": DEFAULT_FILTER_RHO, "epsilon": 1e-6, "allocation": "uniform",
+             "sparsity_type": "filter"}
 #: DST settings: RigL's published defaults, as in benchmarks/dst.py.
 DST = {"method": "rigl", "density": "erk", "update_every": 100, "drop_fraction": 0.3}
 
@@ -105,22 +114,24 @@ def build_model(weighting, base, compression="dense"):
 def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
     """Wraps `base` for `compression`; returns `(network, callbacks, epochs)`.
 
-    `epochs` is the length of a dense or DST run; a reweighted-ℓ1 run lasts
-    10 + 5 + 5 epochs scaled to the same total (`epochs // 2`, `max(1, epochs // 4)`,
-    the rest retraining).
+    `epochs` is the length of a dense or DST run; a reweighted-ℓ1 run (either
+    mode) lasts 10 + 5 + 5 epochs scaled to the same total (`epochs // 2`,
+    `max(1, epochs // 4)`, the rest retraining). With `"filter_l1"`, `sparsity`
+    is the fraction of output units removed from every pruned layer.
     """
     if compression == "dense":
         return base, [], epochs
-    if compression == "reweighted_l1":
+    if compression in ("reweighted_l1", "filter_l1"):
         from keras_minmax_mtl.reweighted import prune_reweighted_l1
 
         if epochs < 3:
-            raise ValueError(f"Argument `epochs` must be >= 3 with compression='reweighted_l1' "
+            raise ValueError(f"Argument `epochs` must be >= 3 with compression={compression!r} "
                              f"(dense, reweighted and retraining stages). Received: epochs={epochs}")
         dense, reweighted = epochs // 2, max(1, epochs // 4)
         network, callbacks = prune_reweighted_l1(
             base, sparsity, dense_steps=dense * steps_per_epoch,
-            reweighted_steps=reweighted * steps_per_epoch, **REWEIGHTED)
+            reweighted_steps=reweighted * steps_per_epoch,
+            **(REWEIGHTED if compression == "reweighted_l1" else FILTER_L1))
         return network, callbacks, epochs
     if compression == "dst":
         import tensorflow_model_optimization as tfmot
@@ -249,6 +260,10 @@ def train_run(config):
             result["exports"] = export_run(model, splits, config["exports"], work, data.metric)
         for entry in result["exports"].values():
             del entry["path"]
+    if config["compression"] == "filter_l1":
+        from keras_minmax_mtl.structured import structured_report
+
+        result["removed_units"] = structured_report(model)["overall"]["fraction"]
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
     return result

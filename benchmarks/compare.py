@@ -1,7 +1,8 @@
 r"""Weighting × compression × seeds on one dataset: tables, paired tests and plots.
 
 Trains every combination of `--weightings` (minmax, ew, uw, dwa) and
-`--compressions` (dense, reweighted_l1, dst; the sparse ones at `--sparsity`)
+`--compressions` (dense, reweighted_l1, dst, filter_l1; the sparse ones at
+`--sparsity`, which for filter_l1 is the fraction of units removed per layer)
 for every seed (same data and initial weights per seed; see
 `benchmarks/_runs.py` for the settings), then writes into `--out`:
 
@@ -40,7 +41,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _runs  # noqa: E402
 from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
-LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)"}
+LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
+          "filter_l1": "filter ℓ1 (whole units)"}
 
 
 def configurations(args):
@@ -171,7 +173,11 @@ def markdown(args, summary, tests):
              f"sparsity {args.sparsity:.0%} for the sparse runs. Test accuracy in %, "
              f"mean ± std over seeds (std with ddof=1)."
              + ("" if has_delta else " Δm is not defined for this dataset (no single-task "
-                                     "reference values), so it is not shown."), ""]
+                                     "reference values), so it is not shown.")
+             + (" For filter ℓ1 the sparsity asked for is the fraction of output units "
+                "removed from each pruned layer; the sparsity column is, for every "
+                "compression, the fraction of zero prunable weights reached."
+                if "filter_l1" in args.compressions else ""), ""]
     header = ["compression", "weighting", *tasks, "mean", "worst task", *(["Δm %"] if has_delta else []),
               "sparsity", "non-zero weights"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -22,6 +22,7 @@ MODULES = [
     "keras_minmax_mtl.dwa", "keras_minmax_mtl.multitask", "keras_minmax_mtl.callbacks",
     "keras_minmax_mtl.plotting", "keras_minmax_mtl.serialization",
     "keras_minmax_mtl.pruning", "keras_minmax_mtl.policy", "keras_minmax_mtl.reweighted",
+    "keras_minmax_mtl.structured",
     "keras_minmax_mtl.dst", "keras_minmax_mtl.densities", "keras_minmax_mtl.mask_updaters",
     "keras_minmax_mtl.export", "keras_minmax_mtl.targets", "keras_minmax_mtl.runtimes",
     "keras_minmax_mtl.edgetpu_rules", "keras_minmax_mtl.qat", "keras_minmax_mtl.logits",

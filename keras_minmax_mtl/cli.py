@@ -84,8 +84,9 @@ def build_parser():
                         help="; ".join(f"{k}: {v}" for k, v in PRUNINGS.items())
                              + " (default: %(default)s)")
     sparse.add_argument("--sparsity", type=float, default=0.9,
-                        help="fraction of the prunable weights that are zero, in [0, 1) "
-                             "(default: %(default)s)")
+                        help="fraction of the prunable weights that are zero (with "
+                             "--sparsity-type filter: of the units removed from each pruned "
+                             "layer), in [0, 1) (default: %(default)s)")
     sparse.add_argument("--dst-method", default="rigl", choices=["rigl", "set", "paper", "static"],
                         help="rigl: grow by |gradient|; set: grow at random; paper: the authors' "
                              "variant (on epochs); static: initial masks, never updated "
@@ -283,6 +284,10 @@ def main(argv=None):
             parser.error("argument --epochs: not allowed with --pruning reweighted_l1, whose "
                          "--dense-epochs, --reweighted-epochs and --retrain-epochs set the "
                          f"epochs. Received --epochs {args.epochs}")
+        if args.pruning == "reweighted_l1":
+            from keras_minmax_mtl.reweighted_cli import check_arguments
+
+            check_arguments(parser, args)
         if args.epochs is None:
             args.epochs = DEFAULT_EPOCHS
     if args.command is None:

@@ -30,6 +30,7 @@ __all__ = [
     "PruneLowMagnitude",
     "pruning_wrappers",
     "masked_weights",
+    "pruned_kernels",
     "sparsity_report",
     "strip_pruning",
     "prune_scope",
@@ -71,33 +72,45 @@ def masked_weights(model):
     return values
 
 
+def pruned_kernels(model):
+    """`[(layer, name, values)]`: the weights `sparsity_report` counts, in layer order.
+
+    With pruning wrappers: every weight a `PruneLowMagnitude` wrapper prunes,
+    as ``weight · mask`` (`layer` is the wrapped layer, `name` is
+    ``"{layer name}/{weight name}"``). Without wrappers (e.g. after
+    `strip_pruning`): the kernel of every Dense and convolution layer.
+    """
+    found = []
+    wrappers = pruning_wrappers(model)
+    if wrappers:
+        for wrapper in wrappers:
+            for weight, mask, _ in wrapper.pruning_vars:
+                found.append((wrapper.layer,
+                              f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}",
+                              weight.numpy() * mask.numpy()))
+    else:
+        for layer in _walk(model):
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None and not isinstance(layer, keras.Model):
+                found.append((layer, f"{layer.name}/kernel", kernel.numpy()))
+    return found
+
+
 def sparsity_report(model):
     """Per-layer and overall sparsity of the pruned weights of `model`.
 
     Counts the zeros of ``weight · mask`` of every weight a `PruneLowMagnitude`
     wrapper prunes (the kernels; biases are never pruned by tfmot). A model
     without wrappers (e.g. after `strip_pruning`) is measured on the kernels of
-    its Dense and convolution layers instead.
+    its Dense and convolution layers instead (see `pruned_kernels`).
 
     Returns:
         `{"layers": {name: {"size", "zeros", "sparsity"}}, "overall": {...}}`,
         where the overall sparsity is the fraction of zeros among all the
         counted weights together.
     """
-    layers = {}
-    wrappers = pruning_wrappers(model)
-    if wrappers:
-        for wrapper in wrappers:
-            for weight, mask, _ in wrapper.pruning_vars:
-                values = weight.numpy() * mask.numpy()
-                layers[f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = values
-    else:
-        for layer in _walk(model):
-            kernel = getattr(layer, "kernel", None)
-            if kernel is not None and not isinstance(layer, keras.Model):
-                layers[f"{layer.name}/kernel"] = kernel.numpy()
     report = {}
-    for name, values in layers.items():
+    for _, name, values in pruned_kernels(model):
         zeros = int(np.count_nonzero(values == 0))
         report[name] = {"size": int(values.size), "zeros": zeros,
                         "sparsity": zeros / values.size if values.size else 0.0}

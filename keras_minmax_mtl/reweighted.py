@@ -33,6 +33,13 @@ The parts:
   sparsity just before the prune;
 - `prune_reweighted_l1`, the one call that sets all of it up.
 
+`sparsity_type="filter"` (structured mode) removes whole output units
+instead of single weights: the penalty becomes the reweighted group-ℓ1 over
+units and the prune removes, per layer, the fraction `target_sparsity` of
+units with the smallest ℓ2 norms (`keras_minmax_mtl.structured`, which also
+states the contract a removed unit satisfies: all-zero kernel slice, bias 0,
+following BatchNormalization gamma and beta 0).
+
 Example:
 
 >>> wrapped, callbacks = prune_reweighted_l1(
@@ -54,8 +61,16 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
 
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy
+from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers
+from keras_minmax_mtl.structured import (
+    RemovedUnits,
+    check_sparsity_type,
+    check_structured_layer,
+    magnitudes,
+    prune_units,
+    units_to_remove,
+)
 
 __all__ = [
     "ALLOCATIONS",
@@ -133,13 +148,23 @@ class ReweightedL1Schedule(PruningSchedule):
     `PruneLowMagnitude.from_config` rebuilds it without a custom-object scope;
     `from_config` takes the inner `config`.
 
+    With `sparsity_type="filter"` the schedule never asks tfmot to prune
+    (``(False, sparsity)`` at every step, like `dst.HoldMasks`): tfmot would
+    set the masks weight by weight. `ReweightedL1Stages` sets the unit masks
+    itself at `prune_step` (`structured.prune_units`), and `sparsity` is then
+    the fraction of the layer's output units removed.
+
     Args:
         target_sparsity: fraction of the layer's prunable weights set to zero
-            at `prune_step`, in `[0, 1)`.
+            at `prune_step` (with `sparsity_type="filter"`: fraction of its
+            output units removed), in `[0, 1)`.
         prune_step: the step (tfmot's count, 1-based) at which to prune;
             `>= begin_step`.
         begin_step: the first step of the reweighted stage, `>= 1`; the
             schedule never prunes before it. Defaults to `1`.
+        sparsity_type: `"unstructured"` (tfmot's magnitude prune) or
+            `"filter"` (masks held; units removed by `ReweightedL1Stages`).
+            Defaults to `"unstructured"`.
 
     Example:
 
@@ -147,9 +172,10 @@ class ReweightedL1Schedule(PruningSchedule):
     >>> wrapped = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)
     """
 
-    def __init__(self, target_sparsity, prune_step, begin_step=1):
+    def __init__(self, target_sparsity, prune_step, begin_step=1, sparsity_type="unstructured"):
         self.target_sparsity = _check_sparsity(target_sparsity)
         self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
+        self.sparsity_type = check_sparsity_type(sparsity_type)
         self.sparsity = tf.Variable(self.target_sparsity, trainable=False, dtype=tf.float32,
                                     name="reweighted_l1_sparsity")
 
@@ -158,6 +184,8 @@ class ReweightedL1Schedule(PruningSchedule):
         self.sparsity.assign(_check_sparsity(sparsity))
 
     def __call__(self, step):
+        if self.sparsity_type == "filter":  # ReweightedL1Stages sets the unit masks itself
+            return tf.constant(False), tf.identity(self.sparsity)
         should_prune = tf.math.equal(tf.cast(step, tf.int64), self.prune_step)
         return should_prune, tf.identity(self.sparsity)
 
@@ -168,6 +196,7 @@ class ReweightedL1Schedule(PruningSchedule):
                 "target_sparsity": self.target_sparsity,
                 "prune_step": self.prune_step,
                 "begin_step": self.begin_step,
+                "sparsity_type": self.sparsity_type,
             },
         }
 
@@ -183,6 +212,14 @@ class ReweightedL1Penalty:
 
         P(w) = c \sum_j \frac{|w_j|}{|w^{\text{ref}}_j| + \varepsilon}
 
+    or, with `sparsity_type="filter"`, the reweighted group-ℓ1 over output
+    units (`structured.unit_norms`: a Dense column, a Conv2D filter)
+
+    .. math::
+
+        P(w) = c \sum_{\text{layers}} \sum_u
+               \frac{\|W_u\|_2}{\|W^{\text{ref}}_u\|_2 + \varepsilon},
+
     where the sum runs over the prunable weights of every `PruneLowMagnitude`
     wrapper of the model (exactly the weights that will be pruned), ``w^ref``
     is a non-trainable copy taken by `refresh`, and ``c`` (`coefficient`, a
@@ -196,6 +233,8 @@ class ReweightedL1Penalty:
         model: the Functional model holding the pruning wrappers.
         epsilon: ``ε > 0``, keeps the factors finite. Defaults to `1e-6`
             (the paper's).
+        sparsity_type: `"unstructured"` (per weight) or `"filter"` (per
+            output unit). Defaults to `"unstructured"`.
 
     Example:
 
@@ -204,8 +243,9 @@ class ReweightedL1Penalty:
     >>> float(penalty())          # about 1e-5 times the number of pruned weights
     """
 
-    def __init__(self, model, epsilon=1e-6):
+    def __init__(self, model, epsilon=1e-6, sparsity_type="unstructured"):
         self.epsilon = _check_epsilon(epsilon)
+        self.sparsity_type = check_sparsity_type(sparsity_type)
         self.weights = [weight for wrapper in pruning_wrappers(model)
                         for weight, _, _ in wrapper.pruning_vars]
         if not self.weights:
@@ -218,30 +258,33 @@ class ReweightedL1Penalty:
                         name=f"reference_{weight.name.split(':')[0].replace('/', '_')}")
             for weight in self.weights
         ]
-        # 1 / (|w_ref| + ε), computed at each refresh so a step only multiplies.
-        self.factors = [tf.Variable(1.0 / (tf.abs(r) + self.epsilon), trainable=False,
+        # 1 / (|w_ref| + ε) (or 1 / (‖W_ref_u‖ + ε)), computed at each refresh so a step
+        # only multiplies.
+        self.factors = [tf.Variable(1.0 / (self._magnitudes(r) + self.epsilon), trainable=False,
                                     name=r.name.split(":")[0].replace("reference", "factor"))
                         for r in self.references]
         self.coefficient = tf.Variable(0.0, trainable=False, dtype=tf.float32,
                                        name="reweighted_l1_coefficient")
 
     @classmethod
-    def attach(cls, model, epsilon=1e-6):
+    def attach(cls, model, epsilon=1e-6, sparsity_type="unstructured"):
         """Creates the penalty over `model`'s pruned kernels and adds it to `model` with `add_loss`.
 
         Returns the penalty already attached to `model` if there is one (with
-        the same `epsilon`).
+        the same `epsilon` and `sparsity_type`).
         """
         existing = getattr(model, _PENALTY_ATTRIBUTE, None)
         if existing is not None:
-            if existing.epsilon != _check_epsilon(epsilon):
+            if (existing.epsilon, existing.sparsity_type) != (
+                    _check_epsilon(epsilon), check_sparsity_type(sparsity_type)):
                 raise ValueError(
                     f"Model {model.name!r} already has a reweighted penalty with "
-                    f"epsilon={existing.epsilon}. Received: epsilon={epsilon!r}"
+                    f"epsilon={existing.epsilon}, sparsity_type={existing.sparsity_type!r}. "
+                    f"Received: epsilon={epsilon!r}, sparsity_type={sparsity_type!r}"
                 )
             return existing
         with model.distribute_strategy.scope():
-            penalty = cls(model, epsilon=epsilon)
+            penalty = cls(model, epsilon=epsilon, sparsity_type=sparsity_type)
         model.add_loss(penalty)
         object.__setattr__(model, _PENALTY_ATTRIBUTE, penalty)
         return penalty
@@ -253,18 +296,21 @@ class ReweightedL1Penalty:
             model = model.base_model
         return getattr(model, _PENALTY_ATTRIBUTE, None)
 
+    def _magnitudes(self, weight):
+        return magnitudes(weight, self.sparsity_type)
+
     def refresh(self):
         """``w^ref ← w`` for every pruned kernel."""
         for reference, factor, weight in zip(self.references, self.factors, self.weights):
             reference.assign(weight)
-            factor.assign(1.0 / (tf.abs(reference) + self.epsilon))
+            factor.assign(1.0 / (self._magnitudes(reference) + self.epsilon))
 
     def set_coefficient(self, value):
         """Sets ``c`` (ρ in the reweighted stage, 0 otherwise)."""
         self.coefficient.assign(float(value))
 
     def _value(self):
-        terms = [tf.reduce_sum(tf.abs(w) * f) for w, f in zip(self.weights, self.factors)]
+        terms = [tf.reduce_sum(self._magnitudes(w) * f) for w, f in zip(self.weights, self.factors)]
         return self.coefficient * tf.add_n(terms)
 
     def __call__(self):
@@ -314,7 +360,12 @@ class ReweightedL1Stages(keras.callbacks.Callback):
       to 0 when ``k == prune_step``;
     - refreshes ``w^ref`` when ``k == begin_step`` or ``k`` is in `refresh_steps`;
     - with `allocation="global"`, sets each layer's `ReweightedL1Schedule`
-      sparsity from one magnitude ranking when ``k == prune_step``.
+      sparsity from one magnitude ranking when ``k == prune_step``;
+    - with `sparsity_type="filter"`, removes whole output units when
+      ``k == prune_step`` (`structured.prune_units`, each layer at its
+      schedule's sparsity, read as a unit fraction), and after every later
+      training step re-zeroes the removed units' kernel, bias and following
+      BatchNormalization entries (`structured.RemovedUnits.hold`).
 
     At the start of `fit` it reads the wrappers' `pruning_step` (so training
     resumes at the right stage after `load_model`), attaches a penalty to the
@@ -334,6 +385,14 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         allocation: `"uniform"` or `"global"`. Defaults to `"uniform"`.
         target_sparsity: the overall sparsity of the global ranking, in
             `[0, 1)`; `None` takes the schedules'. Defaults to `None`.
+        sparsity_type: `"unstructured"` or `"filter"` (whole output units,
+            group-ℓ1 penalty; only with `allocation="uniform"`). Must match
+            the schedules'. Defaults to `"unstructured"`.
+
+    Attributes:
+        removed: in filter mode, the `structured.RemovedUnits` of the model
+            once the prune has happened (`None` before, and in unstructured
+            mode).
 
     Example:
 
@@ -343,7 +402,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     """
 
     def __init__(self, rho, begin_step, prune_step, refresh_steps=(), epsilon=1e-6,
-                 allocation="uniform", target_sparsity=None):
+                 allocation="uniform", target_sparsity=None, sparsity_type="unstructured"):
         super().__init__()
         self.rho = _check_rho(rho)
         self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
@@ -365,9 +424,11 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         self.allocation = allocation
         self.target_sparsity = (None if target_sparsity is None
                                 else _check_sparsity(target_sparsity))
+        self.sparsity_type = _check_filter_allocation(sparsity_type, allocation)
         self.step = None
         self.penalty = None
         self.allocated = None
+        self.removed = None
 
     def _base(self):
         return self.model.base_model if isinstance(self.model, MultiTaskModel) else self.model
@@ -388,11 +449,13 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             )
         schedules = [w.pruning_schedule for w in wrappers]
         wrong = [w.layer.name for w, s in zip(wrappers, schedules)
-                 if not isinstance(s, ReweightedL1Schedule) or s.prune_step != self.prune_step]
+                 if not isinstance(s, ReweightedL1Schedule) or s.prune_step != self.prune_step
+                 or s.sparsity_type != self.sparsity_type]
         if wrong:
             raise ValueError(
                 f"Every pruning wrapper must hold a `ReweightedL1Schedule` with "
-                f"prune_step={self.prune_step}; layers {wrong} do not (found "
+                f"prune_step={self.prune_step} and sparsity_type={self.sparsity_type!r}; "
+                f"layers {wrong} do not (found "
                 f"{[s.get_config() for w, s in zip(wrappers, schedules) if w.layer.name in wrong]})."
             )
         if self.allocation == "global" and len({id(s) for s in schedules}) != len(schedules):
@@ -403,16 +466,24 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             )
         self._schedules = schedules
         self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        if self.sparsity_type == "filter":
+            _check_filter_layers(wrappers)
+            if self.step >= self.prune_step:  # resumed after the prune: the masks say what went
+                self.removed = RemovedUnits(self.model)
         base = self._base()
         next_step = self.step + 1
         self.penalty = ReweightedL1Penalty.of(base)
         if self.penalty is None and next_step < self.prune_step:
-            self.penalty = ReweightedL1Penalty.attach(base, epsilon=self.epsilon)
+            self.penalty = ReweightedL1Penalty.attach(base, epsilon=self.epsilon,
+                                                      sparsity_type=self.sparsity_type)
         if self.penalty is not None:
-            if self.penalty.epsilon != self.epsilon:
+            if (self.penalty.epsilon, self.penalty.sparsity_type) != (self.epsilon,
+                                                                      self.sparsity_type):
                 raise ValueError(
-                    f"The model's reweighted penalty has epsilon={self.penalty.epsilon}, this "
-                    f"callback epsilon={self.epsilon}: use the same value."
+                    f"The model's reweighted penalty has epsilon={self.penalty.epsilon}, "
+                    f"sparsity_type={self.penalty.sparsity_type!r}; this callback "
+                    f"epsilon={self.epsilon}, sparsity_type={self.sparsity_type!r}: use the "
+                    f"same values."
                 )
             active = self.begin_step <= next_step < self.prune_step
             if active:
@@ -439,9 +510,46 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             for schedule, sparsity in zip(self._schedules, sparsities):
                 schedule.set_sparsity(sparsity)
             self.allocated = sparsities
+        if step == self.prune_step and self.sparsity_type == "filter":
+            fractions = {wrapper.layer.name: float(schedule.sparsity.numpy())
+                         for wrapper, schedule in zip(pruning_wrappers(self.model),
+                                                      self._schedules)}
+            self.removed = prune_units(self.model, fractions)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+        if self.removed is not None:
+            self.removed.hold()
+
+
+def _check_filter_allocation(sparsity_type, allocation):
+    sparsity_type = check_sparsity_type(sparsity_type)
+    if sparsity_type == "filter" and allocation != "uniform":
+        raise ValueError(
+            f"sparsity_type='filter' removes the same fraction of units in every layer: it "
+            f"needs allocation='uniform' (unit norms of different layers are not comparable "
+            f"in one ranking). Received: allocation={allocation!r}"
+        )
+    return sparsity_type
+
+
+def _check_filter_layers(wrappers, roles=None, fraction=None):
+    """Filter mode: Dense/Conv2D only, no output layer, and `fraction` leaves a unit in each."""
+    for wrapper in wrappers:
+        check_structured_layer(wrapper.layer)
+    outputs = sorted(w.layer.name for w in wrappers
+                     if roles is not None and roles.get(w.layer.name) == "task_output")
+    if outputs:
+        raise ValueError(
+            f"sparsity_type='filter' cannot remove units of the task output layers {outputs}: "
+            f"their units are the task's outputs. Prune only the trunk and the task-hidden "
+            f"layers, e.g. with `MultiTaskPruningPolicy(prune=('trunk', 'task_hidden'))` (the "
+            f"default)."
+        )
+    if fraction is not None:
+        for wrapper in wrappers:
+            (weight, _, _), = wrapper.pruning_vars
+            units_to_remove(int(weight.shape[-1]), fraction, wrapper.layer.name)
 
 
 def _refresh_points(begin_step, prune_step, refreshes):
@@ -463,7 +571,7 @@ def _wrap(model, make_schedule, policy):
 
 def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_steps, rho,
                         epsilon=1e-6, refreshes=2, refresh_steps=None, allocation="uniform",
-                        policy=None):
+                        policy=None, sparsity_type="unstructured"):
     """Sets up reweighted-ℓ1 pruning: a wrapped copy of `base_model` and the callbacks to fit it.
 
     The copy's prunable layers (by default the trunk and the task-hidden
@@ -482,9 +590,19 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     - step ``dense_steps + reweighted_steps + 1``: the hard prune; then
       masked retraining.
 
+    With `sparsity_type="filter"` the penalty is the reweighted group-ℓ1
+    over output units (``ρ Σ_u ‖W_u‖₂ / (‖W_u^ref‖₂ + ε)``, see
+    `keras_minmax_mtl.structured`), `target_sparsity` is the **fraction of
+    output units** removed from every pruned layer (``round(f · units)`` of
+    smallest ℓ2 norm), and each removed unit's kernel slice, bias and
+    following BatchNormalization `gamma`/`beta` are exactly 0 from the prune
+    on (the contract the layer surgery relies on). Only Dense and Conv2D
+    layers, never the task output layers, and only `allocation="uniform"`.
+
     Args:
         base_model: a built Functional `tf_keras` model.
-        target_sparsity: fraction of the prunable weights to remove, in `[0, 1)`.
+        target_sparsity: fraction of the prunable weights to remove (filter
+            mode: fraction of each pruned layer's units), in `[0, 1)`.
         dense_steps: steps of dense training, `>= 0`.
         reweighted_steps: steps of reweighted training, `>= 0`.
         rho: ρ, `>= 0`. The paper's 1e-7 is for networks of ~10^7 weights;
@@ -500,10 +618,17 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
             kernels). Defaults to `"uniform"`.
         policy: a tfmot `PruningPolicy`. Defaults to
             `MultiTaskPruningPolicy()`.
+        sparsity_type: `"unstructured"` (single weights) or `"filter"`
+            (whole output units). Defaults to `"unstructured"`.
 
     Returns:
         `(wrapped_model, callbacks)`: the Functional copy with pruning
         wrappers, and `[UpdatePruningStep(), ReweightedL1Stages(...)]`.
+
+    Raises:
+        ValueError: for bad values; in filter mode also for layers other than
+            Dense/Conv2D, for task output layers, and for a `target_sparsity`
+            that would remove every unit of a layer (the message names it).
 
     Example:
 
@@ -511,9 +636,16 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     ...                                          reweighted_steps=400, rho=1e-5)
     >>> model = MinMaxMultiTask(wrapped); model.compile(...)
     >>> model.fit(train, epochs=15, callbacks=callbacks)
+
+    Filter mode, half of the units of every trunk and task-hidden layer:
+
+    >>> wrapped, callbacks = prune_reweighted_l1(base, 0.5, dense_steps=500,
+    ...                                          reweighted_steps=400, rho=1e-3,
+    ...                                          sparsity_type="filter")
     """
     require_functional(base_model, "base_model")
     target_sparsity = _check_sparsity(target_sparsity)
+    sparsity_type = _check_filter_allocation(sparsity_type, allocation)
     for name, value in (("dense_steps", dense_steps), ("reweighted_steps", reweighted_steps)):
         if not _is_int(value) or value < 0:
             raise ValueError(f"Argument `{name}` must be an integer >= 0. Received: {name}={value!r}")
@@ -527,7 +659,8 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
         refresh_steps = _refresh_points(begin_step, prune_step, refreshes)
     stages = ReweightedL1Stages(rho=rho, begin_step=begin_step, prune_step=prune_step,
                                 refresh_steps=refresh_steps, epsilon=epsilon,
-                                allocation=allocation, target_sparsity=target_sparsity)
+                                allocation=allocation, target_sparsity=target_sparsity,
+                                sparsity_type=sparsity_type)
     policy = MultiTaskPruningPolicy() if policy is None else policy
     if not isinstance(policy, tfmot.sparsity.keras.PruningPolicy):
         raise TypeError(
@@ -537,11 +670,14 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     copy = keras.models.clone_model(base_model)
     copy.set_weights(base_model.get_weights())
     policy.ensure_model_supports_pruning(copy)
-    wrapped = _wrap(copy, lambda: ReweightedL1Schedule(target_sparsity, prune_step, begin_step),
-                    policy)
-    if not pruning_wrappers(wrapped):
+    wrapped = _wrap(copy, lambda: ReweightedL1Schedule(target_sparsity, prune_step, begin_step,
+                                                       sparsity_type), policy)
+    wrappers = pruning_wrappers(wrapped)
+    if not wrappers:
         raise ValueError(
             f"The policy {type(policy).__name__} leaves no layer of {base_model.name!r} to prune."
         )
-    ReweightedL1Penalty.attach(wrapped, epsilon=epsilon)
+    if sparsity_type == "filter":
+        _check_filter_layers(wrappers, roles=layer_roles(copy), fraction=target_sparsity)
+    ReweightedL1Penalty.attach(wrapped, epsilon=epsilon, sparsity_type=sparsity_type)
     return wrapped, [tfmot.sparsity.keras.UpdatePruningStep(), stages]

@@ -83,7 +83,8 @@ def test_schedule_config_round_trips_alone_and_through_prune_low_magnitude():
     schedule = ReweightedL1Schedule(0.975, prune_step=11, begin_step=4)
     config = schedule.get_config()
     assert config == {"class_name": "keras_minmax_mtl>ReweightedL1Schedule",
-                      "config": {"target_sparsity": 0.975, "prune_step": 11, "begin_step": 4}}
+                      "config": {"target_sparsity": 0.975, "prune_step": 11, "begin_step": 4,
+                                 "sparsity_type": "unstructured"}}
     assert ReweightedL1Schedule.from_config(config["config"]).get_config() == config
     wrapper = PruneLowMagnitude(keras.layers.Dense(3), pruning_schedule=schedule)
     rebuilt = PruneLowMagnitude.from_config(wrapper.get_config())
