@@ -46,7 +46,11 @@ EXPORTS = {
     "mobile_float": {"target": "mobile", "quantization": "float"},
     "mobile_int8": {"target": "mobile", "quantization": "int8"},
     "micro_int8": {"target": "micro"},
+    # The same micro file without the layer surgery: removed units stay as zeros at full size.
+    "micro_int8_unshrunk": {"target": "micro", "structured": False},
 }
+#: Micro invoke latency: blocks × invokes per block, alternating between the micro files.
+MICRO_LATENCY_BLOCKS, MICRO_LATENCY_INVOKES = 7, 100
 #: Reweighted-ℓ1 in filter mode: whole units, the same fraction in every pruned layer.
 FILTER_L1 = {"rho": DEFAULT_FILTER_RHO, "epsilon": 1e-6, "allocation": "uniform",
              "sparsity_type": "filter"}
@@ -184,7 +188,12 @@ def export_run(model, splits, names, directory, metric="accuracy"):
     export, the file's `bytes`, `gzip_bytes`, `storage`, `path` and its `test`
     accuracy (`tasks`, `worst`, `mean`; the argmax of the file's outputs
     against the labels), run in the runtime of its target (TFLite Micro for
-    `micro`, LiteRT otherwise).
+    `micro`, LiteRT otherwise). Micro files also get `invoke_seconds`: the
+    median over `MICRO_LATENCY_BLOCKS` blocks of the median of
+    `MICRO_LATENCY_INVOKES` invokes on the first test sample
+    (`runtimes.micro_invoke_seconds`), the blocks alternating between the micro
+    files of the call, so their ratio is measured in one process under the
+    same load.
     """
     from keras_minmax_mtl import runtimes
     from keras_minmax_mtl.export import export_tflite
@@ -213,6 +222,15 @@ def export_run(model, splits, names, directory, metric="accuracy"):
                        "gzip_bytes": report["gzip_bytes"], "storage": report["storage"],
                        "test": {"tasks": per_task, "worst": min(per_task.values()),
                                 "mean": float(np.mean(list(per_task.values())))}}
+    micro = [name for name in names if EXPORTS[name]["target"] == "micro"]
+    first = x_test[:1] if not isinstance(x_test, dict) else {k: v[:1] for k, v in x_test.items()}
+    blocks = {name: [] for name in micro}
+    for _ in range(MICRO_LATENCY_BLOCKS if micro else 0):
+        for name in micro:
+            blocks[name].append(runtimes.micro_invoke_seconds(
+                files[name]["path"], first, repeats=MICRO_LATENCY_INVOKES))
+    for name in micro:
+        files[name]["invoke_seconds"] = float(np.median(blocks[name]))
     return files
 
 

@@ -119,7 +119,10 @@ def summarize(args, results):
             cell["exports"] = {
                 name: {"bytes": _runs.mean_std([r["exports"][name]["bytes"] for r in group]),
                        "worst": _runs.mean_std([r["exports"][name]["test"]["worst"] for r in group]),
-                       "mean": _runs.mean_std([r["exports"][name]["test"]["mean"] for r in group])}
+                       "mean": _runs.mean_std([r["exports"][name]["test"]["mean"] for r in group]),
+                       **({"invoke_seconds": _runs.mean_std(
+                           [r["exports"][name]["invoke_seconds"] for r in group])}
+                          if "invoke_seconds" in group[0]["exports"][name] else {})}
                 for name in group[0].get("exports", {})}
             cell["seeds"] = [r["config"]["seed"] for r in group]
             summary[c][w] = cell
@@ -193,13 +196,15 @@ def markdown(args, summary, tests):
     if args.exports:
         lines += ["", "Exported files (`export_tflite`, run on the test split in their runtime): "
                       "bytes and accuracy in %, mean ± std over seeds.", "",
-                  "| compression | weighting | export | bytes | worst task | mean |",
-                  "|---|---|---|---|---|---|"]
+                  "| compression | weighting | export | bytes | worst task | mean | micro invoke µs |",
+                  "|---|---|---|---|---|---|---|"]
         for c in args.compressions:
             for w in args.weightings:
                 for name, cell in summary[c][w]["exports"].items():
                     lines.append(f"| {LABELS[c]} | {w} | {name} | {cell['bytes']['mean']:.0f} ± {cell['bytes']['std']:.0f} | "
-                                 f"{_fmt(cell['worst'])} | {_fmt(cell['mean'])} |")
+                                 f"{_fmt(cell['worst'])} | {_fmt(cell['mean'])} | "
+                                 + (_fmt(cell["invoke_seconds"], 1e6)
+                                    if "invoke_seconds" in cell else "") + " |")
     if tests:
         lines += ["", "Paired t-tests (scipy.stats.ttest_rel, pairs = seeds), min-max minus "
                       "baseline, in accuracy points:", "",

@@ -87,6 +87,7 @@ def test_compare_exports_every_run_and_scores_the_files(compare, tmp_path):
     micro = run["exports"]["micro_int8"]
     assert micro["storage"] == "dense" and micro["bytes"] > 0
     assert micro["test"]["worst"] == min(micro["test"]["tasks"].values())
+    assert micro["invoke_seconds"] > 0
     # A full-int8 file of a (barely trained) model agrees with Keras on most test samples.
     for task, accuracy in run["test"]["tasks"].items():
         assert abs(micro["test"]["tasks"][task] - accuracy) < 0.1
