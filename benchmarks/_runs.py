@@ -13,7 +13,11 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   dense + 5 reweighted + 5 retraining epochs (chosen on the validation split,
   see docs/results.md and keras_minmax_mtl/reweighted_cli.py);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
-  with RigL's defaults (update every 100 steps, drop fraction 0.3).
+  with RigL's defaults (update every 100 steps, drop fraction 0.3);
+- task-aware (Choi et al. 2023): `TaskAwareRun` with the settings of
+  `TASK_AWARE`: half the epochs warm up the standard network (with the run's
+  weighting), the rest train the grouped network; `sparsity` is the budget of
+  equal non-zero count to reweighted ℓ1 at the same sparsity.
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -26,15 +30,18 @@ import time
 import numpy as np
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst")
+COMPRESSIONS = ("dense", "reweighted_l1", "dst", "task_aware")
 
 #: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
-MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1}
+MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "task_aware": 0.02}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
 #: DST settings: RigL's published defaults, as in benchmarks/dst.py.
 DST = {"method": "rigl", "density": "erk", "update_every": 100, "drop_fraction": 0.3}
+#: Task-aware settings: the library's defaults (not tuned); re-allocation every 100 steps
+#: (fewer on tiny runs: at least four re-allocations).
+TASK_AWARE = {"alpha": 0.5, "similarity_threshold": 0.0, "smoothing": 0.5, "update_every": 100}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +108,7 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
     10 + 5 + 5 epochs scaled to the same total (`epochs // 2`, `max(1, epochs // 4)`,
     the rest retraining).
     """
-    if compression == "dense":
+    if compression in ("dense", "task_aware"):  # task_aware: see `task_aware_stage`
         return base, [], epochs
     if compression == "reweighted_l1":
         from keras_minmax_mtl.reweighted import prune_reweighted_l1
@@ -127,6 +134,26 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
     raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
                      f"Received: compression={compression!r}")
+
+
+def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
+    """Warms up the compiled `model` for `epochs // 2` epochs and groups the tasks.
+
+    Returns `(grouped_model, callbacks, grouped_epochs, run)`.
+    """
+    from keras_minmax_mtl.task_aware import TaskAwareRun
+
+    if epochs < 2:
+        raise ValueError(f"Argument `epochs` must be >= 2 with compression='task_aware' (warm-up "
+                         f"and grouped stages). Received: epochs={epochs}")
+    warmup = epochs // 2
+    grouped_steps = (epochs - warmup) * steps_per_epoch
+    run = TaskAwareRun(sparsity=sparsity, alpha=TASK_AWARE["alpha"],
+                       similarity_threshold=TASK_AWARE["similarity_threshold"],
+                       smoothing=TASK_AWARE["smoothing"], seed=seed,
+                       update_every=min(TASK_AWARE["update_every"], max(1, grouped_steps // 4)))
+    grouped = run.prepare(model, train, warmup, verbose=0)
+    return grouped, run.callbacks, epochs - warmup, run
 
 
 def evaluate(model, dataset, metric="accuracy"):
@@ -163,6 +190,10 @@ def train_run(config):
                   loss=data.losses(tasks), metrics={t: [data.metric] for t in tasks})
     weights = TaskWeightHistory()
     start = time.perf_counter()
+    task_aware = None
+    if config["compression"] == "task_aware":  # the warm-up counts in the training time
+        model, callbacks, epochs, task_aware = task_aware_stage(
+            model, splits["train"], config["sparsity"], config["seed"], steps, config["epochs"])
     model.fit(splits["train"], epochs=epochs, callbacks=[weights, *callbacks], verbose=0)
     seconds = time.perf_counter() - start
     result = {"config": dict(config), "task_names": tasks, "steps_per_epoch": steps,
@@ -173,6 +204,10 @@ def train_run(config):
                            if config["compression"] != "dense" else 0.0),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
+    if task_aware is not None:
+        report = task_aware.report()
+        result["task_aware"] = {"groups": report["groups"], "budget": report["budget"],
+                                "final_density": report["history"][-1]["density"]}
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
     return result

@@ -1,7 +1,8 @@
 r"""Weighting × compression × seeds on one dataset: tables, paired tests and plots.
 
 Trains every combination of `--weightings` (minmax, ew, uw, dwa) and
-`--compressions` (dense, reweighted_l1, dst; the sparse ones at `--sparsity`)
+`--compressions` (dense, reweighted_l1, dst, task_aware; the sparse ones at
+`--sparsity`, task_aware at the same non-zero count as reweighted_l1)
 for every seed (same data and initial weights per seed; see
 `benchmarks/_runs.py` for the settings), then writes into `--out`:
 
@@ -36,7 +37,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _runs  # noqa: E402
 from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
-LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)"}
+LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
+          "task_aware": "task-aware"}
 
 
 def configurations(args):
@@ -213,7 +215,7 @@ def plot(args, results, summary):
     figure = Figure(figsize=(6.4, 4.0), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    markers = dict(zip(_runs.COMPRESSIONS, "os^"))
+    markers = dict(zip(_runs.COMPRESSIONS, "os^D"))
     for i, w in enumerate(args.weightings):
         for c in args.compressions:
             cell = summary[c][w]
