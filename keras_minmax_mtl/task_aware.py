@@ -28,7 +28,7 @@ weight similarity is the Pearson correlation of the tasks' trunk gradients
 clustering (the paper finds cliques of a thresholded similarity graph); a
 group's branch is the concatenation of its tasks' hidden layers, so the
 grouped network starts as exactly the warm-up network and has the same
-number of prunable weights; the trunk keeps a uniform density and only the
+number of prunable weights; the trunk keeps its initial masks and only the
 branches are re-allocated; growth follows RigL's gradient rule.
 
 Example:
@@ -48,6 +48,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from keras_minmax_mtl._keras import keras, require_functional
+from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
 from keras_minmax_mtl.mask_updaters import RigLUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
@@ -277,11 +278,10 @@ class TaskAwareAllocation(keras.callbacks.Callback):
 
     Works on a `MultiTaskModel` around a `grouped_network` wrapped by
     `prune_for_dst` (every trunk and branch kernel under a `HoldMasks`
-    wrapper). When training starts with all masks at one, every wrapped
-    kernel gets a uniform share of `budget` (`allocate_budget` with equal
-    difficulties, at least one weight per kernel); the branches then split
-    their part by difficulty, and each kernel keeps its largest-magnitude
-    weights. At the end of every `update_every`-th step (up to `end_step`),
+    wrapper). When training starts with all masks at one, the wrapped
+    kernels share `budget` by `density` (`densities.active_counts`, at least
+    one weight per kernel); the branches then split their part by
+    difficulty, and each kernel keeps its largest-magnitude weights. At the end of every `update_every`-th step (up to `end_step`),
     the difficulty is measured on `measure_data` and the branches' part
     is split again: a branch over its new count drops its smallest-magnitude
     weights, one under it grows the inactive weights of largest gradient
@@ -301,6 +301,9 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         end_step: the last step that may re-allocate. Defaults to `None`
             (no end).
         smoothing: `allocate_budget`'s smoothing, `> 0`. Defaults to `0.5`.
+        density: how the kernels share `budget` at the start, `"erk"` or
+            `"uniform"` (`keras_minmax_mtl.densities`; uniform leaves small
+            convolutions with a handful of weights). Defaults to `"erk"`.
         seed: seed of the tie breaks (`numpy.random.default_rng((seed, t, g))`).
             Defaults to `0`.
         verbose: print each re-allocation. Defaults to `0`.
@@ -312,7 +315,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     """
 
     def __init__(self, groups, budget, measure_data, update_every=100, end_step=None,
-                 smoothing=0.5, seed=0, verbose=0):
+                 smoothing=0.5, density="erk", seed=0, verbose=0):
         super().__init__()
         if isinstance(groups, str) or not groups or any(isinstance(g, str) or not g for g in groups):
             raise ValueError(f"Argument `groups` must be a non-empty list of non-empty lists of "
@@ -332,6 +335,10 @@ class TaskAwareAllocation(keras.callbacks.Callback):
             raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
+        if density not in DISTRIBUTIONS:
+            raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
+                             f"Received: density={density!r}")
+        self.density = density
         self.groups = [list(g) for g in groups]
         self.budget = int(budget)
         self.measure_data = tuple(measure_data)
@@ -371,7 +378,8 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         masks = [mask.numpy() for _, _, mask in self._kernels]
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         if all(np.all(m == 1) for m in masks):
-            counts = allocate_budget([0.0] * len(sizes), sizes, self.budget, self.smoothing)
+            counts = _initial_counts([tuple(w.shape) for _, w, _ in self._kernels], self.budget,
+                                     self.density)
             self._pool = sum(counts[i] for i in self._branches)
             self._allocate(self._step, counts, initial=True)
         else:
@@ -453,6 +461,18 @@ class TaskAwareAllocation(keras.callbacks.Callback):
                 "sparsity": sparsity_report(self.model)}
 
 
+def _initial_counts(shapes, budget, density):
+    """`active_counts` for exactly `budget` weights, moved so that every kernel keeps at least one."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    counts = active_counts(shapes, 1.0 - budget / sum(sizes), density)
+    for i in range(len(counts)):
+        if counts[i] == 0:
+            donor = max(range(len(counts)), key=lambda j: (counts[j], -j))
+            counts[donor] -= 1
+            counts[i] = 1
+    return counts
+
+
 def _fresh_compile_config(model):
     config = dict(model._task_compile_config)
     optimizer = config.get("optimizer")
@@ -503,6 +523,8 @@ class TaskAwareRun:
         update_every: steps between re-allocations. Defaults to `100`.
         end_step: last step that may re-allocate. Defaults to `None`.
         smoothing: `allocate_budget`'s smoothing. Defaults to `0.5`.
+        density: the kernels' initial shares of the budget, `"erk"` or
+            `"uniform"`. Defaults to `"erk"`.
         measure_samples: training samples in the held measurement batch.
             Defaults to `256`.
         seed: tie-break seed. Defaults to `0`.
@@ -518,7 +540,7 @@ class TaskAwareRun:
 
     def __init__(self, sparsity=None, budget=None, alpha=0.5, num_groups=None,
                  similarity_threshold=0.0, update_every=100, end_step=None, smoothing=0.5,
-                 measure_samples=256, seed=0, verbose=0):
+                 density="erk", measure_samples=256, seed=0, verbose=0):
         if (sparsity is None) == (budget is None):
             raise ValueError(f"Exactly one of `sparsity` and `budget` must be given. Received: "
                              f"sparsity={sparsity!r}, budget={budget!r}")
@@ -542,7 +564,11 @@ class TaskAwareRun:
         self.sparsity, self.budget = sparsity, budget
         self.alpha = float(alpha)
         self.num_groups, self.similarity_threshold = num_groups, similarity_threshold
+        if density not in DISTRIBUTIONS:
+            raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
+                             f"Received: density={density!r}")
         self.update_every, self.end_step, self.smoothing = update_every, end_step, smoothing
+        self.density = density
         self.measure_samples, self.seed, self.verbose = measure_samples, seed, verbose
         self.measurement = self.groups = self.callback = self.warmup_model = None
 
@@ -596,7 +622,7 @@ class TaskAwareRun:
         self.budget_used = budget
         self.callback = TaskAwareAllocation(
             self.groups, budget, (x, y), update_every=self.update_every, end_step=self.end_step,
-            smoothing=self.smoothing, seed=self.seed, verbose=self.verbose)
+            smoothing=self.smoothing, density=self.density, seed=self.seed, verbose=self.verbose)
         self.warmup_model = warm
         if self.verbose:
             print(f"task-aware: groups {self.groups}, budget {budget} non-zero weights of "
@@ -626,7 +652,8 @@ class TaskAwareRun:
                        for k, v in self.measurement.items()}
         return {"alpha": self.alpha, "num_groups": self.num_groups,
                 "similarity_threshold": self.similarity_threshold, "smoothing": self.smoothing,
-                "update_every": self.update_every, "budget": self.budget_used,
+                "update_every": self.update_every, "density": self.density,
+                "budget": self.budget_used,
                 "sparsity_argument": self.sparsity, "measurement": measurement,
                 "groups": self.groups, "history": self.callback.history}
 
