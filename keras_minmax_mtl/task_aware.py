@@ -56,6 +56,7 @@ from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.pruning import sparsity_report
 from keras_minmax_mtl.task_similarity import (
     allocate_budget,
+    check_alpha,
     group_tasks,
     mixed_similarity,
     pearson_matrix,
@@ -76,6 +77,18 @@ __all__ = [
 
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_density(density):
+    if density not in DISTRIBUTIONS:
+        raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
+                         f"Received: density={density!r}")
+
+
+def _check_sparsity(sparsity):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) \
+            or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
 
 
 def branch_name(index):
@@ -206,9 +219,7 @@ def budget_for_sparsity(base_model, sparsity, policy=None):
     `N` is `prunable_kernel_count(base_model, policy)`; reweighted ℓ1 at the
     same `sparsity` keeps this many weights of the same layers.
     """
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) \
-            or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
+    _check_sparsity(sparsity)
     return int(round((1.0 - float(sparsity)) * prunable_kernel_count(base_model, policy)))
 
 
@@ -335,9 +346,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
             raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
-        if density not in DISTRIBUTIONS:
-            raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
-                             f"Received: density={density!r}")
+        _check_density(density)
         self.density = density
         self.groups = [list(g) for g in groups]
         self.budget = int(budget)
@@ -536,6 +545,8 @@ class TaskAwareRun:
         budget: the number of non-zero pruned weights.
         callback: the `TaskAwareAllocation`.
         warmup_model: the warmed-up copy of the user's model.
+        budget_used: the budget in weights (from `sparsity` or `budget`).
+        model: the grouped model after `run`.
     """
 
     def __init__(self, sparsity=None, budget=None, alpha=0.5, num_groups=None,
@@ -544,12 +555,10 @@ class TaskAwareRun:
         if (sparsity is None) == (budget is None):
             raise ValueError(f"Exactly one of `sparsity` and `budget` must be given. Received: "
                              f"sparsity={sparsity!r}, budget={budget!r}")
-        if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real)
-                                     or not 0.0 <= sparsity < 1.0):
-            raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
+        if sparsity is not None:
+            _check_sparsity(sparsity)
         if budget is not None and (not _is_int(budget) or budget < 1):
             raise ValueError(f"Argument `budget` must be an integer >= 1. Received: budget={budget!r}")
-        mixed_similarity(np.eye(2), np.eye(2), alpha)  # validates alpha
         if num_groups is not None and (not _is_int(num_groups) or num_groups < 1):
             raise ValueError(f"Argument `num_groups` must be an integer >= 1. "
                              f"Received: num_groups={num_groups!r}")
@@ -562,15 +571,14 @@ class TaskAwareRun:
             raise ValueError(f"Argument `measure_samples` must be an integer >= 2. "
                              f"Received: measure_samples={measure_samples!r}")
         self.sparsity, self.budget = sparsity, budget
-        self.alpha = float(alpha)
+        self.alpha = check_alpha(alpha)
         self.num_groups, self.similarity_threshold = num_groups, similarity_threshold
-        if density not in DISTRIBUTIONS:
-            raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
-                             f"Received: density={density!r}")
+        _check_density(density)
         self.update_every, self.end_step, self.smoothing = update_every, end_step, smoothing
         self.density = density
         self.measure_samples, self.seed, self.verbose = measure_samples, seed, verbose
         self.measurement = self.groups = self.callback = self.warmup_model = None
+        self.budget_used = self.model = None
 
     def _budget(self, base_model):
         if self.budget is not None:

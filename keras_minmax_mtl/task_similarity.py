@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "pearson_matrix",
+    "check_alpha",
     "mixed_similarity",
     "task_difficulty",
     "group_tasks",
@@ -102,6 +103,13 @@ def pearson_matrix(vectors):
     return similarity
 
 
+def check_alpha(alpha):
+    """Returns `alpha` as a float if it is in `[0, 1]`; raises `ValueError` otherwise."""
+    if not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"Argument `alpha` must be in [0, 1]. Received: alpha={alpha!r}")
+    return float(alpha)
+
+
 def mixed_similarity(weight_similarity, loss_similarity, alpha=0.5):
     """``α · weight_similarity + (1 − α) · loss_similarity``.
 
@@ -115,8 +123,7 @@ def mixed_similarity(weight_similarity, loss_similarity, alpha=0.5):
     Returns:
         The mixed `(K, K)` array.
     """
-    if not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"Argument `alpha` must be in [0, 1]. Received: alpha={alpha!r}")
+    alpha = check_alpha(alpha)
     weight = np.asarray(weight_similarity, dtype=np.float64)
     loss = np.asarray(loss_similarity, dtype=np.float64)
     if weight.ndim != 2 or weight.shape[0] != weight.shape[1] or weight.shape != loss.shape:
