@@ -313,3 +313,45 @@ def test_run_refuses_too_many_groups_and_too_large_a_budget_before_training():
     with pytest.raises(ValueError, match=r"`budget` must be at most the 3492.*budget=5000"):
         TaskAwareRun(budget=5000).prepare(model, dataset, 1)
     assert int(model.train_step_counter.numpy()) == 0
+
+
+def test_run_refuses_a_single_task_model():
+    base = multi_digits_network({"left": 10}, trunk_filters=(4,), trunk_units=16, head_units=8)
+    model = kmm.MinMaxMultiTask(base)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = small_data(16)
+    dataset = tf.data.Dataset.from_tensor_slices((x, {"left": y["left"]})).batch(16)
+    with pytest.raises(ValueError, match=r"at least two tasks.*\['left'\]"):
+        TaskAwareRun(sparsity=0.9).prepare(model, dataset, 1)
+
+
+def test_cli_refuses_a_similarity_coefficient_outside_the_unit_interval(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--pruning", "task_aware", "--similarity-coefficient", "1.5"])
+    assert "--similarity-coefficient: must be in [0, 1], received 1.5" in capsys.readouterr().err
+
+
+def test_per_sample_losses_are_the_compiled_losses_unreduced():
+    base = small_network()
+    model = compiled(kmm.MinMaxMultiTask(base))
+    x, y = small_data(8)
+    losses = model.per_sample_losses(y, model(x))
+    for task, out in zip(TASKS, base(x)):
+        np.testing.assert_allclose(
+            losses[task], keras.losses.sparse_categorical_crossentropy(y[task], out), rtol=1e-6)
+
+
+def test_set_mask_zeroes_grown_weights_and_their_optimizer_slots():
+    from keras_minmax_mtl.dst import set_mask
+
+    weight = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+    mask = tf.Variable([[1.0, 1.0], [0.0, 0.0]])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build([weight])
+    slot = optimizer.variables[-1]
+    slot.assign([[5.0, 6.0], [7.0, 8.0]])
+    grown = set_mask(weight, mask, np.array([[1.0, 0.0], [1.0, 0.0]], np.float32), optimizer)
+    np.testing.assert_array_equal(grown, [[False, False], [True, False]])
+    np.testing.assert_array_equal(weight.numpy(), [[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(slot.numpy(), [[5.0, 6.0], [0.0, 8.0]])
+    np.testing.assert_array_equal(mask.numpy(), [[1.0, 0.0], [1.0, 0.0]])
