@@ -54,6 +54,7 @@ from keras_minmax_mtl.mask_updaters import RigLUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.pruning import sparsity_report
+from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
     allocate_budget,
     check_alpha,
@@ -69,6 +70,7 @@ __all__ = [
     "prunable_kernel_count",
     "budget_for_sparsity",
     "measure_tasks",
+    "DENSITIES",
     "TaskAwareAllocation",
     "TaskAwareRun",
     "task_aware_optimize",
@@ -79,9 +81,14 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+#: How the wrapped kernels share the budget when training starts: the layer
+#: densities of `keras_minmax_mtl.densities`, or one magnitude ranking of all of them.
+DENSITIES = (*DISTRIBUTIONS, "global")
+
+
 def _check_density(density):
-    if density not in DISTRIBUTIONS:
-        raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
+    if density not in DENSITIES:
+        raise ValueError(f"Argument `density` must be one of {list(DENSITIES)}. "
                          f"Received: density={density!r}")
 
 
@@ -312,9 +319,11 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         end_step: the last step that may re-allocate. Defaults to `None`
             (no end).
         smoothing: `allocate_budget`'s smoothing, `> 0`. Defaults to `0.5`.
-        density: how the kernels share `budget` at the start, `"erk"` or
+        density: how the kernels share `budget` at the start: `"erk"` or
             `"uniform"` (`keras_minmax_mtl.densities`; uniform leaves small
-            convolutions with a handful of weights). Defaults to `"erk"`.
+            convolutions with a handful of weights), or `"global"` (one
+            magnitude ranking of all the kernels, as reweighted ℓ1's
+            `allocation="global"`). Defaults to `"erk"`.
         seed: seed of the tie breaks (`numpy.random.default_rng((seed, t, g))`).
             Defaults to `0`.
         verbose: print each re-allocation. Defaults to `0`.
@@ -387,7 +396,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         masks = [mask.numpy() for _, _, mask in self._kernels]
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         if all(np.all(m == 1) for m in masks):
-            counts = _initial_counts([tuple(w.shape) for _, w, _ in self._kernels], self.budget,
+            counts = _initial_counts([w.numpy() for _, w, _ in self._kernels], self.budget,
                                      self.density)
             self._pool = sum(counts[i] for i in self._branches)
             self._allocate(self._step, counts, initial=True)
@@ -470,15 +479,26 @@ class TaskAwareAllocation(keras.callbacks.Callback):
                 "sparsity": sparsity_report(self.model)}
 
 
-def _initial_counts(shapes, budget, density):
-    """`active_counts` for exactly `budget` weights, moved so that every kernel keeps at least one."""
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    counts = active_counts(shapes, 1.0 - budget / sum(sizes), density)
+def _initial_counts(kernels, budget, density):
+    """Exactly `budget` weights over `kernels` (arrays) by `density`, at least one per kernel.
+
+    `"erk"`/`"uniform"`: `densities.active_counts`; `"global"`: the
+    `reweighted.global_sparsities` ranking of the magnitudes. A kernel left
+    empty takes one weight from the kernel that keeps the most, and the one
+    weight `global_sparsities` grants an empty kernel is taken back likewise.
+    """
+    sizes = [int(np.prod(k.shape)) for k in kernels]
+    sparsity = 1.0 - budget / sum(sizes)
+    if density == "global":
+        counts = [int(round(n * (1.0 - s)))
+                  for n, s in zip(sizes, global_sparsities(kernels, sparsity))]
+    else:
+        counts = active_counts([tuple(k.shape) for k in kernels], sparsity, density)
     for i in range(len(counts)):
         if counts[i] == 0:
-            donor = max(range(len(counts)), key=lambda j: (counts[j], -j))
-            counts[donor] -= 1
             counts[i] = 1
+    while sum(counts) > budget:
+        counts[max(range(len(counts)), key=lambda j: (counts[j], -j))] -= 1
     return counts
 
 
@@ -532,8 +552,8 @@ class TaskAwareRun:
         update_every: steps between re-allocations. Defaults to `100`.
         end_step: last step that may re-allocate. Defaults to `None`.
         smoothing: `allocate_budget`'s smoothing. Defaults to `0.5`.
-        density: the kernels' initial shares of the budget, `"erk"` or
-            `"uniform"`. Defaults to `"erk"`.
+        density: the kernels' initial shares of the budget, `"erk"`,
+            `"uniform"` or `"global"` (see `TaskAwareAllocation`). Defaults to `"erk"`.
         measure_samples: training samples in the held measurement batch.
             Defaults to `256`.
         seed: tie-break seed. Defaults to `0`.

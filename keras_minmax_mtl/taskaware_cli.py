@@ -43,6 +43,9 @@ def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
     group.add_argument("--smoothing", type=positive_float, default=0.5,
                        help="added to every group's difficulty before allocating "
                             "(default: %(default)s)")
+    group.add_argument("--initial-allocation", default="erk", choices=["erk", "uniform", "global"],
+                       help="how the pruned kernels share the budget at the start: ERK or uniform "
+                            "densities, or one global magnitude ranking (default: %(default)s)")
     group.add_argument("--measure-samples", type=positive_int, default=256,
                        help="training samples of the held measurement batch (default: %(default)s)")
     return group
@@ -71,7 +74,8 @@ class TaskAwareCliRun:
         self.run = TaskAwareRun(
             sparsity=args.sparsity, alpha=args.similarity_coefficient, num_groups=args.groups,
             similarity_threshold=args.similarity_threshold, update_every=args.allocate_every,
-            smoothing=args.smoothing, measure_samples=args.measure_samples, seed=args.seed,
+            smoothing=args.smoothing, density=args.initial_allocation,
+            measure_samples=args.measure_samples, seed=args.seed,
             verbose=1 if args.verbose else 0)
 
     def prepare(self, model, train_dataset):

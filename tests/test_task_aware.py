@@ -355,3 +355,18 @@ def test_set_mask_zeroes_grown_weights_and_their_optimizer_slots():
     np.testing.assert_array_equal(weight.numpy(), [[1.0, 0.0], [0.0, 0.0]])
     np.testing.assert_array_equal(slot.numpy(), [[5.0, 6.0], [0.0, 8.0]])
     np.testing.assert_array_equal(mask.numpy(), [[1.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("density", ["erk", "uniform", "global"])
+def test_initial_allocation_meets_the_budget_exactly_for_every_density(density):
+    from keras_minmax_mtl.pruning import pruning_wrappers
+
+    groups = [["left", "right"], ["sum"]]
+    model = compiled(kmm.MinMaxMultiTask(prune_for_dst(grouped_network(small_network(), groups))))
+    x, y = small_data(16)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    callback = TaskAwareAllocation(groups, 60, (x, y), update_every=100, density=density)
+    model.fit(dataset, epochs=1, verbose=0,
+              callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), callback])
+    counts = [int(m.numpy().sum()) for w in pruning_wrappers(model) for _, m, _ in w.pruning_vars]
+    assert sum(counts) == 60 and min(counts) >= 1 and callback.history[0]["total_active"] == 60
