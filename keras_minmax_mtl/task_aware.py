@@ -337,6 +337,8 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     def __init__(self, groups, budget, measure_data, update_every=100, end_step=None,
                  smoothing=0.5, density="erk", seed=0, verbose=0):
         super().__init__()
+        # The batch hooks read no logs: Keras need not convert them to NumPy after every step.
+        self._supports_tf_logs = True
         if isinstance(groups, str) or not groups or any(isinstance(g, str) or not g for g in groups):
             raise ValueError(f"Argument `groups` must be a non-empty list of non-empty lists of "
                              f"task names. Received: groups={groups!r}")
