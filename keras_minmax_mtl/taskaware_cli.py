@@ -43,7 +43,7 @@ def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
     group.add_argument("--smoothing", type=positive_float, default=0.5,
                        help="added to every group's difficulty before allocating "
                             "(default: %(default)s)")
-    group.add_argument("--initial-allocation", default="erk", choices=["erk", "uniform", "global"],
+    group.add_argument("--initial-allocation", default="global", choices=["erk", "uniform", "global"],
                        help="how the pruned kernels share the budget at the start: ERK or uniform "
                             "densities, or one global magnitude ranking (default: %(default)s)")
     group.add_argument("--measure-samples", type=positive_int, default=256,
