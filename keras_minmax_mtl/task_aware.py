@@ -309,7 +309,8 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     (from that step, `MultiTaskModel.request_gradients`), at 0 with reset
     optimizer slots (`dst.set_mask`). The trunk's masks do not change. The
     total number of active (mask) weights is exactly `budget` throughout;
-    grown weights are 0 until the next step updates them.
+    grown weights are 0 until a step updates them (one whose gradient stays
+    0 stays 0), so the non-zero count is at most `budget`.
 
     Args:
         groups: a list of lists of task names; group `g`'s branch is the layer

@@ -219,9 +219,9 @@ def test_callback_keeps_the_total_active_count_while_moving_weights_between_grou
     assert history[0]["difficulty"]["sum"] == 1.0
     early, late = history[0]["group_difficulty"], history[-1]["group_difficulty"]
     assert early[0] < early[1] and late[0] > late[1]  # the harder group is the larger one
-    # Weights grown by the last re-allocation (after the last step) are still 0.
+    # Masked weights are zero; an active weight can be zero too (grown with a zero gradient).
     overall = sparsity_report(model)["overall"]
-    assert budget - history[-1]["grown"] <= overall["size"] - overall["zeros"] <= budget
+    assert overall["size"] - overall["zeros"] <= budget
     json.dumps(callback.report())
 
 
@@ -277,8 +277,9 @@ def test_cli_train_task_aware_writes_report_plot_and_stripped_model(tmp_path):
     report = json.loads((out / "task_aware.json").read_text())
     base = multi_digits_network(seed=0)
     assert report["budget"] == budget_for_sparsity(base, 0.9) == metrics["pruning"]["report"]["budget"]
+    assert {r["total_active"] for r in report["history"]} == {report["budget"]}
     assert report["sparsity"]["overall"]["size"] - report["sparsity"]["overall"]["zeros"] \
-        == report["budget"]
+        <= report["budget"]
     assert (out / "task_aware.png").exists() and (out / "model_stripped.keras").exists()
 
 
