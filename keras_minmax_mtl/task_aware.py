@@ -300,10 +300,11 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     Works on a `MultiTaskModel` around a `grouped_network` wrapped by
     `prune_for_dst` (every trunk and branch kernel under a `HoldMasks`
     wrapper). When training starts with all masks at one, the wrapped
-    kernels share `budget` by `density` (`densities.active_counts`, at least
-    one weight per kernel); the branches then split their part by
-    difficulty, and each kernel keeps its largest-magnitude weights. At the end of every `update_every`-th step (up to `end_step`),
-    the difficulty is measured on `measure_data` and the branches' part
+    kernels share `budget` by `density` (one magnitude ranking, or the
+    layer densities of `densities.active_counts`; at least one weight per
+    kernel); the branches then split their part by difficulty, and each
+    kernel keeps its largest-magnitude weights. At the end of every
+    `update_every`-th step (up to `end_step`), the difficulty is measured on `measure_data` and the branches' part
     is split again: a branch over its new count drops its smallest-magnitude
     weights, one under it grows the inactive weights of largest gradient
     (from that step, `MultiTaskModel.request_gradients`), at 0 with reset
