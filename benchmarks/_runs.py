@@ -17,7 +17,11 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   task-hidden layer), `allocation="uniform"`, ρ =
   `reweighted_cli.DEFAULT_FILTER_RHO` (1e-3, chosen on the validation split);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
-  with RigL's defaults (update every 100 steps, drop fraction 0.3).
+  with RigL's defaults (update every 100 steps, drop fraction 0.3);
+- task-aware (Choi et al. 2023): `TaskAwareRun` with the settings of
+  `TASK_AWARE`: half the epochs warm up the standard network (with the run's
+  weighting), the rest train the grouped network; `sparsity` is the budget of
+  equal non-zero count to reweighted ℓ1 at the same sparsity.
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -34,10 +38,11 @@ import numpy as np
 from keras_minmax_mtl.reweighted_cli import DEFAULT_FILTER_RHO
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1")
+COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware")
 
 #: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
-MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02}
+MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02,
+                    "task_aware": 0.02}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
@@ -56,6 +61,11 @@ FILTER_L1 = {"rho": DEFAULT_FILTER_RHO, "epsilon": 1e-6, "allocation": "uniform"
              "sparsity_type": "filter"}
 #: DST settings: RigL's published defaults, as in benchmarks/dst.py.
 DST = {"method": "rigl", "density": "erk", "update_every": 100, "drop_fraction": 0.3}
+#: Task-aware settings: the library's defaults (the initial allocation chosen on the validation
+#: split, docs/results.md; the rest not tuned); re-allocation every 100 steps
+#: (fewer on tiny runs: at least four re-allocations).
+TASK_AWARE = {"alpha": 0.5, "similarity_threshold": 0.0, "smoothing": 0.5, "update_every": 100,
+              "density": "global"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +133,7 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
     `max(1, epochs // 4)`, the rest retraining). With `"filter_l1"`, `sparsity`
     is the fraction of output units removed from every pruned layer.
     """
-    if compression == "dense":
+    if compression in ("dense", "task_aware"):  # task_aware: see `task_aware_stage`
         return base, [], epochs
     if compression in ("reweighted_l1", "filter_l1"):
         from keras_minmax_mtl.reweighted import prune_reweighted_l1
@@ -150,6 +160,26 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
     raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
                      f"Received: compression={compression!r}")
+
+
+def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
+    """Warms up the compiled `model` for `epochs // 2` epochs and groups the tasks.
+
+    Returns `(grouped_model, callbacks, grouped_epochs, run)`.
+    """
+    from keras_minmax_mtl.task_aware import TaskAwareRun
+
+    if epochs < 2:
+        raise ValueError(f"Argument `epochs` must be >= 2 with compression='task_aware' (warm-up "
+                         f"and grouped stages). Received: epochs={epochs}")
+    warmup = epochs // 2
+    grouped_steps = (epochs - warmup) * steps_per_epoch
+    run = TaskAwareRun(sparsity=sparsity, alpha=TASK_AWARE["alpha"],
+                       similarity_threshold=TASK_AWARE["similarity_threshold"],
+                       smoothing=TASK_AWARE["smoothing"], density=TASK_AWARE["density"], seed=seed,
+                       update_every=min(TASK_AWARE["update_every"], max(1, grouped_steps // 4)))
+    grouped = run.prepare(model, train, warmup, verbose=0)
+    return grouped, run.callbacks, epochs - warmup, run
 
 
 def evaluate(model, dataset, metric="accuracy"):
@@ -262,6 +292,10 @@ def train_run(config):
                   loss=data.losses(tasks), metrics={t: [data.metric] for t in tasks})
     weights = TaskWeightHistory()
     start = time.perf_counter()
+    task_aware = None
+    if config["compression"] == "task_aware":  # the warm-up counts in the training time
+        model, callbacks, epochs, task_aware = task_aware_stage(
+            model, splits["train"], config["sparsity"], config["seed"], steps, config["epochs"])
     model.fit(splits["train"], epochs=epochs, callbacks=[weights, *callbacks], verbose=0)
     seconds = time.perf_counter() - start
     result = {"config": dict(config), "task_names": tasks, "steps_per_epoch": steps,
@@ -282,6 +316,10 @@ def train_run(config):
         from keras_minmax_mtl.structured import structured_report
 
         result["removed_units"] = structured_report(model)["overall"]["fraction"]
+    if task_aware is not None:
+        report = task_aware.report()
+        result["task_aware"] = {"groups": report["groups"], "budget": report["budget"],
+                                "final_density": report["history"][-1]["density"]}
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
     return result

@@ -1,8 +1,9 @@
 r"""Weighting × compression × seeds on one dataset: tables, paired tests and plots.
 
 Trains every combination of `--weightings` (minmax, ew, uw, dwa) and
-`--compressions` (dense, reweighted_l1, dst, filter_l1; the sparse ones at
-`--sparsity`, which for filter_l1 is the fraction of units removed per layer)
+`--compressions` (dense, reweighted_l1, dst, filter_l1, task_aware; the sparse ones
+at `--sparsity`, which for filter_l1 is the fraction of units removed per layer and
+for task_aware the same non-zero count as reweighted_l1)
 for every seed (same data and initial weights per seed; see
 `benchmarks/_runs.py` for the settings), then writes into `--out`:
 
@@ -42,7 +43,7 @@ import _runs  # noqa: E402
 from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
 LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
-          "filter_l1": "filter ℓ1 (whole units)"}
+          "filter_l1": "filter ℓ1 (whole units)", "task_aware": "task-aware"}
 
 
 def configurations(args):

@@ -35,6 +35,8 @@ PRUNINGS = {
     "none": "dense",
     "reweighted_l1": "dense, reweighted-l1, hard prune, masked retraining (Guo et al. 2025)",
     "dst": "dynamic sparse training of the hidden layers (prune and grow at constant sparsity)",
+    "task_aware": "warm-up, group similar tasks, re-allocate non-zeros by task difficulty "
+                  "(Choi et al. 2023)",
 }
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
@@ -55,7 +57,8 @@ def build_parser():
                        help="task weighting: " + "; ".join(f"{k}: {v}" for k, v in WEIGHTINGS.items()))
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help=f"default: {DEFAULT_EPOCHS}; with --pruning reweighted_l1 the stage "
-                            "options set the epochs instead")
+                            "options set the epochs instead; with --pruning task_aware the "
+                            "epochs of the grouped stage (default 10)")
     train.add_argument("--seed", type=_non_negative_int, default=0,
                        help="seed of the data draw, initial weights and shuffling (default: %(default)s)")
     train.add_argument("--out", type=pathlib.Path, default=None,
@@ -110,6 +113,9 @@ def build_parser():
     from keras_minmax_mtl import reweighted_cli
 
     reweighted_cli.add_arguments(train, _positive_int, _non_negative_int, _positive_float)
+    from keras_minmax_mtl import taskaware_cli
+
+    taskaware_cli.add_arguments(train, _positive_int, _non_negative_int, _positive_float)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/export_commands.py ---
@@ -220,10 +226,16 @@ def train(args):
 
         sparse = CliRun(args)
         base = sparse.wrap(base)
+    elif args.pruning == "task_aware":
+        from keras_minmax_mtl.taskaware_cli import TaskAwareCliRun
+
+        sparse = TaskAwareCliRun(args)
     model = _build_model(args, base)
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
                   metrics={task: ["accuracy"] for task in tasks})
+    if hasattr(sparse, "prepare"):  # task_aware: warm-up and grouping build a new network
+        model = sparse.prepare(model, splits["train"])
     weights = TaskWeightHistory()
     print(f"kmm train: {args.dataset}, weighting={args.weighting}, tasks={tasks}, "
           f"epochs={args.epochs}, seed={args.seed}")
@@ -288,6 +300,10 @@ def main(argv=None):
             from keras_minmax_mtl.reweighted_cli import check_arguments
 
             check_arguments(parser, args)
+        if args.epochs is None and args.pruning == "task_aware":
+            from keras_minmax_mtl.taskaware_cli import DEFAULT_EPOCHS as GROUPED_EPOCHS
+
+            args.epochs = GROUPED_EPOCHS
         if args.epochs is None:
             args.epochs = DEFAULT_EPOCHS
     if args.command is None:

@@ -80,6 +80,7 @@ __all__ = [
     "prune_for_dst",
     "initialize_masks",
     "optimizer_slots",
+    "set_mask",
     "CliRun",
 ]
 
@@ -245,6 +246,33 @@ def _has_slot(optimizer, variable, name):
         return True
     except (KeyError, ValueError):
         return False
+
+
+def set_mask(weight, mask, new, optimizer=None):
+    """Sets a wrapped kernel's mask to `new`; grown weights and their optimizer slots start at 0.
+
+    ``weight ← weight · new`` (dropped weights become 0), except that every
+    weight switched on by `new` (inactive before) is set to exactly 0, and so
+    are its entries in the optimizer's slots (momentum, Adam's moments…).
+
+    Args:
+        weight: the kernel variable.
+        mask: its mask variable (from the wrapper's `pruning_vars`).
+        new: the new 0/1 mask, a NumPy array of the mask's shape.
+        optimizer: the optimizer whose slots to reset, or `None`. Defaults to `None`.
+
+    Returns:
+        The boolean array of the grown positions.
+    """
+    old = mask.numpy()
+    value = weight.numpy()
+    grown = (new > 0) & ~(old > 0)
+    weight.assign(np.where(grown, 0, value * new).astype(value.dtype))
+    if optimizer is not None:
+        for slot in optimizer_slots(optimizer, weight):
+            slot.assign(np.where(grown, 0, slot.numpy()).astype(value.dtype))
+    mask.assign(new)
+    return grown
 
 
 class DynamicSparseTraining(keras.callbacks.Callback):
@@ -440,11 +468,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
                         if self.updater.needs_gradients else None)
             rng = np.random.default_rng((self.seed, t, index))
             new = self.updater.update(value, old, gradient, n_drop, n_grow, rng)
-            grown = (new > 0) & ~(old > 0)
-            weight.assign(np.where(grown, 0, value * new).astype(value.dtype))
-            for slot in optimizer_slots(optimizer, weight):
-                slot.assign(np.where(grown, 0, slot.numpy()).astype(value.dtype))
-            mask.assign(new)
+            grown = set_mask(weight, mask, new, optimizer)
             active = int(new.sum())
             record["layers"][f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = {
                 "active": active, "grown": int(grown.sum()),

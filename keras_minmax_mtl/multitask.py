@@ -497,6 +497,33 @@ class MultiTaskModel(keras.Model):
             )
         return {t: value for t in self.task_names}
 
+    def per_sample_losses(self, y, y_pred):
+        """`{task: loss of each sample}`, shape `(N,)` each: the compiled losses, unreduced.
+
+        Losses with more than one value per sample (per pixel, per
+        timestep) are averaged over all axes but the first. Sample weights
+        are not applied.
+
+        Args:
+            y: the targets, a dict keyed by the task names (or a list in task order).
+            y_pred: the predictions, a dict keyed by the task names (as `call` returns).
+        """
+        if self._compiled is None:
+            raise RuntimeError("You must call `compile()` before computing losses.")
+        y = self._as_task_dict(y, "targets")
+        losses = {}
+        for task in self.task_names:
+            loss_fn = self._compiled.losses[task]
+            if isinstance(loss_fn, keras.losses.Loss):
+                per_sample = loss_fn.call(y[task], y_pred[task])
+            else:
+                per_sample = loss_fn(y[task], y_pred[task])
+            per_sample = tf.cast(per_sample, tf.float32)
+            if per_sample.shape.rank and per_sample.shape.rank > 1:
+                per_sample = tf.reduce_mean(per_sample, axis=list(range(1, per_sample.shape.rank)))
+            losses[task] = per_sample
+        return losses
+
     def _compute_task_losses(self, y, y_pred, sample_weight):
         """Per-task losses: this replica's share of the global-batch mean, and the global mean.
 
@@ -511,16 +538,9 @@ class MultiTaskModel(keras.Model):
         if self._compiled is None:
             raise RuntimeError("You must call `compile()` before training or evaluating the model.")
         totals = []
+        per_task = self.per_sample_losses(y, y_pred)
         for task in self.task_names:
-            loss_fn = self._compiled.losses[task]
-            y_true, pred = y[task], y_pred[task]
-            if isinstance(loss_fn, keras.losses.Loss):
-                per_sample = loss_fn.call(y_true, pred)
-            else:
-                per_sample = loss_fn(y_true, pred)
-            per_sample = tf.cast(per_sample, tf.float32)
-            if per_sample.shape.rank and per_sample.shape.rank > 1:
-                per_sample = tf.reduce_mean(per_sample, axis=list(range(1, per_sample.shape.rank)))
+            per_sample = per_task[task]
             weight = sample_weight[task]
             if weight is not None:
                 per_sample = per_sample * tf.cast(tf.reshape(weight, [-1]), per_sample.dtype)

@@ -35,6 +35,7 @@ __all__ = [
     "strip_pruning",
     "prune_scope",
     "has_update_pruning_step",
+    "nonzero_kernel_count",
 ]
 
 
@@ -118,6 +119,30 @@ def sparsity_report(model):
     zeros = sum(r["zeros"] for r in report.values())
     return {"layers": report,
             "overall": {"size": size, "zeros": zeros, "sparsity": zeros / size if size else 0.0}}
+
+
+def nonzero_kernel_count(model):
+    """The number of non-zero kernel weights of `model`: every layer's `kernel`, outputs included.
+
+    Counts ``weight · mask`` for the kernels under pruning wrappers (what
+    the layers compute with) and the plain kernel elsewhere (dense output
+    heads, unwrapped layers); biases are not counted. Enters nested models
+    and the base model of a `MultiTaskModel`.
+
+    Example:
+
+    >>> nonzero_kernel_count(strip_pruning(model)) == nonzero_kernel_count(model)
+    True
+    """
+    masked = masked_weights(model)
+    total = 0
+    for layer in _walk(model):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or isinstance(layer, (keras.Model, PruneLowMagnitude)):
+            continue
+        value = masked.get(kernel.ref())
+        total += int(np.count_nonzero(kernel.numpy() if value is None else value))
+    return total
 
 
 def _strip_functional(model):
