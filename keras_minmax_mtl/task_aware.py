@@ -69,6 +69,7 @@ __all__ = [
     "grouped_network",
     "prunable_kernel_count",
     "budget_for_sparsity",
+    "head_kernel_count",
     "measure_tasks",
     "DENSITIES",
     "TaskAwareAllocation",
@@ -221,6 +222,13 @@ def prunable_kernel_count(base_model, policy=None):
     names = set(policy.prunable_layer_names(base_model))
     return int(sum(np.prod(layer.kernel.shape) for layer in base_model.layers
                    if layer.name in names and getattr(layer, "kernel", None) is not None))
+
+
+def head_kernel_count(base_model):
+    """The number of kernel weights of `base_model`'s output layers (the task heads, kept dense)."""
+    outputs = {name for name in base_model.output_names}
+    return int(sum(np.prod(layer.kernel.shape) for layer in base_model.layers
+                   if layer.name in outputs and getattr(layer, "kernel", None) is not None))
 
 
 def budget_for_sparsity(base_model, sparsity, policy=None):
@@ -548,9 +556,15 @@ class TaskAwareRun:
     Args:
         sparsity: the budget as a sparsity of the *standard* network's
             pruned kernels (trunk + task-hidden, `MultiTaskPruningPolicy`):
-            ``budget = round((1 − sparsity) · N)``, the non-zero count that
-            reweighted ℓ1 keeps at the same `sparsity`. In `[0, 1)`.
-        budget: the number of non-zero pruned weights instead of `sparsity`.
+            ``budget = round((1 − sparsity) · N) − ΔH``, where ``N`` is the
+            count of those kernels and ``ΔH`` the number of kernel weights the
+            grouped network's (dense) heads have beyond the standard heads (a
+            group's heads read its whole branch). The grouped network then
+            has in total as many non-zero kernel weights as reweighted ℓ1
+            keeps at the same `sparsity` on the standard network (fewer
+            where a regrown weight stays 0). In `[0, 1)`.
+        budget: the number of non-zero pruned weights instead of `sparsity`
+            (the heads' weights come on top).
             Give exactly one of the two.
         alpha: weight of the gradient similarity, in `[0, 1]`. Defaults to `0.5`.
         num_groups: the number of groups, in `[1, K]`. Defaults to `None`.
@@ -652,7 +666,17 @@ class TaskAwareRun:
         indices = group_tasks(self.measurement["similarity"], num_groups=self.num_groups,
                               threshold=None if self.num_groups else self.similarity_threshold)
         self.groups = [[tasks[i] for i in group] for group in indices]
-        grouped = prune_for_dst(grouped_network(warm.base_model, self.groups))
+        grouped_base = grouped_network(warm.base_model, self.groups)
+        if self.budget is None:
+            # The heads of a group read its whole branch, so they hold more (dense) weights
+            # than the standard heads: the pruned budget gives those extra weights back, and
+            # the total non-zero count equals reweighted ℓ1's at the same sparsity.
+            budget -= head_kernel_count(grouped_base) - head_kernel_count(base)
+            if budget < 1:
+                raise ValueError(
+                    f"Argument `sparsity` leaves no pruned weight once the grouped heads' extra "
+                    f"weights are paid for (budget {budget}). Received: sparsity={self.sparsity}")
+        grouped = prune_for_dst(grouped_base)
         final = warm.with_base_model(grouped)
         final.compile(**_fresh_compile_config(model))
         self.budget_used = budget

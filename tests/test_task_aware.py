@@ -24,6 +24,7 @@ from keras_minmax_mtl.task_aware import (
     TaskAwareRun,
     branch_name,
     budget_for_sparsity,
+    head_kernel_count,
     grouped_network,
     measure_tasks,
     prunable_kernel_count,
@@ -276,8 +277,16 @@ def test_cli_train_task_aware_writes_report_plot_and_stripped_model(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     report = json.loads((out / "task_aware.json").read_text())
     base = multi_digits_network(seed=0)
-    assert report["budget"] == budget_for_sparsity(base, 0.9) == metrics["pruning"]["report"]["budget"]
+    # Two groups: a group's heads read its whole branch, and the pruned budget pays for that.
+    extra = head_kernel_count(grouped_network(base, report["groups"])) - head_kernel_count(base)
+    assert extra > 0
+    assert report["budget"] == budget_for_sparsity(base, 0.9) - extra \
+        == metrics["pruning"]["report"]["budget"]
     assert {r["total_active"] for r in report["history"]} == {report["budget"]}
+    # So the whole network has at most as many non-zero kernel weights as reweighted ℓ1 keeps.
+    with prune_scope():
+        stripped = keras.models.load_model(out / "model_stripped.keras")
+    assert nonzero_kernel_count(stripped) <= budget_for_sparsity(base, 0.9) + head_kernel_count(base)
     assert report["sparsity"]["overall"]["size"] - report["sparsity"]["overall"]["zeros"] \
         <= report["budget"]
     assert (out / "task_aware.png").exists() and (out / "model_stripped.keras").exists()
