@@ -71,13 +71,19 @@ def masked_weights(model):
     return values
 
 
+def _short_name(weight):
+    return weight.name.split("/")[-1].split(":")[0]
+
+
 def sparsity_report(model):
     """Per-layer and overall sparsity of the pruned weights of `model`.
 
     Counts the zeros of ``weight · mask`` of every weight a `PruneLowMagnitude`
     wrapper prunes (the kernels; biases are never pruned by tfmot). A model
     without wrappers (e.g. after `strip_pruning`) is measured on the kernels of
-    its Dense and convolution layers instead.
+    its Dense and convolution layers instead, and on the prunable weights of
+    layers that declare them (tfmot `PrunableLayer`s such as
+    `keras_minmax_mtl.hybrid.HybridDense`).
 
     Returns:
         `{"layers": {name: {"size", "zeros", "sparsity"}}, "overall": {...}}`,
@@ -90,12 +96,17 @@ def sparsity_report(model):
         for wrapper in wrappers:
             for weight, mask, _ in wrapper.pruning_vars:
                 values = weight.numpy() * mask.numpy()
-                layers[f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = values
+                layers[f"{wrapper.layer.name}/{_short_name(weight)}"] = values
     else:
         for layer in _walk(model):
+            if isinstance(layer, keras.Model):
+                continue
             kernel = getattr(layer, "kernel", None)
-            if kernel is not None and not isinstance(layer, keras.Model):
+            if kernel is not None:
                 layers[f"{layer.name}/kernel"] = kernel.numpy()
+            elif hasattr(layer, "get_prunable_weights"):  # e.g. the hybrid layers
+                for weight in layer.get_prunable_weights():
+                    layers[f"{layer.name}/{_short_name(weight)}"] = weight.numpy()
     report = {}
     for name, values in layers.items():
         zeros = int(np.count_nonzero(values == 0))
