@@ -1,0 +1,110 @@
+"""`kmm train --pruning hybrid`: the command-line side of hybrid shared + per-task sparse compression.
+
+`kmm train` calls `add_arguments` to add the hybrid options and, with
+`--pruning hybrid`, `HybridRun` to convert the network (`hybrid_network`),
+wrap it for pruning to the equal-non-zero budget of `--sparsity`, give `fit`
+its callbacks, and report and save the result:
+
+    kmm train --pruning hybrid --sparsity 0.9 --task-share 0.25 --weighting minmax --seed 0
+
+`--sparsity s` means: as many non-zero kernel weights in total (``W_shared``,
+every ``S_t``, the task layers) as the standard network with its trunk and
+task-hidden kernels at sparsity `s` and its output kernels dense
+(`hybrid.equal_nonzero_budget`); `--task-share` of them, after the output
+kernels, go to the ``S_t``. Training lasts `--epochs`: the first
+`--hybrid-dense-epochs` dense, then the prune (one-shot, or gradual over
+`--hybrid-prune-epochs`), then masked training.
+"""
+import argparse
+
+__all__ = ["add_arguments", "HybridRun", "DEFAULT_TASK_SHARE", "DEFAULT_ALLOCATION",
+           "DEFAULT_PRUNE_EPOCHS"]
+
+#: Chosen on the validation split (see docs/hybrid.md, "Choosing the settings").
+DEFAULT_TASK_SHARE = 0.25
+DEFAULT_ALLOCATION = "global"
+DEFAULT_PRUNE_EPOCHS = 0
+
+
+def _share(text):
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), received {text}")
+    return value
+
+
+def add_arguments(train_parser, non_negative_int):
+    """Adds the hybrid options to the `kmm train` parser (`--pruning`, `--sparsity` live in `cli`)."""
+    group = train_parser.add_argument_group(
+        "hybrid shared + per-task sparse compression (--pruning hybrid)")
+    group.add_argument("--task-share", type=_share, default=DEFAULT_TASK_SHARE,
+                       help="share of the non-zero budget (after the dense output layers) given "
+                            "to the per-task sparse kernels S_t (default: %(default)s)")
+    group.add_argument("--hybrid-allocation", default=DEFAULT_ALLOCATION,
+                       choices=["uniform", "global"],
+                       help="per-kernel uniform density or one magnitude ranking per group "
+                            "(default: %(default)s)")
+    group.add_argument("--hybrid-dense-epochs", type=non_negative_int, default=None,
+                       help="dense epochs before the prune (default: half of --epochs)")
+    group.add_argument("--hybrid-prune-epochs", type=non_negative_int,
+                       default=DEFAULT_PRUNE_EPOCHS,
+                       help="0: one-shot prune; N: gradual (cubic) over N epochs "
+                            "(default: %(default)s)")
+    return group
+
+
+class HybridRun:
+    """One `--pruning hybrid` run of `kmm train`: set up before `fit`, reported after it.
+
+    Args:
+        args: the parsed `kmm train` arguments.
+        base_model: the standard Functional network (not changed).
+        train_dataset: the batched training dataset (gives the steps per epoch).
+
+    Raises:
+        ValueError: if the dense and prune epochs do not fit in `--epochs`, or
+            the budget cannot be split (see `hybrid.split_budget`).
+    """
+
+    def __init__(self, args, base_model, train_dataset):
+        from keras_minmax_mtl.hybrid import (equal_nonzero_budget, hybrid_network, prune_hybrid,
+                                             split_budget)
+
+        steps = int(train_dataset.cardinality())
+        if steps <= 0:
+            raise ValueError(f"`--pruning` needs a training dataset of known, finite length. "
+                             f"Received cardinality {steps}.")
+        dense = args.epochs // 2 if args.hybrid_dense_epochs is None else args.hybrid_dense_epochs
+        if dense + args.hybrid_prune_epochs >= args.epochs:
+            raise ValueError(
+                f"Argument `--hybrid-dense-epochs` + `--hybrid-prune-epochs` must be < --epochs "
+                f"(some masked training after the prune). Received: {dense} + "
+                f"{args.hybrid_prune_epochs} with --epochs {args.epochs}")
+        self.steps_per_epoch = steps
+        self.budget = equal_nonzero_budget(base_model, args.sparsity)
+        hybrid = hybrid_network(base_model)
+        self.split = split_budget(hybrid, self.budget, args.task_share)
+        prune_step = dense * steps + 1
+        end_step = (prune_step + args.hybrid_prune_epochs * steps
+                    if args.hybrid_prune_epochs else None)
+        self.model, self.callbacks = prune_hybrid(
+            hybrid, self.split["shared_sparsity"], self.split["task_budget"], prune_step,
+            end_step=end_step, frequency=max(1, steps // 4), allocation=args.hybrid_allocation)
+        print(f"pruning: hybrid at the equal-non-zero budget of sparsity {args.sparsity:.2%}: "
+              f"{self.budget} non-zero kernel weights = {self.split['shared_nonzeros']} shared "
+              f"(W_shared + task-hidden) + {self.split['task_budget']} per-task S_t "
+              f"(task share {args.task_share}) + {self.split['dense_nonzeros']} dense outputs; "
+              f"{args.hybrid_allocation} allocation; prune at step {prune_step}"
+              + (f" to {end_step} (gradual)" if end_step else " (one-shot)"))
+
+    def finish(self, model, out):
+        """Prints the sparsity and non-zero counts, saves the stripped model; returns the report."""
+        from keras_minmax_mtl.hybrid import kernel_nonzeros
+        from keras_minmax_mtl.reweighted_cli import save_stripped
+
+        saved = save_stripped(model, out)
+        counts = kernel_nonzeros(model)
+        print(f"non-zero kernel weights: {counts['total']} (budget {self.budget}) = "
+              f"{counts['shared']} shared + {counts['task']} per-task + {counts['dense']} dense")
+        return {**saved, "nonzeros": counts, "budget": self.budget, "split": self.split,
+                "steps_per_epoch": self.steps_per_epoch}
