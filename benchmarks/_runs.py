@@ -13,7 +13,12 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   dense + 5 reweighted + 5 retraining epochs (chosen on the validation split,
   see docs/results.md and keras_minmax_mtl/reweighted_cli.py);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
-  with RigL's defaults (update every 100 steps, drop fraction 0.3).
+  with RigL's defaults (update every 100 steps, drop fraction 0.3);
+- hybrid (W_t = W_shared + S_t, `keras_minmax_mtl.hybrid`): `sparsity` is the
+  equal-non-zero budget (as many non-zero kernel weights as the standard
+  network pruned to `sparsity`); the first half of the epochs dense, then the
+  prune, then masked training; task share, allocation and prune schedule from
+  `keras_minmax_mtl/hybrid_cli.py` (chosen on the validation split).
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -26,10 +31,10 @@ import time
 import numpy as np
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst")
+COMPRESSIONS = ("dense", "reweighted_l1", "dst", "hybrid")
 
 #: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
-MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1}
+MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "hybrid": 0.02}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
@@ -94,12 +99,28 @@ def build_model(weighting, base, compression="dense"):
     return kmm.MultiTaskModel(base, weighting=weightings[weighting]())
 
 
-def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
+def hybrid_settings(options=None):
+    """The hybrid settings: the command line's defaults, updated with `options`."""
+    from keras_minmax_mtl import hybrid_cli
+
+    settings = {"task_share": hybrid_cli.DEFAULT_TASK_SHARE,
+                "allocation": hybrid_cli.DEFAULT_ALLOCATION,
+                "prune_epochs": hybrid_cli.DEFAULT_PRUNE_EPOCHS}
+    unknown = sorted(set(options or {}) - set(settings))
+    if unknown:
+        raise ValueError(f"Argument `options` must only hold {sorted(settings)}. "
+                         f"Received unknown keys: {unknown}")
+    return {**settings, **(options or {})}
+
+
+def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options=None):
     """Wraps `base` for `compression`; returns `(network, callbacks, epochs)`.
 
     `epochs` is the length of a dense or DST run; a reweighted-ℓ1 run lasts
     10 + 5 + 5 epochs scaled to the same total (`epochs // 2`, `max(1, epochs // 4)`,
-    the rest retraining).
+    the rest retraining); a hybrid run is dense for `epochs // 2` epochs, then
+    prunes (one-shot, or gradually over `prune_epochs`) and trains masked.
+    `options` overrides the hybrid settings (`hybrid_settings`).
     """
     if compression == "dense":
         return base, [], epochs
@@ -125,8 +146,41 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
             drop_fraction=DST["drop_fraction"], seed=seed)
         return (dst.prune_for_dst(base),
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
+    if compression == "hybrid":
+        from keras_minmax_mtl import hybrid
+
+        settings = hybrid_settings(options)
+        dense = epochs // 2
+        if dense < 1 or dense + settings["prune_epochs"] >= epochs:
+            raise ValueError(f"Argument `epochs` must leave >= 1 dense epoch and >= 1 masked "
+                             f"epoch after {settings['prune_epochs']} prune epochs with "
+                             f"compression='hybrid'. Received: epochs={epochs}")
+        network = hybrid.hybrid_network(base)
+        split = hybrid.split_budget(network, hybrid.equal_nonzero_budget(base, sparsity),
+                                    settings["task_share"])
+        prune_step = dense * steps_per_epoch + 1
+        end_step = (prune_step + settings["prune_epochs"] * steps_per_epoch
+                    if settings["prune_epochs"] else None)
+        network, callbacks = hybrid.prune_hybrid(
+            network, split["shared_sparsity"], split["task_budget"], prune_step,
+            end_step=end_step, frequency=max(1, steps_per_epoch // 4),
+            allocation=settings["allocation"])
+        return network, callbacks, epochs
     raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
                      f"Received: compression={compression!r}")
+
+
+def achieved_sparsity(compression, model, base):
+    """The sparsity a run reached: of the pruned kernels, or for hybrid the equal-non-zero one."""
+    from keras_minmax_mtl import pruning
+
+    if compression == "dense":
+        return 0.0
+    if compression == "hybrid":
+        from keras_minmax_mtl import hybrid
+
+        return hybrid.equivalent_sparsity(base, hybrid.kernel_nonzeros(model)["total"])
+    return pruning.sparsity_report(model)["overall"]["sparsity"]
 
 
 def evaluate(model, dataset, metric="accuracy"):
@@ -141,11 +195,11 @@ def train_run(config):
     """Trains and evaluates one configuration; returns the result dict (JSON-able).
 
     `config` keys: `dataset`, `weighting`, `compression`, `seed`, `epochs`,
-    `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`.
+    `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`;
+    optionally `hybrid`, a dict of hybrid settings (`hybrid_settings`).
     Keras state is cleared and every seed set first, so runs in one process
     do not depend on the ones before.
     """
-    from keras_minmax_mtl import pruning
     from keras_minmax_mtl._keras import keras
     from keras_minmax_mtl.callbacks import TaskWeightHistory
 
@@ -154,9 +208,10 @@ def train_run(config):
     data = DATASETS[config["dataset"]]
     splits = data.splits(config["seed"], config["batch_size"], config["train_examples"])
     steps = int(splits["train"].cardinality())
+    standard = data.network(config["seed"])
     base, callbacks, epochs = compress(
-        config["compression"], data.network(config["seed"]), config["sparsity"], config["seed"],
-        steps, config["epochs"])
+        config["compression"], standard, config["sparsity"], config["seed"], steps,
+        config["epochs"], config.get("hybrid"))
     model = build_model(config["weighting"], base, config["compression"])
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
@@ -169,8 +224,7 @@ def train_run(config):
               "train_seconds": seconds,
               "validation": evaluate(model, splits["validation"], data.metric),
               "test": evaluate(model, splits["test"], data.metric),
-              "sparsity": (pruning.sparsity_report(model)["overall"]["sparsity"]
-                           if config["compression"] != "dense" else 0.0),
+              "sparsity": achieved_sparsity(config["compression"], model, standard),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
     if data.reference is not None:

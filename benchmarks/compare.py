@@ -1,7 +1,8 @@
 r"""Weighting × compression × seeds on one dataset: tables, paired tests and plots.
 
 Trains every combination of `--weightings` (minmax, ew, uw, dwa) and
-`--compressions` (dense, reweighted_l1, dst; the sparse ones at `--sparsity`)
+`--compressions` (dense, reweighted_l1, dst, hybrid; the sparse ones at
+`--sparsity`, for hybrid the same count of non-zero kernel weights)
 for every seed (same data and initial weights per seed; see
 `benchmarks/_runs.py` for the settings), then writes into `--out`:
 
@@ -36,7 +37,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _runs  # noqa: E402
 from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
-LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)"}
+LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
+          "hybrid": "hybrid (W_shared + S_t)"}
 
 
 def configurations(args):
@@ -156,7 +158,8 @@ def markdown(args, summary, tests):
              if k not in ("mean", "worst", "delta_m", "validation_worst", "sparsity", "seeds")]
     has_delta = any("delta_m" in cell for per in summary.values() for cell in per.values())
     lines = [f"Dataset `{args.dataset}`, seeds {args.seed_list}, {args.epochs} epochs, "
-             f"sparsity {args.sparsity:.0%} for the sparse runs. Test accuracy in %, "
+             f"sparsity {args.sparsity:.0%} for the sparse runs (hybrid: as many non-zero kernel "
+             f"weights as the standard network at that sparsity). Test accuracy in %, "
              f"mean ± std over seeds (std with ddof=1)."
              + ("" if has_delta else " Δm is not defined for this dataset (no single-task "
                                      "reference values), so it is not shown."), ""]
@@ -213,7 +216,7 @@ def plot(args, results, summary):
     figure = Figure(figsize=(6.4, 4.0), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    markers = dict(zip(_runs.COMPRESSIONS, "os^"))
+    markers = dict(zip(_runs.COMPRESSIONS, "os^D"))
     for i, w in enumerate(args.weightings):
         for c in args.compressions:
             cell = summary[c][w]
@@ -221,7 +224,8 @@ def plot(args, results, summary):
             axes.errorbar(x, cell["worst"]["mean"] * 100, yerr=cell["worst"]["std"] * 100,
                           fmt=markers[c], color=f"C{i}", capsize=3,
                           label=f"{w}, {LABELS[c]}")
-    axes.set_xlabel("sparsity of the prunable weights (%), weightings offset for legibility")
+    axes.set_xlabel("sparsity of the prunable weights (%; hybrid: same non-zero count), "
+                   "weightings offset for legibility")
     axes.set_ylabel("worst-task test accuracy (%)")
     axes.set_title(f"{args.dataset}: worst task vs sparsity (mean ± std, {len(args.seed_list)} seeds)")
     axes.legend(fontsize=7, ncol=2)

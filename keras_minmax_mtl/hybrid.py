@@ -77,6 +77,7 @@ __all__ = [
     "hybrid_network",
     "hybrid_layers",
     "equal_nonzero_budget",
+    "equivalent_sparsity",
     "split_budget",
     "prune_hybrid",
     "kernel_nonzeros",
@@ -567,18 +568,39 @@ def equal_nonzero_budget(base_model, sparsity):
     >>> equal_nonzero_budget(multi_digits_network(), 0.9)
     12168
     """
-    require_functional(base_model, "base_model")
     if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
+    p_pruned, p_out = _standard_sizes(base_model)
+    return int(round((1.0 - float(sparsity)) * p_pruned)) + p_out
+
+
+def _standard_sizes(base_model):
+    """`(P_pruned, P_out)` of a standard network (see `equal_nonzero_budget`)."""
+    require_functional(base_model, "base_model")
     policy = MultiTaskPruningPolicy()
     policy.ensure_model_supports_pruning(base_model)
     pruned = set(policy.prunable_layer_names(base_model))
     sizes = {layer.name: _kernel_size(layer) for layer in base_model.layers
              if getattr(layer, "kernel", None) is not None}
     outputs = {t._keras_history.layer.name for t in base_model.outputs}
-    p_pruned = sum(sizes[n] for n in pruned if n in sizes)
-    p_out = sum(sizes[n] for n in outputs if n in sizes)
-    return int(round((1.0 - float(sparsity)) * p_pruned)) + p_out
+    return (sum(sizes[n] for n in pruned if n in sizes),
+            sum(sizes[n] for n in outputs if n in sizes))
+
+
+def equivalent_sparsity(base_model, nonzeros):
+    r"""The sparsity ``s`` of the standard network with `nonzeros` non-zero kernel weights.
+
+    The inverse of `equal_nonzero_budget`:
+    ``s = 1 − (nonzeros − P_out) / P_pruned``; what a hybrid model with
+    `nonzeros` non-zero kernel weights is compared at.
+
+    Example:
+
+    >>> equivalent_sparsity(base, kernel_nonzeros(model)["total"])
+    0.9
+    """
+    p_pruned, p_out = _standard_sizes(base_model)
+    return 1.0 - (int(nonzeros) - p_out) / p_pruned
 
 
 def _groups(hybrid_model):
