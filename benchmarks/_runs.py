@@ -191,8 +191,10 @@ def evaluate(model, dataset, metric="accuracy"):
             "mean": float(np.mean(list(per_task.values())))}
 
 
-def train_run(config):
+def train_run(config, return_model=False):
     """Trains and evaluates one configuration; returns the result dict (JSON-able).
+
+    With `return_model=True`, returns `(result, trained model)`.
 
     `config` keys: `dataset`, `weighting`, `compression`, `seed`, `epochs`,
     `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`;
@@ -229,7 +231,7 @@ def train_run(config):
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
-    return result
+    return (result, model) if return_model else result
 
 
 def delta_m(values, reference):

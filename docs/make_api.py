@@ -23,10 +23,12 @@ MODULES = [
     "keras_minmax_mtl.plotting", "keras_minmax_mtl.serialization",
     "keras_minmax_mtl.pruning", "keras_minmax_mtl.policy", "keras_minmax_mtl.reweighted",
     "keras_minmax_mtl.dst", "keras_minmax_mtl.densities", "keras_minmax_mtl.mask_updaters",
+    "keras_minmax_mtl.hybrid",
     "keras_minmax_mtl.export", "keras_minmax_mtl.targets", "keras_minmax_mtl.runtimes",
     "keras_minmax_mtl.edgetpu_rules", "keras_minmax_mtl.qat", "keras_minmax_mtl.logits",
     "keras_minmax_mtl.datasets", "keras_minmax_mtl.networks", "keras_minmax_mtl.nyuv2",
-    "keras_minmax_mtl.cli", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.export_commands",
+    "keras_minmax_mtl.cli", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.hybrid_cli",
+    "keras_minmax_mtl.export_commands",
 ]
 
 

@@ -157,11 +157,17 @@ def strip_pruning(model):
 def prune_scope():
     """A custom-object scope with tfmot's pruning classes and the package's classes.
 
+    The package's classes include those of its sparsity modules (`dst`,
+    `reweighted`, `hybrid`), which it imports.
+
     Needed to load a model saved while it still has pruning wrappers:
 
     >>> with prune_scope():
     ...     model = tf_keras.models.load_model("pruned.keras")
     """
+    # The sparsity modules register their classes (schedules, hybrid layers) on import.
+    from keras_minmax_mtl import dst, hybrid, reweighted  # noqa: F401
+
     objects = dict(custom_objects())
     objects.update({name.split(">", 1)[1]: obj for name, obj in list(objects.items())})
     objects["PruneLowMagnitude"] = PruneLowMagnitude

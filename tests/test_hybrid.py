@@ -11,6 +11,7 @@ from keras_minmax_mtl.hybrid import (
     HybridDense,
     HybridPruning,
     equal_nonzero_budget,
+    equivalent_sparsity,
     hybrid_layers,
     hybrid_network,
     kernel_nonzeros,
@@ -155,6 +156,8 @@ def test_equal_nonzero_budget_counts_pruned_and_dense_output_kernels():
     dense = sum(sizes[t] for t in TASKS)
     assert equal_nonzero_budget(base, 0.9) == round(0.1 * pruned) + dense
     assert equal_nonzero_budget(base, 0.0) == pruned + dense
+    assert equivalent_sparsity(base, equal_nonzero_budget(base, 0.75)) == pytest.approx(
+        0.75, abs=0.5 / pruned)
 
 
 def test_split_budget_is_exact_and_refuses_impossible_splits():
@@ -293,3 +296,23 @@ def test_export_stores_task_kernels_sparse_on_mobile(tmp_path):
                           representative_data=x)
     assert sparse["storage"] == "sparse" and sparse["bytes"] < dense["bytes"]
     assert set(sparse["verification"]["tasks"]) == set(TASKS)
+
+
+def test_kmm_train_pruning_hybrid_meets_the_budget_and_saves_the_stripped_model(tmp_path):
+    import json
+
+    from keras_minmax_mtl import cli
+
+    out = tmp_path / "run"
+    cli.main(["train", "--pruning", "hybrid", "--sparsity", "0.9", "--task-share", "0.2",
+              "--epochs", "2", "--train-examples", "64", "--test-examples", "32", "--verbose",
+              "0", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = metrics["pruning"]
+    budget = equal_nonzero_budget(multi_digits_network(seed=0), 0.9)
+    assert report["budget"] == budget and report["nonzeros"]["total"] == budget
+    assert report["nonzeros"]["task"] == report["split"]["task_budget"] == round(
+        0.2 * (budget - report["split"]["dense_nonzeros"]))
+    stripped = keras.models.load_model(out / "model_stripped.keras")
+    assert not pruning.pruning_wrappers(stripped)
+    assert kernel_nonzeros(stripped) == report["nonzeros"]
