@@ -147,24 +147,15 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options
         return (dst.prune_for_dst(base),
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
     if compression == "hybrid":
-        from keras_minmax_mtl import hybrid
+        from keras_minmax_mtl.hybrid import hybrid_at_sparsity
+        from keras_minmax_mtl.hybrid_cli import prune_steps
 
         settings = hybrid_settings(options)
-        dense = epochs // 2
-        if dense < 1 or dense + settings["prune_epochs"] >= epochs:
-            raise ValueError(f"Argument `epochs` must leave >= 1 dense epoch and >= 1 masked "
-                             f"epoch after {settings['prune_epochs']} prune epochs with "
-                             f"compression='hybrid'. Received: epochs={epochs}")
-        network = hybrid.hybrid_network(base)
-        split = hybrid.split_budget(network, hybrid.equal_nonzero_budget(base, sparsity),
-                                    settings["task_share"])
-        prune_step = dense * steps_per_epoch + 1
-        end_step = (prune_step + settings["prune_epochs"] * steps_per_epoch
-                    if settings["prune_epochs"] else None)
-        network, callbacks = hybrid.prune_hybrid(
-            network, split["shared_sparsity"], split["task_budget"], prune_step,
-            end_step=end_step, frequency=max(1, steps_per_epoch // 4),
-            allocation=settings["allocation"])
+        prune_step, end_step, frequency = prune_steps(epochs // 2, settings["prune_epochs"],
+                                                      epochs, steps_per_epoch)
+        network, callbacks, _ = hybrid_at_sparsity(
+            base, sparsity, settings["task_share"], prune_step, end_step=end_step,
+            frequency=frequency, allocation=settings["allocation"])
         return network, callbacks, epochs
     raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
                      f"Received: compression={compression!r}")

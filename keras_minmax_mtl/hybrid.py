@@ -80,6 +80,7 @@ __all__ = [
     "equivalent_sparsity",
     "split_budget",
     "prune_hybrid",
+    "hybrid_at_sparsity",
     "kernel_nonzeros",
 ]
 
@@ -942,6 +943,39 @@ def prune_hybrid(hybrid_model, shared_sparsity, task_budget, prune_step, end_ste
                              frequency=frequency, allocation=allocation)
     wrapped = prune_for_dst(hybrid_model)
     return wrapped, [tfmot.sparsity.keras.UpdatePruningStep(), callback]
+
+
+def hybrid_at_sparsity(base_model, sparsity, task_share, prune_step, end_step=None,
+                       frequency=100, allocation="uniform"):
+    """`hybrid_network`, `split_budget` at the equal-non-zero budget of `sparsity`, `prune_hybrid`.
+
+    The one call behind `kmm train --pruning hybrid` and the `hybrid`
+    compression of the benchmarks: the hybrid form of `base_model` (not
+    changed), wrapped to keep exactly `equal_nonzero_budget(base_model,
+    sparsity)` non-zero kernel weights, `task_share` of them (after the
+    output layers) in the ``S_t``.
+
+    Args:
+        base_model: the standard Functional network.
+        sparsity: in `[0, 1)`.
+        task_share: in `[0, 1)`.
+        prune_step, end_step, frequency, allocation: as in `prune_hybrid`.
+
+    Returns:
+        `(wrapped_model, callbacks, split)`, `split` being `split_budget`'s
+        dict with the total budget under `"total_nonzeros"`.
+
+    Example:
+
+    >>> wrapped, callbacks, split = hybrid_at_sparsity(base, 0.9, 0.25, prune_step=941)
+    """
+    total = equal_nonzero_budget(base_model, sparsity)
+    network = hybrid_network(base_model)
+    split = split_budget(network, total, task_share)
+    wrapped, callbacks = prune_hybrid(network, split["shared_sparsity"], split["task_budget"],
+                                      prune_step, end_step=end_step, frequency=frequency,
+                                      allocation=allocation)
+    return wrapped, callbacks, {**split, "total_nonzeros": total}
 
 
 def kernel_nonzeros(model):

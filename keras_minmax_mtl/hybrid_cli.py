@@ -17,7 +17,7 @@ kernels, go to the ``S_t``. Training lasts `--epochs`: the first
 """
 import argparse
 
-__all__ = ["add_arguments", "HybridRun", "DEFAULT_TASK_SHARE", "DEFAULT_ALLOCATION",
+__all__ = ["add_arguments", "HybridRun", "prune_steps", "DEFAULT_TASK_SHARE", "DEFAULT_ALLOCATION",
            "DEFAULT_PRUNE_EPOCHS"]
 
 #: Chosen on the validation split (see docs/hybrid.md, "Choosing the settings").
@@ -53,6 +53,26 @@ def add_arguments(train_parser, non_negative_int):
     return group
 
 
+def prune_steps(dense_epochs, prune_epochs, epochs, steps_per_epoch):
+    """`(prune_step, end_step, frequency)` of a run: dense epochs, prune epochs, masked epochs.
+
+    One-shot (`end_step=None`) when `prune_epochs` is 0; a gradual prune
+    updates the masks 4 times per epoch.
+
+    Raises:
+        ValueError: unless ``dense_epochs + prune_epochs < epochs`` (some
+            masked training after the prune).
+    """
+    if dense_epochs + prune_epochs >= epochs:
+        raise ValueError(
+            f"Argument `--hybrid-dense-epochs` + `--hybrid-prune-epochs` must be < --epochs "
+            f"(some masked training after the prune). Received: {dense_epochs} + "
+            f"{prune_epochs} with --epochs {epochs}")
+    prune_step = dense_epochs * steps_per_epoch + 1
+    end_step = prune_step + prune_epochs * steps_per_epoch if prune_epochs else None
+    return prune_step, end_step, max(1, steps_per_epoch // 4)
+
+
 class HybridRun:
     """One `--pruning hybrid` run of `kmm train`: set up before `fit`, reported after it.
 
@@ -67,29 +87,20 @@ class HybridRun:
     """
 
     def __init__(self, args, base_model, train_dataset):
-        from keras_minmax_mtl.hybrid import (equal_nonzero_budget, hybrid_network, prune_hybrid,
-                                             split_budget)
+        from keras_minmax_mtl.hybrid import hybrid_at_sparsity
 
         steps = int(train_dataset.cardinality())
         if steps <= 0:
             raise ValueError(f"`--pruning` needs a training dataset of known, finite length. "
                              f"Received cardinality {steps}.")
         dense = args.epochs // 2 if args.hybrid_dense_epochs is None else args.hybrid_dense_epochs
-        if dense + args.hybrid_prune_epochs >= args.epochs:
-            raise ValueError(
-                f"Argument `--hybrid-dense-epochs` + `--hybrid-prune-epochs` must be < --epochs "
-                f"(some masked training after the prune). Received: {dense} + "
-                f"{args.hybrid_prune_epochs} with --epochs {args.epochs}")
         self.steps_per_epoch = steps
-        self.budget = equal_nonzero_budget(base_model, args.sparsity)
-        hybrid = hybrid_network(base_model)
-        self.split = split_budget(hybrid, self.budget, args.task_share)
-        prune_step = dense * steps + 1
-        end_step = (prune_step + args.hybrid_prune_epochs * steps
-                    if args.hybrid_prune_epochs else None)
-        self.model, self.callbacks = prune_hybrid(
-            hybrid, self.split["shared_sparsity"], self.split["task_budget"], prune_step,
-            end_step=end_step, frequency=max(1, steps // 4), allocation=args.hybrid_allocation)
+        prune_step, end_step, frequency = prune_steps(dense, args.hybrid_prune_epochs,
+                                                      args.epochs, steps)
+        self.model, self.callbacks, self.split = hybrid_at_sparsity(
+            base_model, args.sparsity, args.task_share, prune_step, end_step=end_step,
+            frequency=frequency, allocation=args.hybrid_allocation)
+        self.budget = self.split["total_nonzeros"]
         print(f"pruning: hybrid at the equal-non-zero budget of sparsity {args.sparsity:.2%}: "
               f"{self.budget} non-zero kernel weights = {self.split['shared_nonzeros']} shared "
               f"(W_shared + task-hidden) + {self.split['task_budget']} per-task S_t "

@@ -316,3 +316,13 @@ def test_kmm_train_pruning_hybrid_meets_the_budget_and_saves_the_stripped_model(
     stripped = keras.models.load_model(out / "model_stripped.keras")
     assert not pruning.pruning_wrappers(stripped)
     assert kernel_nonzeros(stripped) == report["nonzeros"]
+
+
+def test_cli_prune_steps_one_shot_gradual_and_refusal():
+    from keras_minmax_mtl.hybrid_cli import prune_steps
+
+    assert prune_steps(10, 0, 20, 94) == (941, None, 23)
+    assert prune_steps(10, 2, 20, 94) == (941, 941 + 188, 23)
+    with pytest.raises(ValueError, match=r"must be < --epochs.*Received: 10 \+ 10 with "
+                                         r"--epochs 20"):
+        prune_steps(10, 10, 20, 94)
