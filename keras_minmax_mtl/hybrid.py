@@ -100,7 +100,11 @@ def _is_real(value):
 
 
 class _HybridLayer(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
-    """What `HybridDense` and `HybridConv2D` share: the weights, the per-task sums, the config."""
+    """What `HybridDense` and `HybridConv2D` share: the weights, the per-task sums, the config.
+
+    A subclass defines `_kernel_shape(input_dim)`, `_units()` (the output
+    channels), `_product(x, kernel)` and `_output_shape(input_shape)`.
+    """
 
     def __init__(self, num_tasks, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", task_kernel_initializer="zeros",
@@ -118,19 +122,6 @@ class _HybridLayer(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.shared_kernel = None
         self.task_kernels = []
         self.task_biases = []
-
-    # Subclasses define the kernel shape, the output size and the product x·kernel.
-    def _kernel_shape(self, input_dim):
-        raise NotImplementedError
-
-    def _product(self, x, kernel):
-        raise NotImplementedError
-
-    def _output_shape(self, input_shape):
-        raise NotImplementedError
-
-    def _units(self):
-        raise NotImplementedError
 
     def _input_shapes(self, input_shape):
         if isinstance(input_shape, (list, tuple)) and input_shape \
