@@ -21,7 +21,7 @@ __all__ = ["add_arguments", "HybridRun", "prune_steps", "DEFAULT_TASK_SHARE", "D
            "DEFAULT_PRUNE_EPOCHS"]
 
 #: Chosen on the validation split (see docs/hybrid.md, "Choosing the settings").
-DEFAULT_TASK_SHARE = 0.25
+DEFAULT_TASK_SHARE = 0.5
 DEFAULT_ALLOCATION = "global"
 DEFAULT_PRUNE_EPOCHS = 0
 
