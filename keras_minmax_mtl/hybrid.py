@@ -600,8 +600,10 @@ def _groups(hybrid_model):
 
     `shared` holds every kernel `prune_hybrid` prunes that is not an ``S_t``
     (the ``W_shared`` and the task-hidden kernels), `task` every ``S_t``,
-    `dense` the output layers' kernels.
+    `dense` the output layers' kernels. Raises a `ValueError` for a model
+    without hybrid layers.
     """
+    require_functional(hybrid_model, "hybrid_model")
     outputs = set(hybrid_model.output_names)
     shared, task, dense = [], [], []
     for layer in hybrid_model.layers:
@@ -613,6 +615,9 @@ def _groups(hybrid_model):
         elif getattr(inner, "kernel", None) is not None and not isinstance(inner, keras.Model):
             (dense if layer.name in outputs else shared).append(
                 (f"{inner.name}/kernel", _kernel_size(inner)))
+    if not task:
+        raise ValueError(f"Argument `hybrid_model` has no hybrid layers. Convert it with "
+                         f"`hybrid_network` first. Received model {hybrid_model.name!r}.")
     return shared, task, dense
 
 
@@ -657,9 +662,6 @@ def split_budget(hybrid_model, total_nonzeros, task_share):
         raise ValueError(f"Argument `total_nonzeros` must be an integer. "
                          f"Received: total_nonzeros={total_nonzeros!r}")
     shared, task, dense = _groups(hybrid_model)
-    if not task:
-        raise ValueError(f"Argument `hybrid_model` has no hybrid layers. Convert it with "
-                         f"`hybrid_network` first. Received model {hybrid_model.name!r}.")
     p_out = sum(size for _, size in dense)
     rest = int(total_nonzeros) - p_out
     n_task = int(round(task_share * rest))
@@ -924,9 +926,6 @@ def prune_hybrid(hybrid_model, shared_sparsity, task_budget, prune_step, end_ste
     """
     require_functional(hybrid_model, "hybrid_model")
     shared, task, _ = _groups(hybrid_model)
-    if not task:
-        raise ValueError(f"Argument `hybrid_model` has no hybrid layers. Convert it with "
-                         f"`hybrid_network` first. Received model {hybrid_model.name!r}.")
     trunk_size = sum(size for name, size in shared if name.endswith("/shared_kernel"))
     shared_count = _shared_count(shared_sparsity, shared)
     task_count = _task_count(task_budget, task, trunk_size)
