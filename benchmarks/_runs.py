@@ -22,6 +22,11 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   `TASK_AWARE`: half the epochs warm up the standard network (with the run's
   weighting), the rest train the grouped network; `sparsity` is the budget of
   equal non-zero count to reweighted ℓ1 at the same sparsity.
+- hybrid (W_t = W_shared + S_t, `keras_minmax_mtl.hybrid`): `sparsity` is the
+  equal-non-zero budget (as many non-zero kernel weights as the standard
+  network pruned to `sparsity`); the first half of the epochs dense, then the
+  prune, then masked training; task share, allocation and prune schedule from
+  `keras_minmax_mtl/hybrid_cli.py` (chosen on the validation split).
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -38,11 +43,11 @@ import numpy as np
 from keras_minmax_mtl.reweighted_cli import DEFAULT_FILTER_RHO
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware")
+COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware", "hybrid")
 
 #: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
 MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02,
-                    "task_aware": 0.02}
+                    "task_aware": 0.02, "hybrid": 0.02}
 MINMAX_GAMMA = 5.0
 #: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
@@ -125,13 +130,30 @@ def build_model(weighting, base, compression="dense"):
     return kmm.MultiTaskModel(base, weighting=weightings[weighting]())
 
 
-def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
+def hybrid_settings(options=None):
+    """The hybrid settings: the command line's defaults, updated with `options`."""
+    from keras_minmax_mtl import hybrid_cli
+
+    settings = {"task_share": hybrid_cli.DEFAULT_TASK_SHARE,
+                "allocation": hybrid_cli.DEFAULT_ALLOCATION,
+                "prune_epochs": hybrid_cli.DEFAULT_PRUNE_EPOCHS}
+    unknown = sorted(set(options or {}) - set(settings))
+    if unknown:
+        raise ValueError(f"Argument `options` must only hold {sorted(settings)}. "
+                         f"Received unknown keys: {unknown}")
+    return {**settings, **(options or {})}
+
+
+def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options=None):
     """Wraps `base` for `compression`; returns `(network, callbacks, epochs)`.
 
     `epochs` is the length of a dense or DST run; a reweighted-ℓ1 run (either
     mode) lasts 10 + 5 + 5 epochs scaled to the same total (`epochs // 2`,
     `max(1, epochs // 4)`, the rest retraining). With `"filter_l1"`, `sparsity`
-    is the fraction of output units removed from every pruned layer.
+    is the fraction of output units removed from every pruned layer. A hybrid
+    run is dense for `epochs // 2` epochs, then prunes (one-shot, or gradually
+    over `prune_epochs`) and trains masked; `options` overrides the hybrid
+    settings (`hybrid_settings`).
     """
     if compression in ("dense", "task_aware"):  # task_aware: see `task_aware_stage`
         return base, [], epochs
@@ -158,6 +180,17 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs):
             drop_fraction=DST["drop_fraction"], seed=seed)
         return (dst.prune_for_dst(base),
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
+    if compression == "hybrid":
+        from keras_minmax_mtl.hybrid import hybrid_at_sparsity
+        from keras_minmax_mtl.hybrid_cli import prune_steps
+
+        settings = hybrid_settings(options)
+        prune_step, end_step, frequency = prune_steps(epochs // 2, settings["prune_epochs"],
+                                                      epochs, steps_per_epoch)
+        network, callbacks, _ = hybrid_at_sparsity(
+            base, sparsity, settings["task_share"], prune_step, end_step=end_step,
+            frequency=frequency, allocation=settings["allocation"])
+        return network, callbacks, epochs
     raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
                      f"Received: compression={compression!r}")
 
@@ -180,6 +213,19 @@ def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
                        update_every=min(TASK_AWARE["update_every"], max(1, grouped_steps // 4)))
     grouped = run.prepare(model, train, warmup, verbose=0)
     return grouped, run.callbacks, epochs - warmup, run
+
+
+def achieved_sparsity(compression, model, base):
+    """The sparsity a run reached: of the pruned kernels, or for hybrid the equal-non-zero one."""
+    from keras_minmax_mtl import pruning
+
+    if compression == "dense":
+        return 0.0
+    if compression == "hybrid":
+        from keras_minmax_mtl import hybrid
+
+        return hybrid.equivalent_sparsity(base, hybrid.kernel_nonzeros(model)["total"])
+    return pruning.sparsity_report(model)["overall"]["sparsity"]
 
 
 def evaluate(model, dataset, metric="accuracy"):
@@ -264,17 +310,19 @@ def export_run(model, splits, names, directory, metric="accuracy"):
     return files
 
 
-def train_run(config):
+def train_run(config, return_model=False):
     """Trains and evaluates one configuration; returns the result dict (JSON-able).
+
+    With `return_model=True`, returns `(result, trained model)`.
 
     `config` keys: `dataset`, `weighting`, `compression`, `seed`, `epochs`,
     `sparsity`, `batch_size`, `train_examples` (or `None`), `learning_rate`,
-    and optionally `exports` (names of `EXPORTS`: each file is written to a
-    temporary folder and its size and test accuracy go to `result["exports"]`).
+    and optionally `hybrid`, a dict of hybrid settings (`hybrid_settings`), and
+    `exports` (names of `EXPORTS`: each file is written to a temporary folder
+    and its size and test accuracy go to `result["exports"]`).
     Keras state is cleared and every seed set first, so runs in one process
     do not depend on the ones before.
     """
-    from keras_minmax_mtl import pruning
     from keras_minmax_mtl._keras import keras
     from keras_minmax_mtl.callbacks import TaskWeightHistory
 
@@ -283,9 +331,10 @@ def train_run(config):
     data = DATASETS[config["dataset"]]
     splits = data.splits(config["seed"], config["batch_size"], config["train_examples"])
     steps = int(splits["train"].cardinality())
+    standard = data.network(config["seed"])
     base, callbacks, epochs = compress(
-        config["compression"], data.network(config["seed"]), config["sparsity"], config["seed"],
-        steps, config["epochs"])
+        config["compression"], standard, config["sparsity"], config["seed"], steps,
+        config["epochs"], config.get("hybrid"))
     model = build_model(config["weighting"], base, config["compression"])
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
@@ -302,8 +351,7 @@ def train_run(config):
               "train_seconds": seconds,
               "validation": evaluate(model, splits["validation"], data.metric),
               "test": evaluate(model, splits["test"], data.metric),
-              "sparsity": (pruning.sparsity_report(model)["overall"]["sparsity"]
-                           if config["compression"] != "dense" else 0.0),
+              "sparsity": achieved_sparsity(config["compression"], model, standard),
               "nonzero_weights": nonzero_weights(model),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
@@ -322,7 +370,7 @@ def train_run(config):
                                 "final_density": report["history"][-1]["density"]}
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
-    return result
+    return (result, model) if return_model else result
 
 
 def delta_m(values, reference):

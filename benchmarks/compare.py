@@ -1,9 +1,10 @@
 r"""Weighting × compression × seeds on one dataset: tables, paired tests and plots.
 
 Trains every combination of `--weightings` (minmax, ew, uw, dwa) and
-`--compressions` (dense, reweighted_l1, dst, filter_l1, task_aware; the sparse ones
-at `--sparsity`, which for filter_l1 is the fraction of units removed per layer and
-for task_aware the same non-zero count as reweighted_l1)
+`--compressions` (dense, reweighted_l1, dst, filter_l1, task_aware, hybrid; the
+sparse ones at `--sparsity`, which for filter_l1 is the fraction of units removed
+per layer and for task_aware and hybrid the same count of non-zero kernel weights
+as reweighted_l1)
 for every seed (same data and initial weights per seed; see
 `benchmarks/_runs.py` for the settings), then writes into `--out`:
 
@@ -43,7 +44,8 @@ import _runs  # noqa: E402
 from keras_minmax_mtl.cli import _positive_int  # noqa: E402
 
 LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
-          "filter_l1": "filter ℓ1 (whole units)", "task_aware": "task-aware"}
+          "filter_l1": "filter ℓ1 (whole units)", "task_aware": "task-aware",
+          "hybrid": "hybrid (W_shared + S_t)"}
 
 
 def configurations(args):
@@ -174,7 +176,8 @@ def markdown(args, summary, tests):
                           "nonzero_weights", "exports")]
     has_delta = any("delta_m" in cell for per in summary.values() for cell in per.values())
     lines = [f"Dataset `{args.dataset}`, seeds {args.seed_list}, {args.epochs} epochs, "
-             f"sparsity {args.sparsity:.0%} for the sparse runs. Test accuracy in %, "
+             f"sparsity {args.sparsity:.0%} for the sparse runs (hybrid: as many non-zero kernel "
+             f"weights as the standard network at that sparsity). Test accuracy in %, "
              f"mean ± std over seeds (std with ddof=1)."
              + ("" if has_delta else " Δm is not defined for this dataset (no single-task "
                                      "reference values), so it is not shown.")
@@ -255,7 +258,8 @@ def plot(args, results, summary):
             axes.errorbar(x, cell["worst"]["mean"] * 100, yerr=cell["worst"]["std"] * 100,
                           fmt=markers[c], color=f"C{i}", capsize=3,
                           label=f"{w}, {LABELS[c]}")
-    axes.set_xlabel("sparsity of the prunable weights (%), weightings offset for legibility")
+    axes.set_xlabel("sparsity of the prunable weights (%; hybrid: same non-zero count), "
+                   "weightings offset for legibility")
     axes.set_ylabel("worst-task test accuracy (%)")
     axes.set_title(f"{args.dataset}: worst task vs sparsity (mean ± std, {len(args.seed_list)} seeds)")
     axes.legend(fontsize=7, ncol=2)

@@ -25,11 +25,13 @@ MODULES = [
     "keras_minmax_mtl.structured",
     "keras_minmax_mtl.dst", "keras_minmax_mtl.densities", "keras_minmax_mtl.mask_updaters",
     "keras_minmax_mtl.task_similarity", "keras_minmax_mtl.task_aware",
+    "keras_minmax_mtl.hybrid",
     "keras_minmax_mtl.export", "keras_minmax_mtl.targets", "keras_minmax_mtl.runtimes",
     "keras_minmax_mtl.edgetpu_rules", "keras_minmax_mtl.qat", "keras_minmax_mtl.logits",
     "keras_minmax_mtl.surgery",
     "keras_minmax_mtl.datasets", "keras_minmax_mtl.networks", "keras_minmax_mtl.nyuv2",
     "keras_minmax_mtl.cli", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.taskaware_cli",
+    "keras_minmax_mtl.hybrid_cli",
     "keras_minmax_mtl.export_commands",
 ]
 

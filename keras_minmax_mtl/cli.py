@@ -37,6 +37,8 @@ PRUNINGS = {
     "dst": "dynamic sparse training of the hidden layers (prune and grow at constant sparsity)",
     "task_aware": "warm-up, group similar tasks, re-allocate non-zeros by task difficulty "
                   "(Choi et al. 2023)",
+    "hybrid": "shared trunk + one sparse kernel per task, W_t = W_shared + S_t, at the "
+              "equal-non-zero budget of --sparsity (Xie et al. 2022)",
 }
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
@@ -81,7 +83,7 @@ def build_parser():
                         help="what --update-every counts (default: %(default)s)")
     minmax.add_argument("--ascent", default="projected", choices=["projected", "exponentiated"],
                         help="ascent rule (default: %(default)s)")
-    # --- sparsity: the logic is in keras_minmax_mtl.reweighted_cli and keras_minmax_mtl.dst ---
+    # --- sparsity: the logic is in keras_minmax_mtl.reweighted_cli, .dst and .hybrid_cli ---
     sparse = train.add_argument_group("sparsity")
     sparse.add_argument("--pruning", default="none", choices=list(PRUNINGS),
                         help="; ".join(f"{k}: {v}" for k, v in PRUNINGS.items())
@@ -116,6 +118,9 @@ def build_parser():
     from keras_minmax_mtl import taskaware_cli
 
     taskaware_cli.add_arguments(train, _positive_int, _non_negative_int, _positive_float)
+    from keras_minmax_mtl import hybrid_cli
+
+    hybrid_cli.add_arguments(train, _non_negative_int)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/export_commands.py ---
@@ -230,6 +235,11 @@ def train(args):
         from keras_minmax_mtl.taskaware_cli import TaskAwareCliRun
 
         sparse = TaskAwareCliRun(args)
+    elif args.pruning == "hybrid":
+        from keras_minmax_mtl.hybrid_cli import HybridRun
+
+        sparse = HybridRun(args, base, splits["train"])
+        base = sparse.model
     model = _build_model(args, base)
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,

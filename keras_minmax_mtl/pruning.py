@@ -73,13 +73,19 @@ def masked_weights(model):
     return values
 
 
+def _short_name(weight):
+    return weight.name.split("/")[-1].split(":")[0]
+
+
 def pruned_kernels(model):
     """`[(layer, name, values)]`: the weights `sparsity_report` counts, in layer order.
 
     With pruning wrappers: every weight a `PruneLowMagnitude` wrapper prunes,
     as ``weight · mask`` (`layer` is the wrapped layer, `name` is
     ``"{layer name}/{weight name}"``). Without wrappers (e.g. after
-    `strip_pruning`): the kernel of every Dense and convolution layer.
+    `strip_pruning`): the kernel of every Dense and convolution layer, and
+    the prunable weights of layers without a kernel that declare them (tfmot
+    `PrunableLayer`s such as `keras_minmax_mtl.hybrid.HybridDense`).
     """
     found = []
     wrappers = pruning_wrappers(model)
@@ -87,13 +93,18 @@ def pruned_kernels(model):
         for wrapper in wrappers:
             for weight, mask, _ in wrapper.pruning_vars:
                 found.append((wrapper.layer,
-                              f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}",
+                              f"{wrapper.layer.name}/{_short_name(weight)}",
                               weight.numpy() * mask.numpy()))
     else:
         for layer in _walk(model):
             kernel = getattr(layer, "kernel", None)
-            if kernel is not None and not isinstance(layer, keras.Model):
+            if isinstance(layer, keras.Model):
+                continue
+            if kernel is not None:
                 found.append((layer, f"{layer.name}/kernel", kernel.numpy()))
+            elif hasattr(layer, "get_prunable_weights"):  # e.g. the hybrid layers
+                for weight in layer.get_prunable_weights():
+                    found.append((layer, f"{layer.name}/{_short_name(weight)}", weight.numpy()))
     return found
 
 
@@ -103,7 +114,9 @@ def sparsity_report(model):
     Counts the zeros of ``weight · mask`` of every weight a `PruneLowMagnitude`
     wrapper prunes (the kernels; biases are never pruned by tfmot). A model
     without wrappers (e.g. after `strip_pruning`) is measured on the kernels of
-    its Dense and convolution layers instead (see `pruned_kernels`).
+    its Dense and convolution layers instead, and on the prunable weights of
+    layers that declare them (tfmot `PrunableLayer`s such as
+    `keras_minmax_mtl.hybrid.HybridDense`; see `pruned_kernels`).
 
     Returns:
         `{"layers": {name: {"size", "zeros", "sparsity"}}, "overall": {...}}`,
@@ -184,11 +197,17 @@ def strip_pruning(model):
 def prune_scope():
     """A custom-object scope with tfmot's pruning classes and the package's classes.
 
+    The package's classes include those of its sparsity modules (`dst`,
+    `reweighted`, `hybrid`), which it imports.
+
     Needed to load a model saved while it still has pruning wrappers:
 
     >>> with prune_scope():
     ...     model = tf_keras.models.load_model("pruned.keras")
     """
+    # The sparsity modules register their classes (schedules, hybrid layers) on import.
+    from keras_minmax_mtl import dst, hybrid, reweighted  # noqa: F401
+
     objects = dict(custom_objects())
     objects.update({name.split(">", 1)[1]: obj for name, obj in list(objects.items())})
     objects["PruneLowMagnitude"] = PruneLowMagnitude

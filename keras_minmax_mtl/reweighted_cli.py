@@ -16,7 +16,7 @@ every pruned layer, and the run prints the removed units per layer.
 """
 import json
 
-__all__ = ["add_arguments", "check_arguments", "ReweightedL1Run"]
+__all__ = ["add_arguments", "check_arguments", "ReweightedL1Run", "save_stripped"]
 
 #: ρ and the allocation chosen on the validation split of multi_digits at 90 % sparsity
 #: (seed 0, min-max; `benchmarks/reweighted_l1.py --select-rho ...`): with uniform
@@ -134,25 +134,37 @@ class ReweightedL1Run:
         Returns the report (with the `structured.structured_report` under
         `"units"` with `--sparsity-type filter`).
         """
-        from keras_minmax_mtl.pruning import sparsity_report, strip_pruning
+        units = _print_units if self.args.sparsity_type == "filter" else None
+        return {**save_stripped(model, out, units), "steps_per_epoch": self.steps_per_epoch}
 
-        report = sparsity_report(model)
-        width = max(len("overall"), *(len(n) for n in report["layers"]))
-        print(f"\n{'pruned weights':<{width}}  {'size':>8}  {'zeros':>8}  sparsity")
-        for name, layer in report["layers"].items():
-            print(f"{name:<{width}}  {layer['size']:8d}  {layer['zeros']:8d}  {layer['sparsity']:8.2%}")
-        overall = report["overall"]
-        print(f"{'overall':<{width}}  {overall['size']:8d}  {overall['zeros']:8d}  "
-              f"{overall['sparsity']:8.2%}")
-        if self.args.sparsity_type == "filter":
-            report["units"] = _print_units(model)
-        stripped = strip_pruning(model)
-        path = out / "model_stripped.keras"
-        stripped.save(path)
-        (out / "sparsity.json").write_text(json.dumps(report, indent=2))
-        print(f"wrote {path} (without pruning wrappers) and {out / 'sparsity.json'}")
-        return {"report": report, "stripped_model": str(path),
-                "steps_per_epoch": self.steps_per_epoch}
+
+def save_stripped(model, out, extra_report=None):
+    """Prints `model`'s sparsity per layer and overall; writes the stripped model and the report.
+
+    Writes `out/model_stripped.keras` (without pruning wrappers) and
+    `out/sparsity.json`; returns `{"report", "stripped_model"}`. Shared by the
+    `--pruning` methods of `kmm train` that end with a pruned model.
+    `extra_report(model)`, if given, prints more and returns what goes into the
+    report under `"units"`.
+    """
+    from keras_minmax_mtl.pruning import sparsity_report, strip_pruning
+
+    report = sparsity_report(model)
+    width = max(len("overall"), *(len(n) for n in report["layers"]))
+    print(f"\n{'pruned weights':<{width}}  {'size':>8}  {'zeros':>8}  sparsity")
+    for name, layer in report["layers"].items():
+        print(f"{name:<{width}}  {layer['size']:8d}  {layer['zeros']:8d}  {layer['sparsity']:8.2%}")
+    overall = report["overall"]
+    print(f"{'overall':<{width}}  {overall['size']:8d}  {overall['zeros']:8d}  "
+          f"{overall['sparsity']:8.2%}")
+    if extra_report is not None:
+        report["units"] = extra_report(model)
+    stripped = strip_pruning(model)
+    path = out / "model_stripped.keras"
+    stripped.save(path)
+    (out / "sparsity.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {path} (without pruning wrappers) and {out / 'sparsity.json'}")
+    return {"report": report, "stripped_model": str(path)}
 
 
 def _print_units(model):

@@ -59,7 +59,7 @@ def test_unknown_weighting_lists_the_options(capsys):
     (["--step-size", "0"], "argument --step-size: must be a number > 0, received 0"),
     (["--pruning", "reweighted_l1", "--epochs", "3"],
      "argument --epochs: not allowed with --pruning reweighted_l1"),
-    (["--pruning", "magnitude"], "invalid choice: 'magnitude' (choose from 'none', 'reweighted_l1', 'dst', 'task_aware')"),
+    (["--pruning", "magnitude"], "invalid choice: 'magnitude' (choose from 'none', 'reweighted_l1', 'dst', 'task_aware', 'hybrid')"),
 ])
 def test_bad_numbers_are_refused(capsys, argv, message):
     with pytest.raises(SystemExit):
