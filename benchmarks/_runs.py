@@ -244,19 +244,6 @@ def split_arrays(dataset):
         lambda *parts: np.concatenate(parts), *[(x, y) for x, y in dataset.as_numpy_iterator()])
 
 
-def nonzero_weights(model):
-    """Non-zero entries of the deployable model's weight matrices and kernels (ndim ≥ 2).
-
-    Counted on the stripped Functional model (`export.deployable_model`), so
-    masks and pruning wrappers are not counted; biases and normalisation
-    vectors (ndim 1) are left out. Every kernel counts, task heads included.
-    """
-    from keras_minmax_mtl.export import deployable_model
-
-    base, _ = deployable_model(model)
-    return int(sum(np.count_nonzero(w) for w in base.get_weights() if np.ndim(w) >= 2))
-
-
 def export_run(model, splits, names, directory, metric="accuracy"):
     """Exports `model` once per name of `EXPORTS` into `directory` and runs each file on the test split.
 
@@ -323,6 +310,7 @@ def train_run(config, return_model=False):
     Keras state is cleared and every seed set first, so runs in one process
     do not depend on the ones before.
     """
+    from keras_minmax_mtl import pruning
     from keras_minmax_mtl._keras import keras
     from keras_minmax_mtl.callbacks import TaskWeightHistory
 
@@ -352,7 +340,7 @@ def train_run(config, return_model=False):
               "validation": evaluate(model, splits["validation"], data.metric),
               "test": evaluate(model, splits["test"], data.metric),
               "sparsity": achieved_sparsity(config["compression"], model, standard),
-              "nonzero_weights": nonzero_weights(model),
+              "nonzero_weights": pruning.nonzero_kernel_count(model),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
     if config.get("exports"):

@@ -137,6 +137,9 @@ def sparsity_report(model):
 def nonzero_kernel_count(model):
     """The number of non-zero kernel weights of `model`: every layer's `kernel`, outputs included.
 
+    Layers without a `kernel` that declare prunable weights (tfmot
+    `PrunableLayer`s such as the hybrid layers) count those.
+
     Counts ``weight · mask`` for the kernels under pruning wrappers (what
     the layers compute with) and the plain kernel elsewhere (dense output
     heads, unwrapped layers); biases are not counted. Enters nested models
@@ -150,11 +153,18 @@ def nonzero_kernel_count(model):
     masked = masked_weights(model)
     total = 0
     for layer in _walk(model):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None or isinstance(layer, (keras.Model, PruneLowMagnitude)):
+        if isinstance(layer, (keras.Model, PruneLowMagnitude)):
             continue
-        value = masked.get(kernel.ref())
-        total += int(np.count_nonzero(kernel.numpy() if value is None else value))
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None:
+            kernels = [kernel]
+        elif hasattr(layer, "get_prunable_weights"):  # e.g. the hybrid layers' W_shared and S_t
+            kernels = layer.get_prunable_weights()
+        else:
+            continue
+        for weight in kernels:
+            value = masked.get(weight.ref())
+            total += int(np.count_nonzero(weight.numpy() if value is None else value))
     return total
 
 

@@ -224,6 +224,8 @@ def test_minmax_fit_prunes_to_exactly_the_equal_nonzero_budget(allocation, end_s
             (r["task"] for r in prune.history), reverse=True)
     stripped = pruning.strip_pruning(model)
     assert kernel_nonzeros(stripped) == counts
+    # The package-wide count sees the hybrid kernels too, wrapped or stripped.
+    assert pruning.nonzero_kernel_count(model) == pruning.nonzero_kernel_count(stripped) == total
     for layer in hybrid_layers(stripped.base_model):
         assert np.count_nonzero(layer.shared_kernel.numpy()) >= 1
     assert not np.allclose(model.task_weights.numpy(), 1 / 3)
