@@ -294,7 +294,7 @@ def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, caps
                                          r"'trunk_conv1'"):
         cli.main([*common, "--sparsity", "0.99", "--out", str(tmp_path / "bad")])
     out = tmp_path / "run"
-    assert cli.main([*common, "--sparsity", "0.5", "--out", str(out)]) == 0
+    assert cli.main([*common, "--sparsity", "0.5", "--out", str(out), "--export", "micro"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     units = metrics["pruning"]["report"]["units"]
@@ -304,3 +304,10 @@ def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, caps
     assert metrics["arguments"]["rho"] == reweighted_cli.DEFAULT_FILTER_RHO
     assert metrics["arguments"]["allocation"] == "uniform"
     assert "removed units" in printed and "trunk_dense" in printed
+    # --export micro shrinks the filter-pruned model (layer surgery) and says so.
+    exported = json.loads((out / "model_micro.json").read_text())
+    structured = exported["structured"]
+    assert structured["applied"] and "units removed (structured)" in printed
+    assert {n: len(indices) for n, indices in structured["removed_units"].items()} == {
+        n: r["removed"] for n, r in units["layers"].items()}
+    assert structured["params"]["shrunk"] < structured["params"]["dense"] / 2
