@@ -355,17 +355,9 @@ def micro_min_arena_bytes(model, step=16):
     """
     content = _read(model)
     interpreter = micro_interpreter(content)
-    inputs = []
-    index = 0
-    while True:
-        try:
-            d = interpreter.get_input_details(index)
-        except (RuntimeError, IndexError, ValueError):
-            break
-        inputs.append(np.zeros(d["shape"], d["dtype"]))
-        index += 1
-        if index >= 64:
-            break
+    # As many inputs as the file has (probing past the last one makes TFLite Micro print an error).
+    details = [interpreter.get_input_details(i) for i in range(len(model_details(content)["inputs"]))]
+    inputs = [np.zeros(d["shape"], d["dtype"]) for d in details]
     low, high = 0, -(-len(content) * 10 // step)  # in units of `step`
     if not _micro_runs(content, high * step, inputs):
         raise MicroOpError("TFLite Micro cannot run the model even with the default arena.")
