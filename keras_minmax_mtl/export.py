@@ -30,6 +30,7 @@ Example:
 """
 import gzip
 import json
+import numbers
 import os
 import pathlib
 import shutil
@@ -283,7 +284,7 @@ def _check_shrunk(reference, got, tolerance):
 
 def export_tflite(model, path, target="mobile", representative_data=None, quantization=None,
                   sparse_storage="auto", num_samples=256, float_tolerance=1e-4,
-                  min_top1_agreement=None, outputs=None, structured="auto"):
+                  min_top1_agreement=None, outputs=None, structured="auto", floor_margin=0.1):
     r"""Exports `model` to a `.tflite` file for `target`, verified by running it.
 
     Args:
@@ -325,7 +326,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             For `quantization="int8"` a head whose softmax is the activation
             of a layer with a bias outputs ``max(z − t, 0)`` instead, with a
             floor ``t`` just below the smallest top logit ``max_k z`` of the
-            samples (`logits.logit_floors`, margin 0.1 of their spread): the
+            samples (`logits.logit_floors`, `floor_margin` of their spread): the
             int8 scale then covers the logits that can win rather than the
             whole range with its long negative tail; the argmax is that of
             ``z`` whenever ``max z > t``.
@@ -350,6 +351,10 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             (within ``float_tolerance·(1 + |y|)``), and the file is verified
             against the original model. Defaults to `"auto"`.
 
+        floor_margin: how far below the smallest top logit of the samples
+            the int8 logit floor goes, as a fraction of their spread (the
+            `margin` of `logits.logit_floors`), a number `>= 0`. Defaults to
+            `0.1` (checked on the validation split: `benchmarks/floor_margin.py`).
     Returns:
         The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
         `sparsity` (per-layer and overall, of the Keras kernels), `ops`,
@@ -390,6 +395,10 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     if outputs not in OUTPUT_FORMS:
         raise ValueError(f"Argument `outputs` must be one of {list(OUTPUT_FORMS)} or None. "
                          f"Received: outputs={outputs!r}")
+    if isinstance(floor_margin, bool) or not isinstance(floor_margin, numbers.Real) \
+            or not floor_margin >= 0:
+        raise ValueError(f"Argument `floor_margin` must be a number >= 0. "
+                         f"Received: floor_margin={floor_margin!r}")
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise ValueError(f"Argument `num_samples` must be an integer > 0. "
                          f"Received: num_samples={num_samples!r}")
@@ -413,7 +422,8 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             # that the int8 range covers the logits that can win (see `logits.without_softmax`).
             reference = _keras_outputs(logits_model, {n: n for n in logits_model.output_names},
                                        samples)
-            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)})
+            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)},
+                                  margin=floor_margin)
             logits_model, forms = without_softmax(base, floors)
         base = logits_model
         if shrunk is not None:
@@ -476,6 +486,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             "storage": storage,
             "output_forms": output_forms,
             "logit_floors": {tasks[name]: t for name, t in floors.items()},
+            "floor_margin": floor_margin if floors else None,
             "bytes_by_storage": {k: len(v) for k, v in candidates.items()},
             "keras_sparsity": _kernel_sparsity(stripped),
             "structured": {**structured_report, "file_bytes": len(content)},

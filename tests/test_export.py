@@ -156,6 +156,7 @@ def test_edgetpu_rules_pass_int8_batch_one_and_name_float_ops_with_layers(traine
      r"input shape \(None, 6\).*Received an array of shape \(4, 5\)"),
     (dict(target="edgetpu", sparse_storage=True, representative_data=np.zeros((4, 6))),
      r"`sparse_storage` must be one of \[False\]"),
+    (dict(floor_margin=-0.1), r"`floor_margin` must be a number >= 0. Received: floor_margin=-0.1"),
 ])
 def test_bad_input_is_refused_and_nothing_is_written(trained, tmp_path, kwargs, message):
     model, _ = trained
@@ -260,10 +261,14 @@ def test_int8_probabilities_tie_on_near_ties_and_logits_keep_the_top1_decision(t
         assert report["output_forms"] == {"t": "logits_above_floor", "r": "as_model"}, target
         # Top logits are 0.51 everywhere, the median logit 0: t = 0.51 - 0.1 * 0.51.
         assert report["logit_floors"] == {"t": pytest.approx(0.459, abs=1e-6)}
+        assert report["floor_margin"] == 0.1
         assert "SOFTMAX" not in report["ops"] and "SOFTMAX" in probabilities["ops"]
         tasks = report["verification"]["tasks"]
         assert tasks["t"]["top1_agreement"] == 1.0 and tasks["t"]["top1_tie_fraction"] == 0.0
         assert tasks["r"]["max_abs_error"] < 0.02, target
+    wider = export_tflite(model, tmp_path / "wide.tflite", quantization="int8",
+                          representative_data=x, floor_margin=0.5)
+    assert wider["logit_floors"] == {"t": pytest.approx(0.51 - 0.5 * 0.51, abs=1e-6)}
     run = runtimes.run_micro(tmp_path / "micro.tflite", x)[0]["t"]
     np.testing.assert_array_equal(run.argmax(-1), keras_top1)
     assert model.get_layer("t").get_config()["activation"] == "softmax"  # the model is unchanged
