@@ -57,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
+from keras_minmax_mtl.pruning import _short_name
 
 __all__ = ["removed_units", "has_structured_sparsity", "shrink", "shrink_report",
            "SUPPORTED_LAYERS"]
@@ -266,7 +267,7 @@ class _Planner:
         raise self.unsupported(layer, inputs)
 
     def unit_layer(self, layer, state, input_shape):
-        weights = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
+        weights = {_short_name(w): w.numpy() for w in layer.weights}
         kernel = weights["kernel"]
         units = kernel.shape[-1]
         bias = weights.get("bias", np.zeros(units, kernel.dtype)).astype(np.float64)
@@ -307,7 +308,7 @@ class _Planner:
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         if list(axis) not in ([len(input_shape) - 1], [-1]):
             raise self.unsupported(layer, [state])
-        weights = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64)
+        weights = {_short_name(w): w.numpy().astype(np.float64)
                    for w in layer.weights}
         channels = len(state.kept)
         gamma = weights.get("gamma", np.ones(channels))
@@ -401,7 +402,7 @@ def shrink(model):
     for old, new in zip(base.layers, copy.layers):
         if old.name in plans:
             values = plans[old.name][1]
-            new.set_weights([values[w.name.split("/")[-1].split(":")[0]] for w in new.weights])
+            new.set_weights([values[_short_name(w)] for w in new.weights])
         elif old.weights:
             new.set_weights(old.get_weights())
     return copy
