@@ -51,12 +51,12 @@ Example:
 ({'before': 110695, 'after': 28103}, {'before': 64, 'after': 32})
 """
 import collections
-import contextlib
 
 import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
+from keras_minmax_mtl.logits import _custom_scope
 from keras_minmax_mtl.pruning import _short_name
 
 __all__ = ["removed_units", "has_structured_sparsity", "shrink", "shrink_report",
@@ -344,14 +344,6 @@ def _plan(base):
     return planner, sorted(kept)
 
 
-def _clone_scope(model):
-    if any(isinstance(layer, keras.layers.Wrapper) for layer in model.layers):
-        from keras_minmax_mtl.logits import _custom_scope
-
-        return _custom_scope(model)
-    return contextlib.nullcontext()
-
-
 def shrink(model):
     """A new, smaller Functional model without the removed units; numerically the same model.
 
@@ -397,7 +389,7 @@ def shrink(model):
         config.update(plans.get(layer.name, ({}, {}))[0])
         return layer.__class__.from_config(config)
 
-    with _clone_scope(base):
+    with _custom_scope(base):
         copy = keras.models.clone_model(base, clone_function=clone)
     for old, new in zip(base.layers, copy.layers):
         if old.name in plans:
