@@ -276,7 +276,7 @@ class _Planner:
         if removed_in.any():
             constant = removed_in & (state.const != 0)
             if constant.any():
-                if _unit_layer(layer) and isinstance(layer, keras.layers.Conv2D) and \
+                if isinstance(layer, keras.layers.Conv2D) and \
                         not _zero_padding(layer, input_shape):
                     # Zero padding: the border windows see 0, not the constant. Keep the units.
                     self.block(state, constant)
