@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl import pruning, runtimes, surgery
-from keras_minmax_mtl.logits import (OUTPUT_FORMS, floorable_outputs, logit_floors,
+from keras_minmax_mtl.logits import (OUTPUT_FORMS, _unwrapped, floorable_outputs, logit_floors,
                                      softmax_outputs, without_softmax)
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
 from keras_minmax_mtl.multitask import MultiTaskModel
@@ -68,13 +68,7 @@ def deployable_model(model):
     require_functional(base)
     if pruning.pruning_wrappers(base):
         base = pruning.strip_pruning(base)
-    tasks = {}
-    for name in base.output_names:
-        layer = base.get_layer(name)
-        while isinstance(layer, keras.layers.Wrapper):
-            layer = layer.layer
-        tasks[name] = layer.name
-    return base, tasks
+    return base, {name: _unwrapped(base.get_layer(name)).name for name in base.output_names}
 
 
 def _layer_names(model):
@@ -93,9 +87,7 @@ def _kernel_sparsity(model):
         return pruning.sparsity_report(model)
     layers = {}
     for wrapper in model.layers:
-        layer = wrapper
-        while isinstance(layer, keras.layers.Wrapper):
-            layer = layer.layer
+        layer = _unwrapped(wrapper)
         # A quantization wrapper replaces `layer.kernel` by a fake-quantized
         # tensor and holds the kernel variable itself.
         kernels = [w for w in wrapper.weights if w.name.split(":")[0] == f"{layer.name}/kernel"]
