@@ -222,7 +222,8 @@ def _structured(base, structured, target):
     entry = {"mode": structured, "applied": False}
     if structured is False or (structured == "auto" and not target.structured_auto):
         return None, entry
-    if not surgery.has_structured_sparsity(base):
+    removed = surgery.removed_units(base)
+    if not removed:
         wrapped = [layer.name for layer in base.layers if isinstance(layer, keras.layers.Wrapper)]
         if structured is True and wrapped:
             raise ValueError(
@@ -252,7 +253,7 @@ def _structured(base, structured, target):
     report = surgery.shrink_report(base, shrunk)
     entry.update({
         "applied": True,
-        "removed_units": surgery.removed_units(base),
+        "removed_units": removed,
         "kept_constant": report["kept_constant"],
         "units": {name: e["units"] for name, e in report["layers"].items()
                   if e["units"]["before"] is not None},
