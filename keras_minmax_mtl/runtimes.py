@@ -229,6 +229,7 @@ def run_litert(model, x, batch_size=None, num_threads=None):
     if batch_size is None:
         fixed = [b for b in static.values() if b > 0]
         batch_size = fixed[0] if fixed else n
+    outputs = runner.get_output_details()
     results = {}
     for start in range(0, n, batch_size):
         feed = {}
@@ -237,7 +238,7 @@ def run_litert(model, x, batch_size=None, num_threads=None):
             scale, zero = detail["quantization"]
             feed[name] = _quantize(value, scale, zero, detail["dtype"])
         out = runner(**feed)
-        for name, detail in runner.get_output_details().items():
+        for name, detail in outputs.items():
             scale, zero = detail["quantization"]
             results.setdefault(name, []).append(_dequantize(np.asarray(out[name]), scale, zero))
     return {name: np.concatenate(parts) for name, parts in results.items()}
@@ -411,13 +412,18 @@ def run_micro(model, x):
     x = _as_input_dict(x, input_names)
     interpreter = micro_interpreter(content)
     n = len(next(iter(x.values())))
+    # Quantize each input once, not sample by sample (the quantization is element-wise).
+    for index, name in enumerate(input_names):
+        x[name] = _micro_input(interpreter, index, x[name])
+    output_quantization = [_micro_quantization(interpreter.get_output_details(index))
+                           for index in range(len(output_names))]
     results = {name: [] for name in output_names}
     for s in range(n):
         for index, name in enumerate(input_names):
-            interpreter.set_input(_micro_input(interpreter, index, x[name][s:s + 1]), index)
+            interpreter.set_input(x[name][s:s + 1], index)
         interpreter.invoke()
         for index, name in enumerate(output_names):
-            scale, zero = _micro_quantization(interpreter.get_output_details(index))
+            scale, zero = output_quantization[index]
             results[name].append(_dequantize(np.asarray(interpreter.get_output(index)), scale, zero))
     arena = micro_arena_bytes(interpreter)
     return {name: np.concatenate(parts) for name, parts in results.items()}, arena
