@@ -21,7 +21,7 @@ _STRUCTURED = {"auto": "auto", "on": True, "off": False}
 
 def add_commands(commands):
     """Adds the `export` and `inspect` subcommands to the `kmm` subparsers."""
-    from keras_minmax_mtl.targets import TARGETS
+    from keras_minmax_mtl.targets import QUANTIZATIONS, TARGETS
 
     export = commands.add_parser(
         "export", help="export a `kmm train` model to TFLite, verified by running it",
@@ -31,7 +31,7 @@ def add_commands(commands):
                         help="a folder written by `kmm train` (model.keras, metrics.json)")
     export.add_argument("--target", default="mobile", choices=sorted(TARGETS),
                         help="default: %(default)s")
-    export.add_argument("--quantization", default=None, choices=["float", "dynamic", "int8"],
+    export.add_argument("--quantization", default=None, choices=list(QUANTIZATIONS),
                         help="default: float for mobile, int8 for micro and edgetpu")
     export.add_argument("--outputs", default=None, choices=["probabilities", "logits"],
                         help="task outputs of the file (default: logits for int8, dropping each "
