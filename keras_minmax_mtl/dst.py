@@ -69,7 +69,12 @@ from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers, sparsity_report
+from keras_minmax_mtl.pruning import (
+    PruneLowMagnitude,
+    _short_name,
+    pruning_wrappers,
+    sparsity_report,
+)
 
 __all__ = [
     "HoldMasks",
@@ -470,7 +475,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             new = self.updater.update(value, old, gradient, n_drop, n_grow, rng)
             grown = set_mask(weight, mask, new, optimizer)
             active = int(new.sum())
-            record["layers"][f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = {
+            record["layers"][f"{wrapper.layer.name}/{_short_name(weight)}"] = {
                 "active": active, "grown": int(grown.sum()),
                 "turnover": float(grown.sum()) / active if active else 0.0}
         self.history.append(record)
