@@ -69,12 +69,7 @@ from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.pruning import (
-    PruneLowMagnitude,
-    _short_name,
-    pruning_wrappers,
-    sparsity_report,
-)
+from keras_minmax_mtl.pruning import _short_name, pruning_wrappers, sparsity_report
 
 __all__ = [
     "HoldMasks",
@@ -403,7 +398,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
 
     # -------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
-        wrappers = _check_wrappers(self.model)
+        _check_wrappers(self.model)
         self._end_value = self._end()
         self._kernels = _kernels(self.model)
         if self.updater.needs_gradients:
@@ -421,7 +416,6 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         self._epoch = 0
         self._pending = None
-        del wrappers
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
