@@ -241,10 +241,6 @@ def budget_for_sparsity(base_model, sparsity, policy=None):
     return int(round((1.0 - float(sparsity)) * prunable_kernel_count(base_model, policy)))
 
 
-def _base(model):
-    return model.base_model if isinstance(model, MultiTaskModel) else model
-
-
 def _require_compiled(model, argument="model"):
     if not isinstance(model, MultiTaskModel):
         raise TypeError(f"Argument `{argument}` must be a `MultiTaskModel` (e.g. MinMaxMultiTask), "
