@@ -69,7 +69,7 @@ from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers, sparsity_report
+from keras_minmax_mtl.pruning import _short_name, pruning_wrappers, sparsity_report
 
 __all__ = [
     "HoldMasks",
@@ -398,7 +398,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
 
     # -------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
-        wrappers = _check_wrappers(self.model)
+        _check_wrappers(self.model)
         self._end_value = self._end()
         self._kernels = _kernels(self.model)
         if self.updater.needs_gradients:
@@ -416,7 +416,6 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         self._epoch = 0
         self._pending = None
-        del wrappers
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -470,7 +469,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             new = self.updater.update(value, old, gradient, n_drop, n_grow, rng)
             grown = set_mask(weight, mask, new, optimizer)
             active = int(new.sum())
-            record["layers"][f"{wrapper.layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = {
+            record["layers"][f"{wrapper.layer.name}/{_short_name(weight)}"] = {
                 "active": active, "grown": int(grown.sum()),
                 "turnover": float(grown.sum()) / active if active else 0.0}
         self.history.append(record)

@@ -694,10 +694,10 @@ class MultiTaskModel(keras.Model):
                         if isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars"))
         if not pruned:
             return
-        # Imported only for models that already hold tfmot wrappers.
-        from tensorflow_model_optimization.sparsity.keras import UpdatePruningStep
+        # Imported only for models that already hold tfmot wrappers (`pruning` imports this module).
+        from keras_minmax_mtl.pruning import has_update_pruning_step
 
-        if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
+        if not has_update_pruning_step(callbacks):
             raise ValueError(
                 f"This model has tfmot pruning wrappers (on layers {pruned}) but `fit` received "
                 f"no `tfmot.sparsity.keras.UpdatePruningStep()` callback, without which tfmot's "

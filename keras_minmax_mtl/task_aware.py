@@ -41,7 +41,6 @@ Example:
 >>> deployable = strip_pruning(grouped)   # a MinMaxMultiTask on the grouped network
 """
 import json
-import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +55,8 @@ from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.pruning import sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
+    _is_int,
+    _is_real,
     allocate_budget,
     check_alpha,
     group_tasks,
@@ -78,10 +79,6 @@ __all__ = [
 ]
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 #: How the wrapped kernels share the budget when training starts: the layer
 #: densities of `keras_minmax_mtl.densities`, or one magnitude ranking of all of them.
 #: On the validation split of multi_digits at 90 % (seed 0, min-max, 10 + 10 epochs) the
@@ -97,8 +94,7 @@ def _check_density(density):
 
 
 def _check_sparsity(sparsity):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) \
-            or not 0.0 <= sparsity < 1.0:
+    if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
 
 
@@ -241,10 +237,6 @@ def budget_for_sparsity(base_model, sparsity, policy=None):
     return int(round((1.0 - float(sparsity)) * prunable_kernel_count(base_model, policy)))
 
 
-def _base(model):
-    return model.base_model if isinstance(model, MultiTaskModel) else model
-
-
 def _require_compiled(model, argument="model"):
     if not isinstance(model, MultiTaskModel):
         raise TypeError(f"Argument `{argument}` must be a `MultiTaskModel` (e.g. MinMaxMultiTask), "
@@ -367,7 +359,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         if end_step is not None and (not _is_int(end_step) or end_step < update_every):
             raise ValueError(f"Argument `end_step` must be an integer >= update_every "
                              f"({update_every}). Received: end_step={end_step!r}")
-        if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or smoothing <= 0:
+        if not _is_real(smoothing) or smoothing <= 0:
             raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
@@ -604,8 +596,7 @@ class TaskAwareRun:
         if num_groups is not None and (not _is_int(num_groups) or num_groups < 1):
             raise ValueError(f"Argument `num_groups` must be an integer >= 1. "
                              f"Received: num_groups={num_groups!r}")
-        if num_groups is None and (isinstance(similarity_threshold, bool)
-                                   or not isinstance(similarity_threshold, numbers.Real)
+        if num_groups is None and (not _is_real(similarity_threshold)
                                    or not -1.0 <= similarity_threshold <= 1.0):
             raise ValueError(f"Argument `similarity_threshold` must be in [-1, 1]. "
                              f"Received: similarity_threshold={similarity_threshold!r}")
