@@ -67,7 +67,7 @@ import tensorflow_model_optimization as tfmot
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, _ancestors, layer_roles
-from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers
+from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
 
 __all__ = [
     "HybridDense",
@@ -982,16 +982,13 @@ def kernel_nonzeros(model):
     True
     """
     base = getattr(model, "base_model", model)
-    masks = {}
-    for wrapper in pruning_wrappers(base):
-        for weight, mask, _ in wrapper.pruning_vars:
-            masks[weight.ref()] = mask.numpy()
+    masked = masked_weights(base)
     outputs = set(base.output_names)
     counts = {"shared": 0, "task": 0, "dense": 0}
 
     def count(weight):
-        value = weight.numpy() * masks.get(weight.ref(), 1)
-        return int(np.count_nonzero(value))
+        value = masked.get(weight.ref())
+        return int(np.count_nonzero(weight.numpy() if value is None else value))
 
     for layer in base.layers:
         inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
