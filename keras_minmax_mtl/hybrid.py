@@ -860,10 +860,11 @@ class HybridPruning(keras.callbacks.Callback):
                     f"(its {len(tensors)} {group} kernels; each shared kernel keeps >= 1). "
                     f"Received: {group}_nonzeros={final}")
         self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        self._prune_at = frozenset(self.prune_steps)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step + 1
-        if step not in self.prune_steps:
+        if step not in self._prune_at:  # built once in on_train_begin, not every batch
             return
         record = {"step": step}
         for group, final in (("shared", self.shared_nonzeros), ("task", self.task_nonzeros)):
