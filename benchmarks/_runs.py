@@ -231,7 +231,11 @@ def achieved_sparsity(compression, model, base):
 def evaluate(model, dataset, metric="accuracy"):
     """Per-task `metric` of `model` on `dataset`, with `worst` and `mean`."""
     logs = model.evaluate(dataset, verbose=0, return_dict=True)
-    per_task = {t: float(logs[f"{t}_{metric}"]) for t in model.task_names}
+    return _task_summary({t: float(logs[f"{t}_{metric}"]) for t in model.task_names})
+
+
+def _task_summary(per_task):
+    """`{"tasks", "worst", "mean"}` of a per-task `{task: value}` dict."""
     return {"tasks": per_task, "worst": min(per_task.values()),
             "mean": float(np.mean(list(per_task.values())))}
 
@@ -283,8 +287,7 @@ def export_run(model, splits, names, directory, metric="accuracy"):
         per_task = {t: float(np.mean(np.argmax(outputs[t], -1) == y_test[t])) for t in y_test}
         files[name] = {"path": str(path), "bytes": report["bytes"],
                        "gzip_bytes": report["gzip_bytes"], "storage": report["storage"],
-                       "test": {"tasks": per_task, "worst": min(per_task.values()),
-                                "mean": float(np.mean(list(per_task.values())))}}
+                       "test": _task_summary(per_task)}
     micro = [name for name in names if EXPORTS[name]["target"] == "micro"]
     first = x_test[:1] if not isinstance(x_test, dict) else {k: v[:1] for k, v in x_test.items()}
     blocks = {name: [] for name in micro}

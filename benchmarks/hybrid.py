@@ -13,6 +13,7 @@ Everything is saved to `--out` (default `benchmarks/results/hybrid.json`).
     python benchmarks/hybrid.py --task-shares 0 0.1 0.25 0.5 --allocations global uniform
 """
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -45,31 +46,25 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    kept = {}
-
-    def train(config):
+    runs = []  # (result, trained model)
+    for share, allocation, prune_epochs in itertools.product(
+            args.task_shares, args.allocations, args.prune_epochs):
+        config = {"dataset": "multi_digits", "weighting": "minmax",
+                  "compression": "hybrid", "seed": args.seed, "epochs": args.epochs,
+                  "sparsity": args.sparsity, "batch_size": 64,
+                  "train_examples": args.train_examples, "learning_rate": 1e-3,
+                  "hybrid": {"task_share": share, "allocation": allocation,
+                             "prune_epochs": prune_epochs}}
         result, model = _runs.train_run(config, return_model=True)
-        kept[json.dumps(config["hybrid"], sort_keys=True)] = model
-        return result
-
-    results = []
-    for share in args.task_shares:
-        for allocation in args.allocations:
-            for prune_epochs in args.prune_epochs:
-                config = {"dataset": "multi_digits", "weighting": "minmax",
-                          "compression": "hybrid", "seed": args.seed, "epochs": args.epochs,
-                          "sparsity": args.sparsity, "batch_size": 64,
-                          "train_examples": args.train_examples, "learning_rate": 1e-3,
-                          "hybrid": {"task_share": share, "allocation": allocation,
-                                     "prune_epochs": prune_epochs}}
-                result = train(config)
-                results.append(result)
-                print(f"task_share={share} allocation={allocation} prune_epochs={prune_epochs} "
-                      f"(validation, seed {args.seed}, minmax, {args.sparsity:.1%}): worst "
-                      f"{result['validation']['worst']:.4f}, mean "
-                      f"{result['validation']['mean']:.4f}, equal-non-zero sparsity "
-                      f"{result['sparsity']:.4f}, {result['train_seconds']:.0f}s", flush=True)
-    best = max(results, key=lambda r: (r["validation"]["worst"], r["validation"]["mean"]))
+        runs.append((result, model))
+        print(f"task_share={share} allocation={allocation} prune_epochs={prune_epochs} "
+              f"(validation, seed {args.seed}, minmax, {args.sparsity:.1%}): worst "
+              f"{result['validation']['worst']:.4f}, mean "
+              f"{result['validation']['mean']:.4f}, equal-non-zero sparsity "
+              f"{result['sparsity']:.4f}, {result['train_seconds']:.0f}s", flush=True)
+    results = [result for result, _ in runs]
+    best, best_model = max(runs, key=lambda run: (run[0]["validation"]["worst"],
+                                                   run[0]["validation"]["mean"]))
     print(f"chosen on validation: {best['config']['hybrid']}; test worst "
           f"{best['test']['worst']:.4f}, mean {best['test']['mean']:.4f}, per task "
           f"{ {t: round(v, 4) for t, v in best['test']['tasks'].items()} }")
@@ -82,10 +77,9 @@ def main(argv=None):
         from keras_minmax_mtl.datasets import load_multi_digits
         from keras_minmax_mtl.export import export_tflite
 
-        model = kept[json.dumps(best["config"]["hybrid"], sort_keys=True)]
         x, _ = load_multi_digits("train", seed=args.seed, num_examples=256)
         with tempfile.TemporaryDirectory() as folder:
-            report = export_tflite(model, pathlib.Path(folder) / "hybrid.tflite",
+            report = export_tflite(best_model, pathlib.Path(folder) / "hybrid.tflite",
                                    target="mobile", representative_data=x)
         summary["export"] = {k: report[k] for k in ("bytes", "gzip_bytes", "storage",
                                                     "quantization")}

@@ -66,9 +66,13 @@ def _compare(args, compressions, fraction, out, exports):
     if args.train_examples is not None:
         argv += ["--train-examples", str(args.train_examples)]
     compare.main(argv)
+    return json.loads((out / "compare.json").read_text())["runs"]
+
+
+def _by_run(runs, compression):
+    """`{(weighting, seed): run}` of the runs of `compression`."""
     return {(r["config"]["weighting"], r["config"]["seed"]): r
-            for r in json.loads((out / "compare.json").read_text())["runs"]
-            if r["config"]["compression"] == compressions[-1]}
+            for r in runs if r["config"]["compression"] == compression}
 
 
 def summarize(dense, sparse_by_fraction):
@@ -132,11 +136,9 @@ def main(argv=None):
         compressions = ["dense", "filter_l1"] if k == 0 else ["filter_l1"]
         out = args.out / f"units-{fraction:g}"
         runs = _compare(args, compressions, fraction, out, ["micro_int8", "micro_int8_unshrunk"])
-        sparse[fraction] = runs
+        sparse[fraction] = _by_run(runs, "filter_l1")
         if k == 0:
-            saved = json.loads((out / "compare.json").read_text())["runs"]
-            dense = {(r["config"]["weighting"], r["config"]["seed"]): r
-                     for r in saved if r["config"]["compression"] == "dense"}
+            dense = _by_run(runs, "dense")
     summary = summarize(dense, sparse)
     table = markdown(summary, dense)
     (args.out / "structured.md").write_text(table)

@@ -67,7 +67,7 @@ import tensorflow_model_optimization as tfmot
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, _ancestors, layer_roles
-from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers
+from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
 
 __all__ = [
     "HybridDense",
@@ -860,10 +860,11 @@ class HybridPruning(keras.callbacks.Callback):
                     f"(its {len(tensors)} {group} kernels; each shared kernel keeps >= 1). "
                     f"Received: {group}_nonzeros={final}")
         self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        self._prune_at = frozenset(self.prune_steps)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step + 1
-        if step not in self.prune_steps:
+        if step not in self._prune_at:  # built once in on_train_begin, not every batch
             return
         record = {"step": step}
         for group, final in (("shared", self.shared_nonzeros), ("task", self.task_nonzeros)):
@@ -982,16 +983,13 @@ def kernel_nonzeros(model):
     True
     """
     base = getattr(model, "base_model", model)
-    masks = {}
-    for wrapper in pruning_wrappers(base):
-        for weight, mask, _ in wrapper.pruning_vars:
-            masks[weight.ref()] = mask.numpy()
+    masked = masked_weights(base)
     outputs = set(base.output_names)
     counts = {"shared": 0, "task": 0, "dense": 0}
 
     def count(weight):
-        value = weight.numpy() * masks.get(weight.ref(), 1)
-        return int(np.count_nonzero(value))
+        value = masked.get(weight.ref())
+        return int(np.count_nonzero(weight.numpy() if value is None else value))
 
     for layer in base.layers:
         inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
