@@ -66,7 +66,7 @@ import tensorflow_model_optimization as tfmot
 
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy, _ancestors, layer_roles
+from keras_minmax_mtl.policy import _ancestors, head_kernel_count, layer_roles, prunable_kernel_count
 from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
 
 __all__ = [
@@ -569,14 +569,7 @@ def equal_nonzero_budget(base_model, sparsity):
 def _standard_sizes(base_model):
     """`(P_pruned, P_out)` of a standard network (see `equal_nonzero_budget`)."""
     require_functional(base_model, "base_model")
-    policy = MultiTaskPruningPolicy()
-    policy.ensure_model_supports_pruning(base_model)
-    pruned = set(policy.prunable_layer_names(base_model))
-    sizes = {layer.name: _kernel_size(layer) for layer in base_model.layers
-             if getattr(layer, "kernel", None) is not None}
-    outputs = {t._keras_history.layer.name for t in base_model.outputs}
-    return (sum(sizes[n] for n in pruned if n in sizes),
-            sum(sizes[n] for n in outputs if n in sizes))
+    return prunable_kernel_count(base_model), head_kernel_count(base_model)
 
 
 def equivalent_sparsity(base_model, nonzeros):

@@ -22,6 +22,7 @@ and records the roles; `allow_pruning(layer)` then answers by the layer's name.
 Only layers tfmot can prune and that hold prunable weights (kernels) are ever
 allowed; layers without weights (pooling, flatten) are left unwrapped.
 """
+import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras.prunable_layer import (
     PrunableLayer,
 )
@@ -34,7 +35,8 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_policy imp
 
 from keras_minmax_mtl._keras import keras, require_tf_keras_model
 
-__all__ = ["MultiTaskPruningPolicy", "ROLES", "layer_roles"]
+__all__ = ["MultiTaskPruningPolicy", "ROLES", "layer_roles", "prunable_kernel_count",
+           "head_kernel_count"]
 
 #: The roles a layer can have in a multi-task graph.
 ROLES = ("trunk", "task_hidden", "task_output")
@@ -223,3 +225,29 @@ class MultiTaskPruningPolicy(PruningPolicy):
         role = self.roles.get(layer.name)
         return (role in self.prune and layer.name not in self.exclude
                 and _has_prunable_weights(layer))
+
+
+def _kernel_count(model, names):
+    return int(sum(np.prod(layer.kernel.shape) for layer in model.layers
+                   if layer.name in names and getattr(layer, "kernel", None) is not None))
+
+
+def prunable_kernel_count(base_model, policy=None):
+    """The number of kernel weights `policy` prunes in `base_model` (trunk + task-hidden by default).
+
+    With `head_kernel_count`, the sizes behind the equal-non-zero budgets of
+    the task-aware and hybrid strategies.
+
+    Args:
+        base_model: a Functional model.
+        policy: a `MultiTaskPruningPolicy`. Defaults to `MultiTaskPruningPolicy()`,
+            which reweighted ℓ1 uses.
+    """
+    policy = MultiTaskPruningPolicy() if policy is None else policy
+    policy.ensure_model_supports_pruning(base_model)
+    return _kernel_count(base_model, set(policy.prunable_layer_names(base_model)))
+
+
+def head_kernel_count(base_model):
+    """The number of kernel weights of `base_model`'s output layers (the task heads, kept dense)."""
+    return _kernel_count(base_model, set(base_model.output_names))

@@ -51,7 +51,7 @@ from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
 from keras_minmax_mtl.mask_updaters import RigLUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
+from keras_minmax_mtl.policy import head_kernel_count, layer_roles, prunable_kernel_count
 from keras_minmax_mtl.pruning import sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
@@ -68,9 +68,7 @@ from keras_minmax_mtl.task_similarity import (
 __all__ = [
     "branch_name",
     "grouped_network",
-    "prunable_kernel_count",
     "budget_for_sparsity",
-    "head_kernel_count",
     "measure_tasks",
     "DENSITIES",
     "TaskAwareAllocation",
@@ -203,28 +201,6 @@ def grouped_network(base_model, groups, name=None):
     for layer, weights in values:
         layer.set_weights(weights)
     return model
-
-
-def prunable_kernel_count(base_model, policy=None):
-    """The number of kernel weights `policy` prunes in `base_model` (trunk + task-hidden by default).
-
-    Args:
-        base_model: a Functional model.
-        policy: a `MultiTaskPruningPolicy`. Defaults to `MultiTaskPruningPolicy()`,
-            which reweighted ℓ1 and DST use.
-    """
-    policy = MultiTaskPruningPolicy() if policy is None else policy
-    policy.ensure_model_supports_pruning(base_model)
-    names = set(policy.prunable_layer_names(base_model))
-    return int(sum(np.prod(layer.kernel.shape) for layer in base_model.layers
-                   if layer.name in names and getattr(layer, "kernel", None) is not None))
-
-
-def head_kernel_count(base_model):
-    """The number of kernel weights of `base_model`'s output layers (the task heads, kept dense)."""
-    outputs = {name for name in base_model.output_names}
-    return int(sum(np.prod(layer.kernel.shape) for layer in base_model.layers
-                   if layer.name in outputs and getattr(layer, "kernel", None) is not None))
 
 
 def budget_for_sparsity(base_model, sparsity, policy=None):

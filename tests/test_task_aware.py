@@ -19,15 +19,14 @@ from keras_minmax_mtl.pruning import (
     sparsity_report,
     strip_pruning,
 )
+from keras_minmax_mtl.policy import head_kernel_count, prunable_kernel_count
 from keras_minmax_mtl.task_aware import (
     TaskAwareAllocation,
     TaskAwareRun,
     branch_name,
     budget_for_sparsity,
-    head_kernel_count,
     grouped_network,
     measure_tasks,
-    prunable_kernel_count,
     task_aware_optimize,
 )
 from keras_minmax_mtl.task_similarity import (
