@@ -47,10 +47,11 @@ Example:
 True
 """
 import functools
-import numbers
 
 import numpy as np
 import tensorflow as tf
+
+from keras_minmax_mtl._checks import check_positive_int, is_int
 
 __all__ = [
     "CANVAS_ROWS",
@@ -133,12 +134,8 @@ def _check_split(split):
     return split
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_seed(seed):
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(
             f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
         )
@@ -153,15 +150,6 @@ def _resolve_shuffle(shuffle, split):
         raise ValueError(
             f"Argument `shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
     return bool(shuffle)
-
-
-def _check_positive_int(value, name, hint=""):
-    if not _is_int(value) or value <= 0:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
-            + hint
-        )
-    return int(value)
 
 
 # --------------------------------------------------------------------------- #
@@ -296,7 +284,7 @@ def load_multi_digits(split="train", seed=0, num_examples=None):
     seed = _check_seed(seed)
     if num_examples is None:
         num_examples = DEFAULT_NUM_EXAMPLES[split]
-    num_examples = _check_positive_int(num_examples, "num_examples")
+    num_examples = check_positive_int(num_examples, "num_examples")
 
     images, targets = _source_digits()
     pool = _pools()[split]
@@ -364,7 +352,7 @@ def multi_digits(split="train", seed=0, num_examples=None, batch_size=32, shuffl
     """
     split = _check_split(split)
     seed = _check_seed(seed)
-    batch_size = _check_positive_int(
+    batch_size = check_positive_int(
         batch_size, "batch_size",
         hint=" (`multi_digits` always returns a batched `tf.data.Dataset`; "
         "use `load_multi_digits` for NumPy arrays)",
@@ -608,7 +596,7 @@ def cifar100_mtl(data_dir, split="train", batch_size=32, shuffle=None, seed=0, t
     >>> sorted(y)[:2], tuple(x["people_image"].shape)
     (['aquatic_mammals', 'fish'], (16, 32, 32, 3))
     """
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     seed = _check_seed(seed)
     if not isinstance(split, str) or not split:
         raise ValueError(f"Argument `split` must be a TFDS split string such as 'train', "
@@ -761,7 +749,7 @@ def nyuv2(data_dir, split="train", batch_size=8, shuffle=None, seed=0):
     """
     import pathlib
 
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     seed = _check_seed(seed)
     if not isinstance(split, str) or not split or "/" in split:
         raise ValueError(f"Argument `split` must be a split folder name such as 'train' or "

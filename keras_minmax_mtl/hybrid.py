@@ -58,12 +58,12 @@ Example:
 >>> model.compile(...); model.fit(train, epochs=20, callbacks=callbacks)
 >>> deployable = strip_pruning(model)
 """
-import numbers
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from keras_minmax_mtl._checks import is_int, is_real
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
 from keras_minmax_mtl.policy import _ancestors, head_kernel_count, layer_roles, prunable_kernel_count
@@ -91,14 +91,6 @@ ALLOCATIONS = ("uniform", "global")
 _CONVERTIBLE = (keras.layers.Dense, keras.layers.Conv2D)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 class _HybridLayer(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """What `HybridDense` and `HybridConv2D` share: the weights, the per-task sums, the config.
 
@@ -110,7 +102,7 @@ class _HybridLayer(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
                  kernel_initializer="glorot_uniform", task_kernel_initializer="zeros",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(num_tasks) or num_tasks < 1:
+        if not is_int(num_tasks) or num_tasks < 1:
             raise ValueError(f"Argument `num_tasks` must be an integer >= 1. "
                              f"Received: num_tasks={num_tasks!r}")
         self.num_tasks = int(num_tasks)
@@ -224,7 +216,7 @@ class HybridDense(_HybridLayer):
     def __init__(self, units, num_tasks, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", task_kernel_initializer="zeros",
                  bias_initializer="zeros", **kwargs):
-        if not _is_int(units) or units < 1:
+        if not is_int(units) or units < 1:
             raise ValueError(f"Argument `units` must be an integer >= 1. Received: units={units!r}")
         self.units = int(units)
         super().__init__(num_tasks, activation=activation, use_bias=use_bias,
@@ -284,7 +276,7 @@ class HybridConv2D(_HybridLayer):
                  dilation_rate=1, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", task_kernel_initializer="zeros",
                  bias_initializer="zeros", **kwargs):
-        if not _is_int(filters) or filters < 1:
+        if not is_int(filters) or filters < 1:
             raise ValueError(f"Argument `filters` must be an integer >= 1. "
                              f"Received: filters={filters!r}")
         self.filters = int(filters)
@@ -302,9 +294,9 @@ class HybridConv2D(_HybridLayer):
 
     @staticmethod
     def _pair(value, name):
-        pair = (value, value) if _is_int(value) else tuple(value) \
+        pair = (value, value) if is_int(value) else tuple(value) \
             if isinstance(value, (list, tuple)) else None
-        if pair is None or len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
+        if pair is None or len(pair) != 2 or not all(is_int(v) and v >= 1 for v in pair):
             raise ValueError(f"Argument `{name}` must be a positive integer or a pair of them. "
                              f"Received: {name}={value!r}")
         return tuple(int(v) for v in pair)
@@ -560,7 +552,7 @@ def equal_nonzero_budget(base_model, sparsity):
     >>> equal_nonzero_budget(multi_digits_network(), 0.9)
     12168
     """
-    if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+    if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
     p_pruned, p_out = _standard_sizes(base_model)
     return int(round((1.0 - float(sparsity)) * p_pruned)) + p_out
@@ -648,10 +640,10 @@ def split_budget(hybrid_model, total_nonzeros, task_share):
     >>> split_budget(hybrid, 12168, task_share=0.25)["task_budget"]
     2730
     """
-    if not _is_real(task_share) or not 0.0 <= task_share < 1.0:
+    if not is_real(task_share) or not 0.0 <= task_share < 1.0:
         raise ValueError(f"Argument `task_share` must be in [0, 1) (1 would leave W_shared with "
                          f"no non-zeros). Received: task_share={task_share!r}")
-    if not _is_int(total_nonzeros):
+    if not is_int(total_nonzeros):
         raise ValueError(f"Argument `total_nonzeros` must be an integer. "
                          f"Received: total_nonzeros={total_nonzeros!r}")
     shared, task, dense = _groups(hybrid_model)
@@ -678,7 +670,7 @@ def split_budget(hybrid_model, total_nonzeros, task_share):
 
 def _shared_count(shared_sparsity, shared):
     size = sum(s for _, s in shared)
-    if not _is_real(shared_sparsity) or not 0.0 <= shared_sparsity < 1.0:
+    if not is_real(shared_sparsity) or not 0.0 <= shared_sparsity < 1.0:
         raise ValueError(f"Argument `shared_sparsity` must be in [0, 1). "
                          f"Received: shared_sparsity={shared_sparsity!r}")
     count = int(round((1.0 - float(shared_sparsity)) * size))
@@ -692,9 +684,9 @@ def _shared_count(shared_sparsity, shared):
 
 def _task_count(task_budget, task, trunk_size):
     task_size = sum(s for _, s in task)
-    if _is_int(task_budget):
+    if is_int(task_budget):
         count = int(task_budget)
-    elif _is_real(task_budget):
+    elif is_real(task_budget):
         count = int(round(float(task_budget) * trunk_size))
     else:
         count = -1
@@ -784,16 +776,16 @@ class HybridPruning(keras.callbacks.Callback):
         super().__init__()
         for name, value in (("shared_nonzeros", shared_nonzeros),
                             ("task_nonzeros", task_nonzeros)):
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"Argument `{name}` must be an integer >= 0. "
                                  f"Received: {name}={value!r}")
-        if not _is_int(prune_step) or prune_step < 1:
+        if not is_int(prune_step) or prune_step < 1:
             raise ValueError(f"Argument `prune_step` must be an integer >= 1 (tfmot's first "
                              f"training step is 1). Received: prune_step={prune_step!r}")
-        if end_step is not None and (not _is_int(end_step) or end_step <= prune_step):
+        if end_step is not None and (not is_int(end_step) or end_step <= prune_step):
             raise ValueError(f"Argument `end_step` must be None or an integer > prune_step="
                              f"{prune_step}. Received: end_step={end_step!r}")
-        if not _is_int(frequency) or frequency < 1:
+        if not is_int(frequency) or frequency < 1:
             raise ValueError(f"Argument `frequency` must be an integer >= 1. "
                              f"Received: frequency={frequency!r}")
         if allocation not in ALLOCATIONS:

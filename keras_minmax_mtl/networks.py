@@ -12,11 +12,11 @@ Example:
 >>> model.output_names
 ['left', 'right', 'sum']
 """
-import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from keras_minmax_mtl._checks import check_positive_int, is_int
 from keras_minmax_mtl._keras import keras
 from keras_minmax_mtl.datasets import (
     CANVAS_COLS,
@@ -30,18 +30,6 @@ from keras_minmax_mtl.datasets import (
 )
 
 __all__ = ["multi_digits_network", "cifar100_mtl_network", "nyuv2_network"]
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(value, name):
-    if not _is_int(value) or value <= 0:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _check_tasks(tasks):
@@ -58,7 +46,7 @@ def _check_tasks(tasks):
                 f"used as output layer names). Received the key {task!r} in "
                 f"tasks={tasks!r}"
             )
-        if not _is_int(n_classes) or n_classes < 2:
+        if not is_int(n_classes) or n_classes < 2:
             raise ValueError(
                 "Argument `tasks` must map every task to an integer number of "
                 f"classes >= 2. Received: tasks[{task!r}]={n_classes!r}"
@@ -72,7 +60,7 @@ def _check_filters(trunk_filters):
         not isinstance(trunk_filters, Sequence)
         or isinstance(trunk_filters, str)
         or not trunk_filters
-        or not all(_is_int(f) and f > 0 for f in trunk_filters)
+        or not all(is_int(f) and f > 0 for f in trunk_filters)
     ):
         raise ValueError(
             "Argument `trunk_filters` must be a non-empty sequence of positive "
@@ -145,9 +133,9 @@ def multi_digits_network(
     """
     tasks = _check_tasks(tasks)
     trunk_filters = _check_filters(trunk_filters)
-    trunk_units = _check_positive_int(trunk_units, "trunk_units")
-    head_units = _check_positive_int(head_units, "head_units")
-    if not _is_int(seed) or seed < 0:
+    trunk_units = check_positive_int(trunk_units, "trunk_units")
+    head_units = check_positive_int(head_units, "head_units")
+    if not is_int(seed) or seed < 0:
         raise ValueError(
             f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
         )
@@ -205,7 +193,7 @@ def multi_digits_network(
 
 
 def _seeded_initializers(seed, count):
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(
             f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
         )
@@ -248,8 +236,8 @@ def cifar100_mtl_network(tasks=CIFAR100_TASKS, trunk_filters=(32, 64), trunk_uni
                          f"Received: tasks={tasks!r}")
     tasks = tuple(tasks)
     trunk_filters = _check_filters(trunk_filters)
-    trunk_units = _check_positive_int(trunk_units, "trunk_units")
-    head_units = _check_positive_int(head_units, "head_units")
+    trunk_units = check_positive_int(trunk_units, "trunk_units")
+    head_units = check_positive_int(head_units, "head_units")
     init = _seeded_initializers(seed, len(trunk_filters) + 1 + 2 * len(tasks))
     trunk = []
     for i, filters in enumerate(trunk_filters):
@@ -304,7 +292,7 @@ def nyuv2_network(input_shape=(288, 384, 3), filters=(16, 32), seed=0, name="nyu
     filters = _check_filters(filters)
     factor = 2 ** len(filters)
     if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
-            or input_shape[2] != 3 or any(not _is_int(d) or d <= 0 or d % factor
+            or input_shape[2] != 3 or any(not is_int(d) or d <= 0 or d % factor
                                           for d in input_shape[:2])):
         raise ValueError(f"Argument `input_shape` must be (H, W, 3) with H and W positive "
                          f"multiples of {factor}. Received: input_shape={input_shape!r}")

@@ -59,6 +59,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
     PruningSchedule,
 )
 
+from keras_minmax_mtl._checks import is_int
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
@@ -88,10 +89,6 @@ ALLOCATIONS = ("uniform", "global")
 _PENALTY_ATTRIBUTE = "_kmm_reweighted_l1_penalty"
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_sparsity(target_sparsity):
     if (not isinstance(target_sparsity, numbers.Real) or isinstance(target_sparsity, bool)
             or not 0.0 <= target_sparsity < 1.0):
@@ -115,12 +112,12 @@ def _check_rho(rho):
 
 
 def _check_steps(begin_step, prune_step):
-    if not _is_int(begin_step) or begin_step < 1:
+    if not is_int(begin_step) or begin_step < 1:
         raise ValueError(
             f"Argument `begin_step` must be an integer >= 1 (tfmot's first training step is "
             f"step 1). Received: begin_step={begin_step!r}"
         )
-    if not _is_int(prune_step) or prune_step < begin_step:
+    if not is_int(prune_step) or prune_step < begin_step:
         raise ValueError(
             f"Argument `prune_step` must be an integer >= begin_step={begin_step} (the prune "
             f"cannot come before the reweighted stage begins). Received: prune_step={prune_step!r}"
@@ -408,7 +405,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
         refresh_steps = tuple(refresh_steps or ())
         for step in refresh_steps:
-            if not _is_int(step) or not begin_step <= step < prune_step:
+            if not is_int(step) or not begin_step <= step < prune_step:
                 raise ValueError(
                     f"Argument `refresh_steps` must hold integers in [begin_step, prune_step) = "
                     f"[{begin_step}, {prune_step}): w_ref is only used before the prune. "
@@ -647,9 +644,9 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     target_sparsity = _check_sparsity(target_sparsity)
     sparsity_type = _check_filter_allocation(sparsity_type, allocation)
     for name, value in (("dense_steps", dense_steps), ("reweighted_steps", reweighted_steps)):
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"Argument `{name}` must be an integer >= 0. Received: {name}={value!r}")
-    if not _is_int(refreshes) or refreshes < 0:
+    if not is_int(refreshes) or refreshes < 0:
         raise ValueError(f"Argument `refreshes` must be an integer >= 0. Received: refreshes={refreshes!r}")
     rho = _check_rho(rho)
     epsilon = _check_epsilon(epsilon)

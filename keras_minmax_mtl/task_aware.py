@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from keras_minmax_mtl._checks import is_int, is_real
 from keras_minmax_mtl._keras import keras, require_functional
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
@@ -55,8 +56,6 @@ from keras_minmax_mtl.policy import head_kernel_count, layer_roles, prunable_ker
 from keras_minmax_mtl.pruning import sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
-    _is_int,
-    _is_real,
     allocate_budget,
     check_alpha,
     group_tasks,
@@ -92,7 +91,7 @@ def _check_density(density):
 
 
 def _check_sparsity(sparsity):
-    if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+    if not is_real(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
 
 
@@ -324,20 +323,20 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         if isinstance(groups, str) or not groups or any(isinstance(g, str) or not g for g in groups):
             raise ValueError(f"Argument `groups` must be a non-empty list of non-empty lists of "
                              f"task names. Received: groups={groups!r}")
-        if not _is_int(budget) or budget < 1:
+        if not is_int(budget) or budget < 1:
             raise ValueError(f"Argument `budget` must be an integer >= 1. Received: budget={budget!r}")
         if not isinstance(measure_data, (tuple, list)) or len(measure_data) != 2:
             raise ValueError(f"Argument `measure_data` must be a pair (x, y). Received: "
                              f"{type(measure_data).__name__}")
-        if not _is_int(update_every) or update_every <= 0:
+        if not is_int(update_every) or update_every <= 0:
             raise ValueError(f"Argument `update_every` must be an integer > 0. "
                              f"Received: update_every={update_every!r}")
-        if end_step is not None and (not _is_int(end_step) or end_step < update_every):
+        if end_step is not None and (not is_int(end_step) or end_step < update_every):
             raise ValueError(f"Argument `end_step` must be an integer >= update_every "
                              f"({update_every}). Received: end_step={end_step!r}")
-        if not _is_real(smoothing) or smoothing <= 0:
+        if not is_real(smoothing) or smoothing <= 0:
             raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
         _check_density(density)
         self.density = density
@@ -567,16 +566,16 @@ class TaskAwareRun:
                              f"sparsity={sparsity!r}, budget={budget!r}")
         if sparsity is not None:
             _check_sparsity(sparsity)
-        if budget is not None and (not _is_int(budget) or budget < 1):
+        if budget is not None and (not is_int(budget) or budget < 1):
             raise ValueError(f"Argument `budget` must be an integer >= 1. Received: budget={budget!r}")
-        if num_groups is not None and (not _is_int(num_groups) or num_groups < 1):
+        if num_groups is not None and (not is_int(num_groups) or num_groups < 1):
             raise ValueError(f"Argument `num_groups` must be an integer >= 1. "
                              f"Received: num_groups={num_groups!r}")
-        if num_groups is None and (not _is_real(similarity_threshold)
+        if num_groups is None and (not is_real(similarity_threshold)
                                    or not -1.0 <= similarity_threshold <= 1.0):
             raise ValueError(f"Argument `similarity_threshold` must be in [-1, 1]. "
                              f"Received: similarity_threshold={similarity_threshold!r}")
-        if not _is_int(measure_samples) or measure_samples < 2:
+        if not is_int(measure_samples) or measure_samples < 2:
             raise ValueError(f"Argument `measure_samples` must be an integer >= 2. "
                              f"Received: measure_samples={measure_samples!r}")
         self.sparsity, self.budget = sparsity, budget
@@ -605,7 +604,7 @@ class TaskAwareRun:
             **fit_kwargs: passed to the warm-up `fit` (`verbose`, `callbacks`...).
         """
         _require_compiled(model)
-        if not _is_int(warmup_epochs) or warmup_epochs < 0:
+        if not is_int(warmup_epochs) or warmup_epochs < 0:
             raise ValueError(f"Argument `warmup_epochs` must be an integer >= 0. "
                              f"Received: warmup_epochs={warmup_epochs!r}")
         base = model.base_model

@@ -37,6 +37,8 @@ import numbers
 
 import numpy as np
 
+from keras_minmax_mtl._checks import is_int, is_real
+
 __all__ = [
     "pearson_matrix",
     "check_alpha",
@@ -45,14 +47,6 @@ __all__ = [
     "group_tasks",
     "allocate_budget",
 ]
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _matrix(values, argument):
@@ -105,7 +99,7 @@ def pearson_matrix(vectors):
 
 def check_alpha(alpha):
     """Returns `alpha` as a float if it is in `[0, 1]`; raises `ValueError` otherwise."""
-    if not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
+    if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"Argument `alpha` must be in [0, 1]. Received: alpha={alpha!r}")
     return float(alpha)
 
@@ -204,10 +198,10 @@ def group_tasks(similarity, num_groups=None, threshold=None):
     if (num_groups is None) == (threshold is None):
         raise ValueError(f"Exactly one of `num_groups` and `threshold` must be given. Received: "
                          f"num_groups={num_groups!r}, threshold={threshold!r}")
-    if num_groups is not None and (not _is_int(num_groups) or not 1 <= num_groups <= k):
+    if num_groups is not None and (not is_int(num_groups) or not 1 <= num_groups <= k):
         raise ValueError(f"Argument `num_groups` must be an integer in [1, {k}] (the number of "
                          f"tasks). Received: num_groups={num_groups!r}")
-    if threshold is not None and (not _is_real(threshold) or not -1.0 <= threshold <= 1.0):
+    if threshold is not None and (not is_real(threshold) or not -1.0 <= threshold <= 1.0):
         raise ValueError(f"Argument `threshold` must be in [-1, 1]. Received: threshold={threshold!r}")
     matrix = 0.5 * (matrix + matrix.T)
     groups = [(i,) for i in range(k)]
@@ -287,17 +281,17 @@ def allocate_budget(difficulty, sizes, budget, smoothing=0.5, minimum=1):
         raise ValueError(f"Argument `difficulty` must be a non-empty 1-D array of values in [0, 1]. "
                          f"Received: difficulty={np.asarray(difficulty).tolist()!r}")
     sizes_list = list(sizes) if not isinstance(sizes, np.ndarray) else sizes.tolist()
-    if len(sizes_list) != scores.size or not all(_is_int(n) and n > 0 for n in sizes_list):
+    if len(sizes_list) != scores.size or not all(is_int(n) and n > 0 for n in sizes_list):
         raise ValueError(f"Argument `sizes` must hold one positive integer per group "
                          f"({scores.size}). Received: sizes={sizes_list!r}")
-    if not _is_real(smoothing) or not smoothing > 0:
+    if not is_real(smoothing) or not smoothing > 0:
         raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
-    if not _is_int(minimum) or minimum < 0 or minimum > min(sizes_list):
+    if not is_int(minimum) or minimum < 0 or minimum > min(sizes_list):
         raise ValueError(f"Argument `minimum` must be an integer in [0, {min(sizes_list)}] (the "
                          f"smallest group). Received: minimum={minimum!r}")
     n = np.asarray(sizes_list, dtype=np.float64)
     lowest, highest = minimum * scores.size, int(sum(sizes_list))
-    if not _is_int(budget) or not lowest <= budget <= highest:
+    if not is_int(budget) or not lowest <= budget <= highest:
         raise ValueError(f"Argument `budget` must be an integer in [{lowest}, {highest}]: at least "
                          f"{minimum} weight(s) per group and at most every weight. "
                          f"Received: budget={budget!r}")

@@ -1,0 +1,21 @@
+"""Argument checks shared by the package's modules (private; imports nothing of ours)."""
+import numbers
+
+
+def is_int(value):
+    """True for an integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+    """True for a real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(value, name, hint=""):
+    """Returns `int(value)` if it is an integer > 0; raises `ValueError` naming `name` otherwise."""
+    if not is_int(value) or value <= 0:
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}" + hint
+        )
+    return int(value)
