@@ -94,10 +94,9 @@ class HybridRun:
     def __init__(self, args, base_model, train_dataset):
         from keras_minmax_mtl.hybrid import hybrid_at_sparsity
 
-        steps = int(train_dataset.cardinality())
-        if steps <= 0:
-            raise ValueError(f"`--pruning` needs a training dataset of known, finite length. "
-                             f"Received cardinality {steps}.")
+        from keras_minmax_mtl.reweighted_cli import steps_per_epoch
+
+        steps = steps_per_epoch(train_dataset)
         dense = args.epochs // 2 if args.hybrid_dense_epochs is None else args.hybrid_dense_epochs
         self.steps_per_epoch = steps
         prune_step, end_step, frequency = prune_steps(dense, args.hybrid_prune_epochs,

@@ -16,7 +16,8 @@ every pruned layer, and the run prints the removed units per layer.
 """
 import json
 
-__all__ = ["add_arguments", "check_arguments", "ReweightedL1Run", "save_stripped"]
+__all__ = ["add_arguments", "check_arguments", "ReweightedL1Run", "save_stripped",
+           "steps_per_epoch"]
 
 #: ρ and the allocation chosen on the validation split of multi_digits at 90 % sparsity
 #: (seed 0, min-max; `benchmarks/reweighted_l1.py --select-rho ...`): with uniform
@@ -101,12 +102,7 @@ class ReweightedL1Run:
     def __init__(self, args, base_model, train_dataset):
         from keras_minmax_mtl.reweighted import prune_reweighted_l1
 
-        steps = int(train_dataset.cardinality())
-        if steps <= 0:
-            raise ValueError(
-                f"`--pruning` needs a training dataset of known, finite length. Received "
-                f"cardinality {steps}."
-            )
+        steps = steps_per_epoch(train_dataset)
         self.steps_per_epoch = steps
         try:
             self.model, self.callbacks = prune_reweighted_l1(
@@ -136,6 +132,18 @@ class ReweightedL1Run:
         """
         units = _print_units if self.args.sparsity_type == "filter" else None
         return {**save_stripped(model, out, units), "steps_per_epoch": self.steps_per_epoch}
+
+
+def steps_per_epoch(train_dataset):
+    """The batches of `train_dataset` per epoch; a `ValueError` if unknown or infinite.
+
+    Shared by the `--pruning` methods whose schedules count steps.
+    """
+    steps = int(train_dataset.cardinality())
+    if steps <= 0:
+        raise ValueError(f"`--pruning` needs a training dataset of known, finite length. "
+                         f"Received cardinality {steps}.")
+    return steps
 
 
 def save_stripped(model, out, extra_report=None):
