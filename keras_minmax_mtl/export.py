@@ -30,7 +30,6 @@ Example:
 """
 import gzip
 import json
-import numbers
 import os
 import pathlib
 import shutil
@@ -41,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl import pruning, runtimes, surgery
+from keras_minmax_mtl._checks import is_real
 from keras_minmax_mtl.logits import (OUTPUT_FORMS, _unwrapped, floorable_outputs, logit_floors,
                                      softmax_outputs, without_softmax)
 from keras_minmax_mtl._keras import keras, require_functional, require_tf_keras_model
@@ -388,8 +388,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     if outputs not in OUTPUT_FORMS:
         raise ValueError(f"Argument `outputs` must be one of {list(OUTPUT_FORMS)} or None. "
                          f"Received: outputs={outputs!r}")
-    if isinstance(floor_margin, bool) or not isinstance(floor_margin, numbers.Real) \
-            or not floor_margin >= 0:
+    if not is_real(floor_margin) or not floor_margin >= 0:
         raise ValueError(f"Argument `floor_margin` must be a number >= 0. "
                          f"Received: floor_margin={floor_margin!r}")
     if not isinstance(num_samples, int) or num_samples <= 0:
