@@ -1,4 +1,5 @@
 """Argument checks shared by the package's modules (private; imports nothing of ours)."""
+import math
 import numbers
 
 
@@ -10,6 +11,11 @@ def is_int(value):
 def is_real(value):
     """True for a real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_real(value):
+    """True for a finite real number (not a bool, not NaN, not ±inf)."""
+    return is_real(value) and math.isfinite(value)
 
 
 def check_positive_int(value, name, hint=""):
