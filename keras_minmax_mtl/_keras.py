@@ -6,8 +6,14 @@ ships as the separate `tf_keras` package. Every model of this package is a
 error that says how to rebuild them.
 """
 import tf_keras as keras
+# Keras' own loss machinery, which `compile` uses and the package reuses so that a task's
+# loss is exactly the one `tf_keras` computes for the same `compile(loss=...)` spec.
+from tf_keras.src.engine.compile_utils import match_dtype_and_rank
+from tf_keras.src.losses import LossFunctionWrapper
+from tf_keras.src.utils import losses_utils
 
-__all__ = ["keras", "PACKAGE", "register", "require_tf_keras_model", "require_functional"]
+__all__ = ["keras", "PACKAGE", "register", "require_tf_keras_model", "require_functional",
+           "loss_object", "losses_utils", "match_dtype_and_rank"]
 
 #: Name under which every serializable class of the package is registered.
 PACKAGE = "keras_minmax_mtl"
@@ -16,6 +22,27 @@ PACKAGE = "keras_minmax_mtl"
 def register(cls):
     """Registers `cls` for Keras serialization under the package name."""
     return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+def loss_object(spec):
+    """The `keras.losses.Loss` that `compile(loss=spec)` makes of one output's loss `spec`.
+
+    Strings and functions are wrapped in Keras' `LossFunctionWrapper`, whose
+    `call` aligns the labels with the predictions (`(N,)` labels for an
+    `(N, 1)` output are reshaped, not broadcast to `(N, N)`); `Loss` objects
+    are used as they are. This is what `tf_keras`'s loss container does.
+
+    Raises:
+        ValueError: if `spec` names no loss or is not callable.
+    """
+    loss = keras.losses.get(spec)
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if not callable(loss):
+        raise ValueError(f"A loss must be a string, a function or a `keras.losses.Loss`. "
+                         f"Received: {spec!r}")
+    name = getattr(loss, "__name__", None) or type(loss).__name__
+    return LossFunctionWrapper(loss, name=name)
 
 
 def _is_keras3(obj):

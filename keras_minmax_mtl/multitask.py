@@ -14,16 +14,22 @@ with the min-max strategy and its hyper-parameters as constructor arguments.
 """
 import inspect
 import re
+import weakref
 
+import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl._keras import keras, register, require_functional
+from keras_minmax_mtl._checks import is_finite_real
+from keras_minmax_mtl._keras import (keras, loss_object, losses_utils, match_dtype_and_rank,
+                                     register, require_functional)
 from keras_minmax_mtl.minmax import MinMaxWeighting
 from keras_minmax_mtl.weighting import EqualWeighting, TaskWeighting, TrainingClock
 
 __all__ = ["MultiTaskModel", "MinMaxMultiTask", "NonFiniteLossError", "GradientRequest"]
 
 _NON_FINITE = "Non-finite loss"
+_NON_FINITE_TARGET = "Non-finite target"
+_STOPPED = "Training stopped before this step updated the network or the task weights."
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,6 +42,17 @@ _LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "cros
 
 
 def _task_names(base_model):
+    """The task names of `base_model`, in the order of `base_model.outputs`.
+
+    Dict outputs (``keras.Model(inputs, {"age": ..., "gender": ...})``) are named
+    by their keys, in the order Keras flattens them (sorted keys, the order of
+    `base_model.outputs`); list, tuple and single outputs by their output
+    layers, a layer inside a wrapper (tfmot's `PruneLowMagnitude`) by the layer
+    it wraps.
+    """
+    structure = getattr(base_model, "_nested_outputs", None)
+    if isinstance(structure, dict):
+        return [str(key) for key in tf.nest.flatten({key: key for key in structure})]
     names = []
     for name in base_model.output_names:
         layer = base_model.get_layer(name)
@@ -43,6 +60,22 @@ def _task_names(base_model):
             layer = layer.layer
         names.append(layer.name)
     return names
+
+
+def _check_output_structure(base_model):
+    """Refuses nested output structures (a dict of lists, a list of dicts)."""
+    structure = getattr(base_model, "_nested_outputs", None)
+    if structure is None:
+        return
+    values = structure.values() if isinstance(structure, dict) else (
+        structure if isinstance(structure, (list, tuple)) else [structure])
+    nested = [v for v in values if tf.nest.is_nested(v)]
+    if nested:
+        raise ValueError(
+            "Argument `base_model` must have one output tensor per task: a dict "
+            "{task: tensor}, a list or tuple of tensors, or one tensor. Received nested "
+            f"outputs: {tf.nest.map_structure(lambda t: getattr(t, 'name', t), structure)}"
+        )
 
 
 def _as_list(metrics):
@@ -55,6 +88,75 @@ def _as_list(metrics):
 
 def _lower_is_better(metric_name):
     return any(token in metric_name for token in _LOWER_IS_BETTER)
+
+
+_NONE = keras.losses.Reduction.NONE
+_SUM = keras.losses.Reduction.SUM
+
+
+def _task_loss(task, spec):
+    """The `keras.losses.Loss` of `task`, made as `compile` makes it (see `_keras.loss_object`)."""
+    try:
+        loss = loss_object(spec)
+    except ValueError as error:
+        raise ValueError(f"Argument `loss` for task {task!r}: {error}") from None
+    if loss.reduction == _NONE:
+        raise ValueError(
+            f"Argument `loss` for task {task!r} must reduce to one value per batch (reduction "
+            f"'auto', 'sum_over_batch_size' or 'sum'): the task weights weigh one loss per task. "
+            f"Received: {type(loss).__name__} with reduction='none'"
+        )
+    return loss
+
+
+def _check_metric_spec(task, spec, argument="metrics"):
+    """Raises at `compile` (not in `fit`) for a metric spec that names no metric."""
+    if isinstance(spec, str) and spec.lower() in _SHAPE_RESOLVED:
+        return
+    try:
+        metric = keras.metrics.get(spec)
+    except ValueError as error:
+        raise ValueError(f"Argument `{argument}` for task {task!r}: {error}") from None
+    if not callable(metric):
+        raise ValueError(
+            f"Argument `{argument}` for task {task!r} must hold metric names, functions or "
+            f"`keras.metrics.Metric` objects. Received an unknown metric: {spec!r}"
+        )
+
+
+#: The metric names that `compile` resolves from the shapes of the labels and outputs:
+#: {name: (binary, sparse categorical, categorical)}.
+_SHAPE_RESOLVED = {
+    "accuracy": (keras.metrics.binary_accuracy, keras.metrics.sparse_categorical_accuracy,
+                 keras.metrics.categorical_accuracy),
+    "crossentropy": (keras.metrics.binary_crossentropy,
+                     keras.metrics.sparse_categorical_crossentropy,
+                     keras.metrics.categorical_crossentropy),
+}
+_SHAPE_RESOLVED["acc"] = _SHAPE_RESOLVED["accuracy"]
+_SHAPE_RESOLVED["ce"] = _SHAPE_RESOLVED["crossentropy"]
+
+
+class _ShapeResolvedMetric(keras.metrics.MeanMetricWrapper):
+    """`"accuracy"` or `"crossentropy"`, resolved by the rule of `keras.Model.compile`.
+
+    Keras picks the binary variant when the output has one unit, the sparse
+    categorical one when the labels have a lower rank than the outputs (or a
+    last dimension of 1 beside several units), the categorical one otherwise,
+    from the shapes of the first batch; so does this metric, at trace time.
+    """
+
+    def __init__(self, kind, name):
+        self._choices = _SHAPE_RESOLVED[kind]
+        super().__init__(self._choices[2], name=name)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true_shape = tf.TensorShape(getattr(y_true, "shape", None)).as_list()
+        pred_shape = tf.TensorShape(getattr(y_pred, "shape", None)).as_list()
+        binary = pred_shape[-1] == 1
+        sparse = len(true_shape) < len(pred_shape) or (true_shape[-1] == 1 and pred_shape[-1] > 1)
+        self._fn = self._choices[0] if binary else self._choices[1] if sparse else self._choices[2]
+        return super().update_state(y_true, y_pred, sample_weight)
 
 
 class _Latest(keras.metrics.Metric):
@@ -142,7 +244,12 @@ class _Hooks:
 
 
 class _EpochClock(keras.callbacks.Callback):
-    """Tells the model where each epoch begins (for per-epoch weighting rules)."""
+    """Tells the model where each epoch begins (for per-epoch weighting rules).
+
+    Under `jit_compile=True` it also stops `fit` on a non-finite task loss:
+    XLA compiles no string or assertion ops, so the train step cannot check
+    its losses before updating; the check runs on the step's logs instead.
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -150,6 +257,20 @@ class _EpochClock(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._owner.start_epoch()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._owner._checks_after_step() or not logs:
+            return
+        owner = self._owner
+        losses = {t: float(logs[f"{t}_loss"]) for t in owner.task_names if f"{t}_loss" in logs}
+        bad = [t for t, v in losses.items() if not np.isfinite(v)]
+        if bad:
+            step = int(owner.train_step_counter.numpy()) - 1
+            raise NonFiniteLossError(
+                f"{_NON_FINITE} for task(s) [{', '.join(bad)}] at training step {step} (0-based, "
+                f"the last of its execution); epoch-mean task losses {losses}. Under "
+                f"`jit_compile=True` the loss is checked after the step, so this step has updated "
+                f"the network and the task weights. {owner._state_after_stop()}")
 
 
 @register
@@ -206,6 +327,7 @@ class MultiTaskModel(keras.Model):
                 f"EqualWeighting(), UncertaintyWeighting(), DynamicWeightAverage()). "
                 f"Received: weighting={weighting!r}"
             )
+        _check_output_structure(base_model)
         names = _task_names(base_model)
         if len(set(names)) != len(names):
             raise ValueError(
@@ -216,16 +338,26 @@ class MultiTaskModel(keras.Model):
         self.num_tasks = len(names)
         if scale == "num_tasks":
             scale_value = float(self.num_tasks)
-        elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+        elif is_finite_real(scale) and scale > 0:
             scale_value = float(scale)
         else:
             raise ValueError(
-                f"Argument `scale` must be a number > 0 or 'num_tasks'. Received: scale={scale!r}"
+                f"Argument `scale` must be a finite number > 0 or 'num_tasks'. "
+                f"Received: scale={scale!r}"
             )
         self.scale = scale
         self._scale_value = scale_value
         self.normalize_losses = bool(normalize_losses)
+        owner = getattr(weighting, "_kmm_owner", None)
+        if owner is not None and owner() is not None:
+            raise ValueError(
+                f"Argument `weighting` ({type(weighting).__name__} {weighting.name!r}) already "
+                f"belongs to the model {owner().name!r}; two models sharing it would share their "
+                f"task weights. Pass a new instance, e.g. "
+                f"`{type(weighting).__name__}.from_config(weighting.get_config())`."
+            )
         self.weighting = weighting
+        weighting._kmm_owner = weakref.ref(self)
         if not weighting.built:
             weighting.build((self.num_tasks,))
         elif weighting.num_tasks != self.num_tasks:
@@ -321,7 +453,10 @@ class MultiTaskModel(keras.Model):
         self.make_train_function(force=True)
 
     def call(self, inputs, training=None):
+        """`{task: output}`: the base model's outputs keyed by task name, never by position."""
         outputs = self.base_model(inputs, training=training)
+        if isinstance(outputs, dict):
+            return {task: outputs[task] for task in self.task_names}
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         return dict(zip(self.task_names, outputs))
@@ -336,9 +471,13 @@ class MultiTaskModel(keras.Model):
             loss: a dict `{task: loss}` with exactly the task names as keys, a
                 list in task order, or one loss used for every task.
             metrics: a dict `{task: [metrics]}`, or a list used for every task.
-                `"accuracy"` resolves to the accuracy that fits the task's loss.
+                `"accuracy"` and `"crossentropy"` resolve as in Keras, from the
+                shapes of the labels and outputs. As in Keras, these metrics
+                ignore the sample weights.
             loss_weights: refused: the task weights are learned.
-            weighted_metrics: not supported yet; refused.
+            weighted_metrics: like `metrics`, weighted by the sample weights
+                (as in Keras; a name that is also in `metrics` is logged as
+                `{task}_weighted_{name}`).
             **kwargs: passed to `keras.Model.compile` (`run_eagerly`,
                 `steps_per_execution`, `jit_compile`).
         """
@@ -348,25 +487,28 @@ class MultiTaskModel(keras.Model):
                 f"weights are set by its weighting strategy ({type(self.weighting).__name__}). "
                 f"Received: loss_weights={loss_weights!r}"
             )
-        if weighted_metrics is not None:
-            raise ValueError(
-                f"Argument `weighted_metrics` is not supported by {type(self).__name__}; metrics "
-                f"use the sample weights given to `fit`. Received: weighted_metrics={weighted_metrics!r}"
-            )
         if loss is None:
             raise ValueError(
                 f"Argument `loss` is required: a dict {{task: loss}} with the task names "
                 f"{self.task_names} as keys. Received: loss=None"
             )
         # Everything is validated before anything of the model changes.
-        task_losses = {t: keras.losses.get(l) for t, l in self._per_task("loss", loss).items()}
+        task_losses = {t: _task_loss(t, l) for t, l in self._per_task("loss", loss).items()}
         metric_specs = self._per_task("metrics", metrics or {})
+        weighted_specs = self._per_task("weighted_metrics", weighted_metrics or {})
+        for argument, per_task in (("metrics", metric_specs), ("weighted_metrics", weighted_specs)):
+            for task, specs in per_task.items():
+                for spec in _as_list(specs):
+                    _check_metric_spec(task, spec, argument)
         super().compile(optimizer=optimizer, **kwargs)
         with self.distribute_strategy.scope():
-            task_metrics = {
-                t: [self._resolve_metric(t, m, task_losses[t]) for m in _as_list(ms)]
-                for t, ms in metric_specs.items()
-            }
+            task_metrics = {}
+            for t in self.task_names:
+                plain = [self._resolve_metric(t, m) for m in _as_list(metric_specs.get(t))]
+                taken = {m._base_name for m in plain}
+                weighted = [self._resolve_metric(t, m, weighted=True, taken=taken)
+                            for m in _as_list(weighted_specs.get(t))]
+                task_metrics[t] = plain + weighted
             trackers = {"loss": keras.metrics.Mean(name="loss")}
             for t in self.task_names:
                 trackers[f"{t}_loss"] = keras.metrics.Mean(name=f"{t}_loss")
@@ -378,7 +520,8 @@ class MultiTaskModel(keras.Model):
             names = ["worst_loss", *(f"worst_{m}" for m in self._metric_tasks()),
                      *(f"{t}_weight" for t in self.task_names)]
             self._compiled.latest = {name: _Latest(name) for name in names}
-        self._task_compile_config = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._task_compile_config = dict(optimizer=optimizer, loss=loss, metrics=metrics,
+                                         weighted_metrics=weighted_metrics, **kwargs)
 
     def get_compile_config(self):
         if self._is_compiled and self._compiled is not None:
@@ -395,7 +538,7 @@ class MultiTaskModel(keras.Model):
         """Maps a per-task argument (dict, list in task order, or shared) to a dict."""
         if isinstance(value, dict):
             if set(value) != set(self.task_names):
-                if argument == "metrics" and set(value) <= set(self.task_names):
+                if argument != "loss" and set(value) <= set(self.task_names):
                     return {t: value.get(t) for t in self.task_names}
                 raise ValueError(
                     f"Argument `{argument}` must have exactly the task names as keys. "
@@ -412,30 +555,32 @@ class MultiTaskModel(keras.Model):
             return dict(zip(self.task_names, value))
         return {t: value for t in self.task_names}
 
-    def _resolve_metric(self, task, spec, loss):
-        if isinstance(spec, str) and spec in ("accuracy", "acc"):
-            index = self.task_names.index(task)
-            units = self.base_model.outputs[index].shape[-1]
-            loss_name = getattr(loss, "__name__", None) or getattr(loss, "name", "")
-            if units == 1:
-                metric = keras.metrics.BinaryAccuracy()
-            elif "sparse" in str(loss_name):
-                metric = keras.metrics.SparseCategoricalAccuracy()
-            else:
-                metric = keras.metrics.CategoricalAccuracy()
-            base_name = "accuracy"
+    def _resolve_metric(self, task, spec, weighted=False, taken=()):
+        """The metric object of `spec` for `task`, named `{task}_{name}`, as `compile` makes it.
+
+        `"accuracy"`, `"acc"`, `"crossentropy"` and `"ce"` are resolved by
+        Keras' rule from the shapes of the labels and outputs (binary,
+        sparse categorical or categorical); a `Metric` instance is copied, so
+        that tasks never share a metric's state.
+        """
+        if isinstance(spec, str) and spec.lower() in _SHAPE_RESOLVED:
+            metric = _ShapeResolvedMetric(spec.lower(), name=spec)
+            base_name = spec
         else:
             metric = keras.metrics.get(spec)
             if isinstance(metric, keras.metrics.Metric):
                 base_name = metric.name
                 metric = type(metric).from_config(metric.get_config())
             else:
-                base_name = getattr(metric, "__name__", str(spec))
+                base_name = getattr(metric, "name", None) or getattr(metric, "__name__", str(spec))
                 metric = keras.metrics.MeanMetricWrapper(metric)
             if isinstance(spec, str):
                 base_name = spec
+        if weighted and base_name in taken:
+            base_name = f"weighted_{base_name}"
         metric._name = f"{task}_{base_name}"
         metric._base_name = base_name
+        metric._kmm_weighted = weighted
         return metric
 
     def _metric_tasks(self):
@@ -477,12 +622,15 @@ class MultiTaskModel(keras.Model):
         if value is None:
             return {t: None for t in self.task_names}
         if isinstance(value, dict):
-            if set(value) != set(self.task_names):
+            # Sample weights may be given for some tasks only, as in Keras; targets for all.
+            wanted = set(value) <= set(self.task_names) if argument == "sample weights" \
+                else set(value) == set(self.task_names)
+            if not wanted:
                 raise ValueError(
                     f"The {argument} must be a dict keyed by the task names. Received keys: "
                     f"{sorted(value)}; task names: {self.task_names}."
                 )
-            return value
+            return {t: value.get(t) for t in self.task_names}
         if isinstance(value, (list, tuple)):
             if len(value) != self.num_tasks:
                 raise ValueError(
@@ -500,9 +648,10 @@ class MultiTaskModel(keras.Model):
     def per_sample_losses(self, y, y_pred):
         """`{task: loss of each sample}`, shape `(N,)` each: the compiled losses, unreduced.
 
-        Losses with more than one value per sample (per pixel, per
-        timestep) are averaged over all axes but the first. Sample weights
-        are not applied.
+        Each loss is Keras' own `Loss.call` on the task's labels and outputs
+        (labels aligned with the outputs as `compile` aligns them). Losses with
+        more than one value per sample (per pixel, per timestep) are averaged
+        over all axes but the first. Sample weights are not applied.
 
         Args:
             y: the targets, a dict keyed by the task names (or a list in task order).
@@ -513,44 +662,82 @@ class MultiTaskModel(keras.Model):
         y = self._as_task_dict(y, "targets")
         losses = {}
         for task in self.task_names:
-            loss_fn = self._compiled.losses[task]
-            if isinstance(loss_fn, keras.losses.Loss):
-                per_sample = loss_fn.call(y[task], y_pred[task])
-            else:
-                per_sample = loss_fn(y[task], y_pred[task])
-            per_sample = tf.cast(per_sample, tf.float32)
+            y_true, y_task, _ = match_dtype_and_rank(tf.convert_to_tensor(y[task]), y_pred[task], None)
+            per_sample = tf.cast(self._loss_elements(task, y_true, y_task), tf.float32)
             if per_sample.shape.rank and per_sample.shape.rank > 1:
                 per_sample = tf.reduce_mean(per_sample, axis=list(range(1, per_sample.shape.rank)))
             losses[task] = per_sample
         return losses
 
+    def _loss_elements(self, task, y_true, y_pred):
+        """The element losses of `task`: its `Loss.call`, run as `Loss.__call__` runs it."""
+        loss = self._compiled.losses[task]
+        call = loss.call
+        if not tf.executing_eagerly():
+            call = tf.__internal__.autograph.tf_convert(
+                call, tf.__internal__.autograph.control_status_ctx())
+        return call(y_true, y_pred)
+
+    def _task_loss_sum(self, task, y_true, y_pred, sample_weight):
+        """`(sum, elements)` of `task`'s weighted element losses on this replica's batch.
+
+        The steps are Keras' own, in its order: the loss container's
+        `match_dtype_and_rank` and output mask, then `Loss.__call__`'s masks,
+        sample weights and reduction (`losses_utils`), so that
+        `sum / elements` is exactly the loss a plain `tf_keras` model compiled
+        with the same spec reports for the batch (`elements` is 0, meaning
+        "do not divide", for a loss reduced by `"sum"`). Beyond Keras, a sample
+        weight of shape `(N,)` also weighs per-pixel losses `(N, H, W)`, each
+        sample's pixels alike (Keras refuses that shape).
+        """
+        loss = self._compiled.losses[task]
+        y_true = tf.convert_to_tensor(y_true)
+        if sample_weight is not None:
+            sample_weight = tf.convert_to_tensor(sample_weight)
+        y_true, y_pred, sample_weight = match_dtype_and_rank(y_true, y_pred, sample_weight)
+        sample_weight = losses_utils.apply_mask(y_pred, sample_weight, losses_utils.get_mask(y_pred))
+        values = self._loss_elements(task, y_true, y_pred)
+        masks = [m for m in (losses_utils.get_mask(y_pred), losses_utils.get_mask(values))
+                 if m is not None]
+        mask = None if not masks else masks[0] if len(masks) == 1 else masks[0] & masks[1]
+        if sample_weight is not None:
+            rank, weight_rank = values.shape.rank, sample_weight.shape.rank
+            if rank is not None and weight_rank == 1 and rank >= 3:
+                sample_weight = tf.reshape(sample_weight, [-1] + [1] * (rank - 1))
+        sample_weight = losses_utils.apply_valid_mask(values, sample_weight, mask, loss.reduction)
+        weighted = losses_utils.compute_weighted_loss(values, sample_weight, reduction=_NONE)
+        weighted = tf.cast(weighted, tf.float32)
+        elements = 0.0 if loss.reduction == _SUM else tf.cast(tf.size(weighted), tf.float32)
+        return tf.reduce_sum(weighted), elements
+
     def _compute_task_losses(self, y, y_pred, sample_weight):
-        """Per-task losses: this replica's share of the global-batch mean, and the global mean.
+        """Per-task losses: this replica's share of the global-batch loss, and the global loss.
 
         Returns `(local, global_, count)`: `local`, shape `(K,)`, is what this
-        replica differentiates (its sum over replicas is the global mean);
-        `global_`, shape `(K,)`, the global-batch means, identical on every
-        replica; `count` the number of samples on this replica. The global
-        batch size is summed over replicas, which can hold different numbers
-        of samples (a partial last batch is split unevenly); one all-reduce
-        carries it together with the loss sums.
+        replica differentiates (its sum over replicas is the global loss);
+        `global_`, shape `(K,)`, the global-batch losses (Keras' loss of the
+        whole global batch, as if on one replica), identical on every replica;
+        `count` the number of samples on this replica. The replicas can hold
+        different numbers of samples (a partial last batch is split unevenly):
+        the loss sums and their element counts are summed over replicas, in
+        one all-reduce.
         """
         if self._compiled is None:
             raise RuntimeError("You must call `compile()` before training or evaluating the model.")
-        totals = []
-        per_task = self.per_sample_losses(y, y_pred)
+        sums, elements = [], []
         for task in self.task_names:
-            per_sample = per_task[task]
-            weight = sample_weight[task]
-            if weight is not None:
-                per_sample = per_sample * tf.cast(tf.reshape(weight, [-1]), per_sample.dtype)
-            totals.append(tf.reduce_sum(per_sample))
+            total, count_ = self._task_loss_sum(task, y[task], y_pred[task], sample_weight[task])
+            sums.append(total)
+            elements.append(count_)
         count = tf.cast(tf.shape(y_pred[self.task_names[0]])[0], tf.float32)
-        local_sums = tf.stack([*totals, count])
+        local_sums = tf.stack([*sums, *elements, count])
         context = tf.distribute.get_replica_context()
         global_sums = context.all_reduce(tf.distribute.ReduceOp.SUM, local_sums) if context else local_sums
-        global_count = tf.maximum(global_sums[-1], 1.0)
-        return local_sums[:-1] / global_count, global_sums[:-1] / global_count, count
+        k = self.num_tasks
+        summed = tf.constant([self._compiled.losses[t].reduction == _SUM for t in self.task_names])
+        denominators = tf.where(summed, 1.0, global_sums[k:2 * k])
+        return (tf.math.divide_no_nan(local_sums[:k], denominators),
+                tf.math.divide_no_nan(global_sums[:k], denominators), count)
 
     def _normalize(self, local, global_, training):
         if not self.normalize_losses:
@@ -574,14 +761,42 @@ class MultiTaskModel(keras.Model):
             _NON_FINITE, " for task(s) [", bad, "] at training step ", tf.strings.as_string(step),
             " (0-based); task losses [",
             tf.strings.reduce_join(tf.strings.as_string(global_losses), separator=", "),
-            f"] for tasks [{', '.join(self.task_names)}]. Training stopped before updating the "
-            "network or the task weights, which keep their last valid values.",
+            f"] for tasks [{', '.join(self.task_names)}]. {_STOPPED}",
         ])
         return tf.debugging.Assert(tf.reduce_all(finite), [message])
 
+    def _targets(self, y, step=None):
+        """`y` as a dict keyed by task; integer labels of sparse losses checked to be finite.
+
+        A NaN label of a sparse cross-entropy would be cast to an integer (the
+        smallest int64) and fail deep in the loss without naming the task.
+        """
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} needs targets: the data must yield `(inputs, targets)` "
+                f"or `(inputs, targets, sample_weights)` with targets keyed by the task names "
+                f"{self.task_names}. Received data with inputs only."
+            )
+        y = self._as_task_dict(y, "targets")
+        checked = {}
+        for task, target in y.items():
+            fn = getattr(self._compiled.losses.get(task), "fn", None) if self._compiled else None
+            name = getattr(fn, "__name__", "") or type(self._compiled.losses.get(task)).__name__
+            target = tf.convert_to_tensor(target)
+            if "sparse" in name.lower() and target.dtype.is_floating and not self._checks_after_step():
+                where = "" if step is None else tf.strings.as_string(step)
+                message = tf.strings.join([
+                    f"{_NON_FINITE_TARGET} for task [{task}]: its sparse labels hold NaN or "
+                    f"infinite values (training step ", where, ", 0-based)."])
+                check = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(target)), [message])
+                with tf.control_dependencies([check]):
+                    target = tf.identity(target)
+            checked[task] = target
+        return checked
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y = self._as_task_dict(y, "targets")
+        y = self._targets(y, self.train_step_counter.read_value())
         sample_weight = self._as_task_dict(sample_weight, "sample weights")
         # A new epoch begins: advance the epoch counter (not on the very first epoch).
         started = self._epoch_start.read_value()
@@ -593,7 +808,7 @@ class MultiTaskModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             local, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
-            check = self._finite_check(global_, clock.step)
+            check = tf.no_op() if self._checks_after_step() else self._finite_check(global_, clock.step)
             local, global_ = self._normalize(local, global_, training=True)
             objective = self._scale_value * self.weighting.descent_loss(local, replica_fraction)
             regularization = tf.add_n(self.losses) if self.losses else None
@@ -617,7 +832,7 @@ class MultiTaskModel(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y = self._as_task_dict(y, "targets")
+        y = self._targets(y)
         sample_weight = self._as_task_dict(sample_weight, "sample weights")
         y_pred = self(x, training=False)
         _, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
@@ -651,8 +866,18 @@ class MultiTaskModel(keras.Model):
             trackers["regularization_loss"].update_state(regularization, sample_weight=count)
         for i, task in enumerate(self.task_names):
             trackers[f"{task}_loss"].update_state(raw[i], sample_weight=count)
-            for metric in self._compiled.metrics.get(task, []):
-                metric.update_state(y[task], y_pred[task], sample_weight[task])
+            metrics = self._compiled.metrics.get(task, [])
+            if not metrics:
+                continue
+            # As Keras' metrics container: ranks aligned, output masks applied; the plain
+            # metrics ignore the sample weights, the weighted ones use them.
+            y_true, y_task, weight = match_dtype_and_rank(
+                tf.convert_to_tensor(y[task]), y_pred[task],
+                None if sample_weight[task] is None else tf.convert_to_tensor(sample_weight[task]))
+            mask = losses_utils.get_mask(y_task)
+            weight = losses_utils.apply_mask(y_task, weight, mask)
+            for metric in metrics:
+                metric.update_state(y_true, y_task, sample_weight=weight if metric._kmm_weighted else mask)
         logs = {m.name: m.result() for m in self.metrics if not isinstance(m, _Latest)}
         latest = {"worst_loss": tf.reduce_max(tf.stack([logs[f"{t}_loss"] for t in self.task_names]))}
         for base_name, tasks in self._metric_tasks().items():
@@ -683,10 +908,31 @@ class MultiTaskModel(keras.Model):
         try:
             return super().fit(*bound.args[1:], **bound.kwargs)
         except tf.errors.InvalidArgumentError as error:
-            found = re.search(rf"({_NON_FINITE} for task.*?last valid values\.)", error.message)
+            target = re.search(rf"({_NON_FINITE_TARGET} for task.*?0-based\)\.)", error.message)
+            if target is not None:
+                raise ValueError(target.group(1)) from error
+            found = re.search(rf"({_NON_FINITE} for task.*?{re.escape(_STOPPED)})", error.message)
             if found is None:
                 raise
-            raise NonFiniteLossError(found.group(1)) from error
+            raise NonFiniteLossError(f"{found.group(1)} {self._state_after_stop()}") from error
+
+    def _checks_after_step(self):
+        """Whether the non-finite checks run after the step (XLA compiles no assertions)."""
+        return bool(getattr(self, "_jit_compile", False))
+
+    def _state_after_stop(self):
+        """What the variables hold after a stop on a non-finite loss, checked, in words."""
+        variables = [*self.base_model.weights, *self.weighting.weights]
+        bad = [v.name for v in variables
+               if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        if not bad:
+            return ("Checked: the network's weights and the task weights are all finite; they "
+                    "hold the values of the last completed step.")
+        return (f"Checked: {len(bad)} variable(s) were already non-finite before this step "
+                f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}): an earlier update "
+                f"made them so (too large a learning rate, `scale` or step size?). The last "
+                f"finite state is not in memory: restore it from a checkpoint "
+                f"(`keras.callbacks.BackupAndRestore` or `ModelCheckpoint`).")
 
     def _check_pruning_callbacks(self, callbacks):
         """Refuses to fit a model with tfmot pruning wrappers without `UpdatePruningStep`."""

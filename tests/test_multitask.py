@@ -224,7 +224,9 @@ class TestBadInput:
         ({"update_every": 0}, r"`update_every` must be an integer >= 1. Received: update_every=0"),
         ({"update_on": "batch"}, r"`update_on` must be one of \['step', 'epoch'\]"),
         ({"ascent": "mirror"}, r"`ascent` must be one of \['exponentiated', 'projected'\]"),
-        ({"scale": 0}, r"`scale` must be a number > 0 or 'num_tasks'. Received: scale=0"),
+        ({"scale": 0}, r"`scale` must be a finite number > 0 or 'num_tasks'. Received: scale=0"),
+        ({"scale": float("inf")}, r"`scale` must be a finite number > 0 .* Received: scale=inf"),
+        ({"scale": float("nan")}, r"`scale` must be a finite number > 0 .* Received: scale=nan"),
     ])
     def test_bad_hyper_parameters(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
