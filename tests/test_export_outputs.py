@@ -1,0 +1,100 @@
+"""Export of every output form (dict, list, tuple, single, MultiTaskModel), non-finite values, file modes."""
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import keras_minmax_mtl as kmm
+from keras_minmax_mtl import runtimes
+from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.export import ExportVerificationError, export_tflite, output_tasks
+from keras_minmax_mtl.targets import MobileTarget
+
+X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+
+
+def heads():
+    """A trunk and two heads of different widths (a positional mix-up changes the shapes)."""
+    inputs = keras.Input((6,), name="features")
+    h = keras.layers.Dense(8, activation="relu", name="trunk",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed=1))(inputs)
+    head_a = keras.layers.Dense(3, activation="softmax", name="head_a",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=2))(h)
+    head_b = keras.layers.Dense(2, name="head_b",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=3))(h)
+    return inputs, head_a, head_b
+
+
+def build(form):
+    inputs, head_a, head_b = heads()
+    if form == "dict":  # keys unlike the layer names, inserted out of order
+        return keras.Model(inputs, {"b": head_b, "a": head_a}), {"a": head_a, "b": head_b}
+    if form == "list":
+        return keras.Model(inputs, [head_b, head_a]), {"head_b": 0, "head_a": 1}
+    if form == "tuple":
+        return keras.Model(inputs, (head_b, head_a)), {"head_b": 0, "head_a": 1}
+    return keras.Model(inputs, head_a), {"head_a": None}
+
+
+def keras_by_task(model, form, tasks):
+    out = model.predict(X, verbose=0)
+    if form == "dict":
+        return {t: out[t] for t in tasks}
+    if form == "single":
+        return {"head_a": out}
+    return {t: out[i] for t, i in tasks.items()}
+
+
+def run_file(path, target):
+    return runtimes.run_micro(path, X)[0] if target == "micro" else runtimes.run_litert(path, X)
+
+
+def check_by_name(got, want, quantization):
+    assert sorted(got) == sorted(want)
+    for task, values in want.items():
+        assert got[task].shape == values.shape, task
+        if quantization == "float":
+            np.testing.assert_allclose(got[task], values, atol=1e-5)
+        else:  # int8 logits: the float model's decisions
+            assert np.mean(got[task].argmax(-1) == values.argmax(-1)) >= 15 / 16, task
+
+
+# dict outputs (issue 12) on every target; each other form on TFLite Micro (the runtime that
+# needs the signature to name outputs) and on one LiteRT target.
+CASES = [("dict", "mobile", "float"), ("dict", "mobile", "int8"), ("dict", "micro", "int8"),
+         ("dict", "edgetpu", "int8"), ("list", "mobile", "float"), ("list", "micro", "int8"),
+         ("tuple", "edgetpu", "int8"), ("tuple", "micro", "int8"), ("single", "mobile", "int8"),
+         ("single", "micro", "int8")]
+
+
+@pytest.mark.parametrize("form, target, quantization", CASES)
+def test_every_output_form_exports_mapped_by_name(form, target, quantization, tmp_path):
+    model, tasks = build(form)
+    want = keras_by_task(model, form, tasks)
+    assert sorted(output_tasks(model).values()) == sorted(want)
+    path = tmp_path / "m.tflite"
+    report = export_tflite(model, path, target=target, quantization=quantization,
+                           representative_data=X)
+    assert sorted(report["outputs"]) == sorted(want)
+    check_by_name(run_file(path, target), want, quantization)
+
+
+@pytest.mark.parametrize("form, target, quantization", [("dict", "micro", "int8"),
+                                                        ("dict", "mobile", "float"),
+                                                        ("list", "edgetpu", "int8")])
+def test_a_multitask_wrapper_exports_its_base_by_task_name(form, target, quantization, tmp_path):
+    base, tasks = build(form)
+    want = keras_by_task(base, form, tasks)
+    path = tmp_path / "m.tflite"
+    report = export_tflite(kmm.MultiTaskModel(base), path, target=target,
+                           quantization=quantization, representative_data=X)
+    assert sorted(report["outputs"]) == sorted(want)
+    check_by_name(run_file(path, target), want, quantization)
+
+
+def test_nested_outputs_are_refused_by_name():
+    inputs, head_a, head_b = heads()
+    model = keras.Model(inputs, {"a": [head_a, head_b]})
+    with pytest.raises(ValueError, match="one tensor per task.*Received nested outputs"):
+        output_tasks(model)
