@@ -479,9 +479,8 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         if quantization == "int8" and floorable_outputs(base):
             # Floor the int8 logits just below the smallest top logit of the samples, so
             # that the int8 range covers the logits that can win (see `logits.without_softmax`).
-            reference = _keras_outputs(logits_model, {n: n for n in logits_model.output_names},
-                                       samples)
-            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)},
+            reference = _keras_outputs(logits_model, tasks, samples)
+            floors = logit_floors({n: reference[tasks[n]] for n in floorable_outputs(base)},
                                   margin=floor_margin)
             logits_model, forms = without_softmax(base, floors)
         base = logits_model

@@ -98,3 +98,77 @@ def test_nested_outputs_are_refused_by_name():
     model = keras.Model(inputs, {"a": [head_a, head_b]})
     with pytest.raises(ValueError, match="one tensor per task.*Received nested outputs"):
         output_tasks(model)
+
+
+def nan_model():
+    model, _ = build("dict")
+    kernel = model.get_layer("trunk").kernel
+    values = kernel.numpy()
+    values[0, 0] = np.nan
+    kernel.assign(values)
+    return model
+
+
+@pytest.mark.parametrize("target, quantization", [("mobile", "int8"), ("mobile", "float"),
+                                                  ("micro", "int8")])
+def test_a_nan_model_fails_verification_and_an_earlier_export_stays(target, quantization,
+                                                                     tmp_path):
+    good, _ = build("dict")
+    path = tmp_path / "m.tflite"
+    export_tflite(good, path, target="mobile", representative_data=X)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ExportVerificationError,
+                       match=r"The Keras model computes non-finite outputs \(NaN or ±inf\).*"
+                             r"'a': 48 of 48 values, first in sample 0.*'b': 32 of 32 values.*"
+                             r"weights \['trunk/kernel:0'\] hold NaN.*Nothing was written"):
+        export_tflite(nan_model(), path, target=target, quantization=quantization,
+                      representative_data=X)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_non_finite_representative_data_is_refused_naming_the_input(tmp_path):
+    model, _ = build("dict")
+    x = X.copy()
+    x[3, 2] = np.inf
+    x[5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`representative_data` must hold finite values.*"
+                                         r"input 'features': 2 of 96 values, first in sample 3"):
+        export_tflite(model, tmp_path / "m.tflite", quantization="int8", representative_data=x)
+    assert list(tmp_path.iterdir()) == []
+
+
+class NaNFileTarget(MobileTarget):
+    """LiteRT results with one NaN in task "b": what a file that computes NaN returns."""
+
+    def run(self, path, x, layer_names):
+        outputs, info = super().run(path, x, layer_names)
+        outputs["b"] = outputs["b"].copy()
+        outputs["b"][7, 1] = np.nan
+        return outputs, info
+
+
+@pytest.mark.parametrize("quantization", ["int8", "float"])
+def test_non_finite_tflite_outputs_fail_verification_naming_the_task(quantization, tmp_path):
+    model, _ = build("dict")
+    with pytest.raises(ExportVerificationError,
+                       match=r"The TFLite file computes non-finite outputs .* in "
+                             r"(ai_edge_litert|tflite_runtime|tf.lite) where the Keras model's "
+                             r"are finite, for task 'b': 1 of 32 values, first in sample 7"):
+        export_tflite(model, tmp_path / "m.tflite", target=NaNFileTarget(),
+                      quantization=quantization, representative_data=X)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exported_files_respect_the_umask_also_when_overwritten(tmp_path):
+    model, _ = build("single")
+    old = os.umask(0o027)
+    try:
+        export_tflite(model, tmp_path / "m.tflite", sparse_storage=False, representative_data=X)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert modes == {"m.tflite": 0o640, "m.json": 0o640}
+        os.umask(0o022)
+        export_tflite(model, tmp_path / "m.tflite", sparse_storage=False, representative_data=X)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert modes == {"m.tflite": 0o644, "m.json": 0o644}
+    finally:
+        os.umask(old)
