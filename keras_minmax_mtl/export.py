@@ -621,6 +621,10 @@ def inspect_tflite(model, layer_names=()):
         layer_names: Keras layer names, to name the layer of each op.
             Defaults to `()`.
 
+    Raises:
+        keras_minmax_mtl.runtimes.TFLiteFileError: the file is missing, damaged,
+            truncated or not a TFLite model (the message names it).
+
     Returns:
         `{"bytes", "gzip_bytes", "sparse_tensors", "ops" (counts by op),
         "op_list" ([{"op", "layer"}]), "inputs", "outputs" (keyed by signature
@@ -630,8 +634,8 @@ def inspect_tflite(model, layer_names=()):
     """
     from keras_minmax_mtl.edgetpu_rules import op_layers
 
-    content = model if isinstance(model, (bytes, bytearray)) else pathlib.Path(model).read_bytes()
-    details = runtimes.model_details(content)
+    content = runtimes.read_tflite(model)
+    details = runtimes.model_details(model)
     layers = op_layers(details, layer_names) if layer_names else [None] * len(details["ops"])
     counts = {}
     for op in details["ops"]:

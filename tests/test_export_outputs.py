@@ -172,3 +172,25 @@ def test_exported_files_respect_the_umask_also_when_overwritten(tmp_path):
         assert modes == {"m.tflite": 0o644, "m.json": 0o644}
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: b"", r"m.tflite' is empty \(0 bytes\): not a TFLite model"),
+    (lambda data: np.random.default_rng(0).bytes(500),
+     r"m.tflite' is not a TFLite model: it lacks the 'TFL3' identifier at bytes 4-8 \(500 bytes"),
+    (lambda data: data[:len(data) // 2],
+     r"m.tflite' is not a valid TFLite model \(damaged or truncated, \d+ bytes\)"),
+])
+def test_damaged_tflite_files_are_refused_naming_the_file(damage, message, tmp_path):
+    from keras_minmax_mtl.export import inspect_tflite
+
+    model, _ = build("single")
+    path = tmp_path / "m.tflite"
+    export_tflite(model, path, sparse_storage=False, representative_data=X)
+    path.write_bytes(damage(path.read_bytes()))
+    for read in (runtimes.load_interpreter, inspect_tflite, runtimes.micro_interpreter,
+                 lambda p: runtimes.run_litert(p, X)):
+        with pytest.raises(runtimes.TFLiteFileError, match=message):
+            read(path)
+    with pytest.raises(runtimes.TFLiteFileError, match=r"missing.tflite' does not exist"):
+        runtimes.load_interpreter(tmp_path / "missing.tflite")
