@@ -621,16 +621,16 @@ def inspect_tflite(model, layer_names=()):
         layer_names: Keras layer names, to name the layer of each op.
             Defaults to `()`.
 
-    Raises:
-        keras_minmax_mtl.runtimes.TFLiteFileError: the file is missing, damaged,
-            truncated or not a TFLite model (the message names it).
-
     Returns:
         `{"bytes", "gzip_bytes", "sparse_tensors", "ops" (counts by op),
         "op_list" ([{"op", "layer"}]), "inputs", "outputs" (keyed by signature
         name: the task names for files written by `export_tflite`),
         "tflite_kernel_sparsity" (zeros of the dense constant kernels, per
         op and overall)}`.
+
+    Raises:
+        keras_minmax_mtl.runtimes.TFLiteFileError: the file is missing, damaged,
+            truncated or not a TFLite model (the message names it).
     """
     from keras_minmax_mtl.edgetpu_rules import op_layers
 
