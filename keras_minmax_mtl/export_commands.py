@@ -112,14 +112,23 @@ def export_after_training(model, out, target, dataset, seed, samples=256, quanti
                           outputs=None, structured="auto"):
     """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
 
-    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`).
+    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`). A
+    failed verification (`ExportVerificationError`, `MicroOpError`) prints one
+    line ``kmm: error: ...`` and exits with status 1, a refused argument
+    (`ValueError`) with status 2; nothing is written either way.
     """
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export import ExportVerificationError, export_tflite
+    from keras_minmax_mtl.runtimes import MicroOpError
 
     path = pathlib.Path(out) / f"model_{target}.tflite"
-    report = export_tflite(model, path, target=target, quantization=quantization,
-                           representative_data=_training_inputs(dataset, seed, samples),
-                           outputs=outputs, structured=structured)
+    try:
+        report = export_tflite(model, path, target=target, quantization=quantization,
+                               representative_data=_training_inputs(dataset, seed, samples),
+                               outputs=outputs, structured=structured)
+    except (ExportVerificationError, MicroOpError) as error:
+        fail(f"the export failed its verification, nothing was written: {error}", status=1)
+    except ValueError as error:
+        fail(error)
     print(_summary(path, report))
     return report
 
@@ -186,7 +195,7 @@ def run_command(args):
     Errors print one line ``kmm: error: ...`` and raise `SystemExit` (2 for bad
     arguments and files, 1 for a failed verification); nothing is written.
     """
-    from keras_minmax_mtl.runtimes import MicroOpError, TFLiteFileError
+    from keras_minmax_mtl.runtimes import TFLiteFileError
 
     if args.command == "inspect":
         from keras_minmax_mtl.export import inspect_tflite
@@ -197,7 +206,6 @@ def run_command(args):
             fail(f"argument FILE.tflite: {error}")
         print(json.dumps(report, indent=2))
         return report
-    from keras_minmax_mtl.export import ExportVerificationError
     from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 
     metrics, path = _check_export_arguments(args)
@@ -205,11 +213,6 @@ def run_command(args):
         model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
     except (UntrustedModelError, ModelFileError) as error:
         fail(error)
-    try:
-        return export_after_training(model, path.parent, args.target, metrics["dataset"],
-                                     metrics["seed"], args.samples, args.quantization,
-                                     args.outputs, _STRUCTURED[args.structured])
-    except (ExportVerificationError, MicroOpError) as error:
-        fail(f"the export failed its verification, nothing was written: {error}", status=1)
-    except ValueError as error:
-        fail(error)
+    return export_after_training(model, path.parent, args.target, metrics["dataset"],
+                                 metrics["seed"], args.samples, args.quantization, args.outputs,
+                                 _STRUCTURED[args.structured])
