@@ -99,7 +99,7 @@ def test_a_tampered_model_is_refused_and_its_command_never_runs(tmp_path, capsys
     (run / "metrics.json").write_text(json.dumps({"dataset": "multi_digits", "seed": 0}))
     line = error_line(capsys, ["export", str(run)])
     assert "Lambda layer 'evil'" in line and "pydoc.pipepager" in line and "--trust-model" in line
-    assert not wait_for(marker, 1.0)
+    assert not wait_for(marker, 0.5)
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.keras"]
 
 

@@ -70,7 +70,7 @@ def test_a_lambda_that_would_run_a_shell_command_is_refused_before_it_runs(tmp_p
                        match=r"Lambda layer 'evil'.*calls the Python function pydoc.pipepager.*"
                              r"would run code from the file.*trusted=True"):
         load_model(path)
-    assert not wait_for(marker, 1.0)
+    assert not wait_for(marker, 0.5)
     # The payload is real: tf_keras' own loader, with its default safe_mode=True, runs it.
     with pytest.raises(Exception):
         keras.models.load_model(path)
