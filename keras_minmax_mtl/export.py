@@ -48,7 +48,7 @@ from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.targets import TARGETS, get_target
 
 __all__ = ["export_tflite", "inspect_tflite", "ExportVerificationError", "deployable_model",
-           "TARGETS"]
+           "output_tasks", "TARGETS"]
 
 
 class ExportVerificationError(AssertionError):
@@ -59,16 +59,52 @@ def deployable_model(model):
     """The Functional model to export: base model of a `MultiTaskModel`, pruning stripped on a copy.
 
     Returns:
-        `(functional_model, {output name: task name})`. The task name of an
-        output is the name of its layer with any wrapper (pruning,
-        quantization) removed.
+        `(functional_model, {output name: task name})` (see `output_tasks`).
     """
     require_tf_keras_model(model)
     base = model.base_model if isinstance(model, MultiTaskModel) else model
     require_functional(base)
     if pruning.pruning_wrappers(base):
         base = pruning.strip_pruning(base)
-    return base, {name: _unwrapped(base.get_layer(name)).name for name in base.output_names}
+    return base, output_tasks(base)
+
+
+def output_tasks(model):
+    """`{output name: task name}` of a Functional model, in the order of `model.output_names`.
+
+    The output names (`model.output_names`, the output layers' names) line
+    up with `tf.nest.flatten(model(x))`. A model built with dict outputs,
+    `keras.Model(x, {"a": head_a, "b": head_b})`, names its tasks by the dict
+    keys (flattened in sorted key order, the order of `output_names`); a
+    model with a list, a tuple or a single output names them by the output
+    layers, with any wrapper (pruning, quantization) removed.
+
+    Raises:
+        ValueError: the outputs are nested deeper than one dict, list or tuple.
+
+    Example:
+
+    >>> output_tasks(keras.Model(x, {"b": Dense(2, name="head_b")(h),
+    ...                              "a": Dense(3, name="head_a")(h)}))
+    {'head_a': 'a', 'head_b': 'b'}
+    """
+    structure = model.output
+    values = (list(structure.values()) if isinstance(structure, dict)
+              else list(structure) if isinstance(structure, (list, tuple)) else [structure])
+    if any(isinstance(v, (dict, list, tuple)) for v in values):
+        raise ValueError(
+            "Argument `model` must have one tensor per task: a dict, a list or a tuple of output "
+            f"tensors, or one tensor. Received nested outputs: {tf.nest.map_structure(lambda t: t.name, structure)}")
+    names = list(model.output_names)
+    if isinstance(structure, dict):
+        keys = sorted(structure)  # tf.nest.flatten's order, which output_names follows
+        return dict(zip(names, keys))
+    return {name: _unwrapped(model.get_layer(name)).name for name in names}
+
+
+def _by_output_name(model, outputs):
+    """`{output name: value}` of a model's (possibly dict, list or single) outputs."""
+    return dict(zip(model.output_names, tf.nest.flatten(outputs)))
 
 
 def _layer_names(model):
@@ -148,6 +184,12 @@ def _samples(representative_data, model, num_samples):
         if len(data[name]) == 0:
             raise ValueError("Argument `representative_data` holds no samples.")
         data[name] = data[name].astype(tensor.dtype.as_numpy_dtype)
+    bad = _non_finite(data)
+    if bad:
+        raise ValueError(
+            "Argument `representative_data` must hold finite values (no NaN or ±inf): they "
+            "calibrate and verify the file. Received non-finite values in input "
+            f"{_describe_non_finite(bad)}.")
     return data
 
 
@@ -157,9 +199,7 @@ def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype):
     @tf.function(input_signature=specs)
     def serve(*inputs):
         outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return {tasks[name]: out for name, out in zip(output_names, outputs)}
+        return {tasks[name]: out for name, out in zip(output_names, tf.nest.flatten(outputs))}
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [serve.get_concrete_function()], model)
@@ -184,12 +224,39 @@ def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype):
     return converter.convert()
 
 
-def _keras_outputs(model, tasks, samples):
+def _keras_outputs(model, tasks, samples, what="the Keras model"):
+    """`{task: array}` of `model` on the samples; raises if any value is not finite."""
     inputs = [samples[name] for name in model.input_names]
     outputs = model.predict(inputs if len(inputs) > 1 else inputs[0], batch_size=256, verbose=0)
-    if not isinstance(outputs, (list, tuple)):
-        outputs = [outputs]
-    return {tasks[name]: np.asarray(out) for name, out in zip(model.output_names, outputs)}
+    outputs = {tasks[name]: np.asarray(out) for name, out in _by_output_name(model, outputs).items()}
+    bad = _non_finite(outputs)
+    if bad:
+        weights = [w.name for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+        raise ExportVerificationError(
+            f"{what[0].upper()}{what[1:]} computes non-finite outputs (NaN or ±inf) on the "
+            f"representative samples: {_describe_non_finite(bad)}. "
+            + (f"Its weights {weights} hold NaN or ±inf. " if weights else "")
+            + "Nothing was written.")
+    return outputs
+
+
+def _non_finite(arrays):
+    """`{name: (non-finite count, size, first sample index)}` of the arrays that hold NaN or ±inf."""
+    bad = {}
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        if values.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(values).reshape(len(values), -1) if values.ndim else np.isfinite(values)
+        if not np.all(finite):
+            first = int(np.argmin(finite.all(axis=-1))) if values.ndim else 0
+            bad[name] = (int(finite.size - np.count_nonzero(finite)), int(finite.size), first)
+    return bad
+
+
+def _describe_non_finite(bad):
+    return "; ".join(f"{name!r}: {count} of {size} values, first in sample {first}"
+                     for name, (count, size, first) in bad.items())
 
 
 def _compare(reference, got, quantization, tolerance):
@@ -412,9 +479,8 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         if quantization == "int8" and floorable_outputs(base):
             # Floor the int8 logits just below the smallest top logit of the samples, so
             # that the int8 range covers the logits that can win (see `logits.without_softmax`).
-            reference = _keras_outputs(logits_model, {n: n for n in logits_model.output_names},
-                                       samples)
-            floors = logit_floors({n: reference[n] for n in floorable_outputs(base)},
+            reference = _keras_outputs(logits_model, tasks, samples)
+            floors = logit_floors({n: reference[tasks[n]] for n in floorable_outputs(base)},
                                   margin=floor_margin)
             logits_model, forms = without_softmax(base, floors)
         base = logits_model
@@ -454,6 +520,12 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         missing = sorted(set(reference) - set(outputs))
         if missing:
             raise ExportVerificationError(f"The exported file has no outputs for tasks {missing}.")
+        bad = _non_finite({task: outputs[task] for task in reference})
+        if bad:
+            raise ExportVerificationError(
+                f"The TFLite file computes non-finite outputs (NaN or ±inf) in "
+                f"{run_info.get('runtime', 'its runtime')} where the Keras model's are finite, "
+                f"for task {_describe_non_finite(bad)}. Nothing was written.")
         comparison = _compare(reference, outputs, quantization, float_tolerance)
         if quantization == "float":
             bad = [t for t, r in comparison.items() if not r["within_tolerance"]]
@@ -506,21 +578,39 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
 
 
 def _publish(files, directory):
-    """Moves staged files into `directory`, each by an atomic rename of a same-folder copy."""
+    """Moves staged files into `directory`, each by an atomic rename of a same-folder copy.
+
+    The copies are created with mode ``0o666`` less the umask, as `open` would
+    create them (not `tempfile.mkstemp`'s private ``0o600``): a deployable file
+    is readable by whoever the user's umask allows.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     pending = []
     try:
         for name, source in files.items():
-            fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            shutil.copyfile(source, temporary)
+            temporary = _new_file(directory, f".{name}.", ".tmp")
             pending.append((temporary, directory / name))
+            shutil.copyfile(source, temporary)
         for temporary, final in pending:
             os.replace(temporary, final)
     finally:
         for temporary, _ in pending:
             if os.path.exists(temporary):
                 os.remove(temporary)
+
+
+def _new_file(directory, prefix, suffix):
+    """Creates an empty file with a fresh random name in `directory`, mode 0o666 less the umask."""
+    import secrets
+
+    for _ in range(100):
+        path = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"Could not create a temporary file in {directory}.")
 
 
 def inspect_tflite(model, layer_names=()):
@@ -537,11 +627,15 @@ def inspect_tflite(model, layer_names=()):
         name: the task names for files written by `export_tflite`),
         "tflite_kernel_sparsity" (zeros of the dense constant kernels, per
         op and overall)}`.
+
+    Raises:
+        keras_minmax_mtl.runtimes.TFLiteFileError: the file is missing, damaged,
+            truncated or not a TFLite model (the message names it).
     """
     from keras_minmax_mtl.edgetpu_rules import op_layers
 
-    content = model if isinstance(model, (bytes, bytearray)) else pathlib.Path(model).read_bytes()
-    details = runtimes.model_details(content)
+    content = runtimes.read_tflite(model)
+    details = runtimes.model_details(model)
     layers = op_layers(details, layer_names) if layer_names else [None] * len(details["ops"])
     counts = {}
     for op in details["ops"]:

@@ -36,6 +36,8 @@ __all__ = [
     "micro_min_arena_bytes",
     "micro_invoke_seconds",
     "MicroOpError",
+    "TFLiteFileError",
+    "read_tflite",
 ]
 
 
@@ -49,6 +51,10 @@ class MicroOpError(RuntimeError):
     def __init__(self, message, ops=()):
         super().__init__(message)
         self.ops = tuple(ops)
+
+
+class TFLiteFileError(ValueError):
+    """A `.tflite` file is missing, empty, damaged, truncated or of another format (names the file)."""
 
 
 def _interpreter_module():
@@ -72,19 +78,65 @@ def litert_package():
     return _interpreter_module()[0]
 
 
-def _read(model):
+#: The FlatBuffers file identifier of a TFLite model, at bytes 4 to 8.
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+def _label(model):
+    return "The given model bytes" if isinstance(model, (bytes, bytearray)) else \
+        f"TFLite file {str(model)!r}"
+
+
+def read_tflite(model):
+    """The bytes of a `.tflite` file, checked to be a TFLite model.
+
+    Args:
+        model: a path or the bytes of a `.tflite` file.
+
+    Raises:
+        TFLiteFileError: the file does not exist, is a folder, is empty, or
+            lacks the TFLite identifier ``TFL3`` (another format, or the start
+            of the file is damaged); the message names the file.
+    """
+    label = _label(model)
     if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    with open(model, "rb") as f:
-        return f.read()
+        content = bytes(model)
+    else:
+        try:
+            with open(model, "rb") as f:
+                content = f.read()
+        except FileNotFoundError as error:
+            raise TFLiteFileError(f"{label} does not exist.") from error
+        except IsADirectoryError as error:
+            raise TFLiteFileError(f"{label} is a folder, not a .tflite file.") from error
+    if not content:
+        raise TFLiteFileError(f"{label} is empty (0 bytes): not a TFLite model.")
+    if content[4:8] != _TFLITE_IDENTIFIER:
+        raise TFLiteFileError(
+            f"{label} is not a TFLite model: it lacks the 'TFL3' identifier at bytes 4-8 "
+            f"({len(content)} bytes; another format, or damaged).")
+    return content
 
 
-def _inspect_interpreter(content):
+def _read(model):
+    return read_tflite(model)
+
+
+def _interpreter(model, content, **kwargs):
+    """`Interpreter(model_content=content, **kwargs)`; a file LiteRT refuses raises `TFLiteFileError`."""
+    _, interpreter_class, _ = _interpreter_module()
+    try:
+        return interpreter_class(model_content=content, **kwargs)
+    except ValueError as error:
+        raise TFLiteFileError(f"{_label(model)} is not a valid TFLite model (damaged or "
+                              f"truncated, {len(content)} bytes): {error}") from error
+
+
+def _inspect_interpreter(content, model=None):
     """An interpreter used only to read the graph (it is never invoked)."""
-    _, interpreter_class, resolver = _interpreter_module()
-    return interpreter_class(
-        model_content=content,
-        experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    _, _, resolver = _interpreter_module()
+    return _interpreter(content if model is None else model, content,
+                        experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 
 def model_details(model):
@@ -100,7 +152,12 @@ def model_details(model):
         first signature, or `None`) and `outputs` (tensor indices of the
         subgraph's outputs, in file order, which is TFLite Micro's order).
     """
-    interpreter = _inspect_interpreter(_read(model))
+    return _details(_read(model), model)
+
+
+def _details(content, model):
+    """`model_details` of the bytes `content` of `model` (a path or the bytes, for messages)."""
+    interpreter = _inspect_interpreter(content, model)
     tensors = {}
     for t in interpreter.get_tensor_details():
         scales = np.asarray(t["quantization_parameters"]["scales"])
@@ -134,7 +191,10 @@ def model_details(model):
 
 def is_sparse_model(model):
     """Whether a `.tflite` file stores weights sparse (it has a `DENSIFY` op or sparse tensors)."""
-    details = model_details(model)
+    return _is_sparse(model_details(model))
+
+
+def _is_sparse(details):
     return (any(op["op"] == "DENSIFY" for op in details["ops"])
             or any(t["sparse"] for t in details["tensors"].values()))
 
@@ -158,21 +218,25 @@ def load_interpreter(model, num_threads=None, default_delegates=None):
     Returns:
         An interpreter with its tensors allocated.
 
+    Raises:
+        TFLiteFileError: the file is missing, empty, damaged, truncated or not
+            a TFLite model (the message names the file).
+
     Example:
 
     >>> runner = load_interpreter("model.tflite").get_signature_runner()
     >>> outputs = runner(image=x)   # {"left": ..., "right": ..., "sum": ...}
     """
     content = _read(model)
-    _, interpreter_class, resolver = _interpreter_module()
-    kwargs = {"model_content": content}
+    _, _, resolver = _interpreter_module()
+    kwargs = {}
     if num_threads is not None:
         kwargs["num_threads"] = int(num_threads)
     if default_delegates is None:
-        default_delegates = not is_sparse_model(content)
+        default_delegates = not _is_sparse(_details(content, model))
     if not default_delegates:
         kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = interpreter_class(**kwargs)
+    interpreter = _interpreter(model, content, **kwargs)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -282,6 +346,7 @@ def micro_interpreter(model, arena_size=None):
     from tflite_micro.python.tflite_micro import runtime
 
     content = _read(model)
+    _inspect_interpreter(content, model)  # a damaged file is refused by name, not by TFLite Micro
     capture = _StderrCapture()
     try:
         with capture:
@@ -404,7 +469,8 @@ def run_micro(model, x):
     content = _read(model)
     details = model_details(content)
     if details["signature"] is None:
-        raise ValueError("The model has no signature; outputs cannot be named.")
+        raise ValueError(f"{_label(model)} has no signature, so its outputs cannot be named "
+                         "(export it with keras_minmax_mtl.export.export_tflite).")
     by_tensor_in = {v: k for k, v in details["signature"]["inputs"].items()}
     by_tensor_out = {v: k for k, v in details["signature"]["outputs"].items()}
     input_names = [by_tensor_in[i] for i in details["inputs"]]
