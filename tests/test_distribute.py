@@ -31,7 +31,8 @@ TIMEOUT_S = 240
 # the largest of these.
 ATOL = 1e-6
 # The variable holding each weighting's state that sets the task weights.
-WEIGHT_VARIABLE = {"minmax": "task_weights:0", "dwa": "task_weights:0",
+WEIGHT_VARIABLE = {"minmax": "task_weights:0", "minmax_dict": "task_weights:0",
+                   "dwa": "task_weights:0",
                    "uncertainty": "log_variances:0"}
 
 
@@ -249,3 +250,10 @@ def test_multi_worker_run_matches_single_process_run_within_tolerance(workers, m
                                    atol=ATOL)
         _assert_networks_close(worker["network"], single["network"], ATOL)
         _assert_logs_close(worker["batch_logs"], single["batch_logs"], ATOL)
+
+
+def test_mirrored_dict_output_model_trains_exactly_like_the_list_output_one(mirrored):
+    for mode in ("single", "mirrored"):
+        dict_run, list_run = mirrored["minmax_dict"][mode], mirrored["minmax"][mode]
+        np.testing.assert_array_equal(dict_run["task_weights"], list_run["task_weights"])
+        _assert_networks_close(dict_run["network"], list_run["network"], 0.0)
