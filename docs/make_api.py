@@ -20,7 +20,7 @@ MODULES = [
     "keras_minmax_mtl", "keras_minmax_mtl.simplex", "keras_minmax_mtl.ascent",
     "keras_minmax_mtl.weighting", "keras_minmax_mtl.minmax", "keras_minmax_mtl.uncertainty",
     "keras_minmax_mtl.dwa", "keras_minmax_mtl.multitask", "keras_minmax_mtl.callbacks",
-    "keras_minmax_mtl.plotting", "keras_minmax_mtl.serialization",
+    "keras_minmax_mtl.plotting", "keras_minmax_mtl.serialization", "keras_minmax_mtl.loading",
     "keras_minmax_mtl.pruning", "keras_minmax_mtl.policy", "keras_minmax_mtl.reweighted",
     "keras_minmax_mtl.structured",
     "keras_minmax_mtl.dst", "keras_minmax_mtl.densities", "keras_minmax_mtl.mask_updaters",

@@ -10,6 +10,7 @@ from keras_minmax_mtl.ascent import (
     closed_form_weights,
 )
 from keras_minmax_mtl.dwa import DynamicWeightAverage
+from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 from keras_minmax_mtl.minmax import MinMaxWeighting
 from keras_minmax_mtl.multitask import MinMaxMultiTask, MultiTaskModel, NonFiniteLossError
 from keras_minmax_mtl.serialization import custom_objects, custom_object_scope
@@ -25,6 +26,7 @@ __all__ = [
     "EqualWeighting",
     "ExponentiatedGradientAscent",
     "MinMaxMultiTask",
+    "ModelFileError",
     "MinMaxWeighting",
     "MultiTaskModel",
     "NonFiniteLossError",
@@ -32,8 +34,10 @@ __all__ = [
     "TaskWeighting",
     "TrainingClock",
     "UncertaintyWeighting",
+    "UntrustedModelError",
     "closed_form_weights",
     "custom_object_scope",
     "custom_objects",
+    "load_model",
     "project_to_simplex",
 ]
