@@ -221,7 +221,10 @@ class RunFolder:
                                  f"({error.filename})") from error
         try:
             self.notes = recover(self.path)
-            check_destination(self.path, self.overwrite)
+            try:
+                check_destination(self.path, self.overwrite)
+            except RunFolderError as error:
+                raise RunFolderError("; ".join([str(error), *self.notes])) from None
             self.work = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.path.name}.new-",
                                                       dir=self.path.parent))
         except BaseException:
