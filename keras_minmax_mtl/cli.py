@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "default_out", "UsageError", "RunFailed", "WEIGHTINGS",
+__all__ = ["main", "build_parser", "check_train_arguments", "default_out", "flag_message",
+           "non_finite", "non_finite_weights", "UsageError", "RunFailed", "WEIGHTINGS",
            "DATASETS"]
 
 #: `--weighting` names and what they build.
@@ -105,7 +106,7 @@ def build_parser():
     sparse.add_argument("--pruning", default="none", choices=list(PRUNINGS),
                         help="; ".join(f"{k}: {v}" for k, v in PRUNINGS.items())
                              + " (default: %(default)s)")
-    sparse.add_argument("--sparsity", type=_finite_float, default=0.9,
+    sparse.add_argument("--sparsity", type=_finite, default=0.9,
                         help="fraction of the prunable weights that are zero (with "
                              "--sparsity-type filter: of the units removed from each pruned "
                              "layer), in [0, 1) (default: %(default)s)")
@@ -184,10 +185,6 @@ def _finite(text):
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, received {text}")
     return value
-
-
-def _finite_float(text):
-    return _finite(text)
 
 
 def _positive_int(text):
@@ -346,8 +343,8 @@ def _num_examples(args, split):
 def check_train_arguments(parser, args):
     """Checks every `kmm train` rule that needs no data, fills in the defaults and `--out`.
 
-    Raises `UsageError` (through `parser.error`) for the first broken rule;
-    imports no TensorFlow and writes nothing.
+    Raises `UsageError` (one line, exit 2) for the first broken rule; imports
+    no TensorFlow and writes nothing.
     """
     if args.pruning == "reweighted_l1" and args.epochs is not None:
         raise UsageError("argument --epochs: not allowed with --pruning reweighted_l1, whose "
@@ -552,17 +549,15 @@ def format_table(task_names, accuracies, worst_task):
     return "\n".join(lines)
 
 
-def train(args, work=None):
-    """Trains the run of the checked `args`, writes it into `work` (default `args.out`); returns the metrics.
+def _train(run, work):
+    """Trains the built `run` and writes it into the folder `work`; returns the metrics.
+
+    The files name their final place, `run.args.out`, which `work` replaces
+    once the run is complete (`run_folder.RunFolder.publish`).
 
     Raises:
-        UsageError: a flag the library refuses while the run is built.
         RunFailed: a non-finite loss (`NonFiniteLossError`), weight or metric.
     """
-    return _train(_Run(args), work if work is not None else args.out)
-
-
-def _train(run, work):
     from keras_minmax_mtl.callbacks import TaskWeightHistory
     from keras_minmax_mtl.multitask import NonFiniteLossError
     from keras_minmax_mtl.plotting import plot_task_weights
