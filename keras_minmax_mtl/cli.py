@@ -77,8 +77,8 @@ def build_parser():
     train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the data draw, initial weights and shuffling (default: %(default)s)")
     train.add_argument("--out", type=pathlib.Path, default=None,
-                       help="output folder (default: runs/<dataset>-<weighting>[-<pruning><sparsity>]"
-                            "-e<epochs>-s<seed>, see `default_out`); refused if it holds a run, "
+                       help="output folder (default: runs/<dataset>-<weighting>[-<pruning>"
+                            "[-<kind>]-<sparsity>]-e<epochs>-s<seed>); refused if it holds a run, "
                             "unless --overwrite")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (it is replaced only once the new "
@@ -187,15 +187,22 @@ def _finite(text):
     return value
 
 
+def _integer(text, rule):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer {rule}, received {text!r}") from None
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _integer(text, "> 0")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be an integer > 0, received {text}")
     return value
 
 
 def _non_negative_int(text):
-    value = int(text)
+    value = _integer(text, ">= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, received {text}")
     return value

@@ -116,6 +116,7 @@ def _refused(capsys, argv, flag, out):
     (["--scale", "inf"], "--scale: must be a finite number > 0 or 'num_tasks', received 'inf'"),
     (["--seed", str(2 ** 40)], f"--seed: must be an integer in [0, 2**32), received {2 ** 40}"),
     (["--step-size", "abc"], "--step-size: must be a number, received 'abc'"),
+    (["--epochs", "1e3"], "--epochs: must be an integer > 0, received '1e3'"),
 ])
 def test_bad_flags_end_in_one_line_and_write_nothing(capsys, tmp_path, argv, flag):
     out = tmp_path / "run"
