@@ -25,3 +25,13 @@ def check_positive_int(value, name, hint=""):
             f"Argument `{name}` must be a positive integer. Received: {name}={value!r}" + hint
         )
     return int(value)
+
+
+def check_finite_real(value, name):
+    """Returns `float(value)` if it is a finite real number; raises `ValueError` naming `name` otherwise.
+
+    Bools, strings, `None`, NaN and ±inf are refused (`is_finite_real`).
+    """
+    if not is_finite_real(value):
+        raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}")
+    return float(value)

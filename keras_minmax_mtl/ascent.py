@@ -12,6 +12,7 @@ weights and losses to the next weights; each rule is one small class.
 """
 import tensorflow as tf
 
+from keras_minmax_mtl._checks import check_finite_real
 from keras_minmax_mtl._keras import register
 from keras_minmax_mtl.simplex import project_to_simplex
 
@@ -19,10 +20,13 @@ __all__ = ["AscentRule", "ProjectedGradientAscent", "ExponentiatedGradientAscent
 
 
 def _check_hyper_parameters(step_size, gamma):
+    step_size = check_finite_real(step_size, "step_size")
+    gamma = check_finite_real(gamma, "gamma")
     if not step_size > 0:
         raise ValueError(f"Argument `step_size` must be > 0. Received: step_size={step_size}")
     if not gamma >= 0:
         raise ValueError(f"Argument `gamma` must be >= 0. Received: gamma={gamma}")
+    return step_size, gamma
 
 
 def closed_form_weights(losses, gamma):
@@ -34,13 +38,14 @@ def closed_form_weights(losses, gamma):
 
     Args:
         losses: per-task losses, shape `(K,)`.
-        gamma: the regularisation strength, `> 0`.
+        gamma: the regularisation strength, a finite number `> 0`.
 
     Example:
 
     >>> closed_form_weights([1.0, 2.0, 3.0], gamma=5.0).numpy()
     array([0.13333333, 0.3333333 , 0.53333336], dtype=float32)
     """
+    gamma = check_finite_real(gamma, "gamma")
     if not gamma > 0:
         raise ValueError(
             f"Argument `gamma` must be > 0 for the closed form to exist. Received: gamma={gamma}"
@@ -57,14 +62,17 @@ class AscentRule:
     `get_config()`.
 
     Args:
-        step_size: the ascent step, ``1/β`` in the paper's notation. Must be `> 0`.
-        gamma: strength of the pull towards uniform weights. Must be `>= 0`.
+        step_size: the ascent step, ``1/β`` in the paper's notation. A finite
+            number `> 0`.
+        gamma: strength of the pull towards uniform weights. A finite number `>= 0`.
+
+    Raises:
+        ValueError: for a step size or gamma that is not a finite number (a
+            bool, a string, NaN, ±inf) or out of range.
     """
 
     def __init__(self, step_size=0.02, gamma=5.0):
-        _check_hyper_parameters(step_size, gamma)
-        self.step_size = float(step_size)
-        self.gamma = float(gamma)
+        self.step_size, self.gamma = _check_hyper_parameters(step_size, gamma)
 
     def gradient(self, weights, losses):
         """``G = L − γ (w − 1/K)``, the gradient of the inner objective."""

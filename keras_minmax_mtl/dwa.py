@@ -1,6 +1,7 @@
 r"""Dynamic weight average (DWA) of Liu, Johns and Davison (MTAN, CVPR 2019)."""
 import tensorflow as tf
 
+from keras_minmax_mtl._checks import check_finite_real
 from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.weighting import TaskWeighting
 
@@ -24,7 +25,7 @@ class DynamicWeightAverage(TaskWeighting):
     `MultiTaskModel.start_epoch()` in a custom loop).
 
     Args:
-        temperature: ``T``; larger is smoother. Must be `> 0`. Defaults to `2.0`.
+        temperature: ``T``; larger is smoother. A finite number `> 0`. Defaults to `2.0`.
 
     Example:
 
@@ -33,9 +34,10 @@ class DynamicWeightAverage(TaskWeighting):
 
     def __init__(self, temperature=2.0, **kwargs):
         super().__init__(**kwargs)
+        temperature = check_finite_real(temperature, "temperature")
         if not temperature > 0:
             raise ValueError(f"Argument `temperature` must be > 0. Received: temperature={temperature}")
-        self.temperature = float(temperature)
+        self.temperature = temperature
 
     def build(self, input_shape):
         k = int(input_shape[-1])

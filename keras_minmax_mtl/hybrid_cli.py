@@ -32,7 +32,10 @@ DEFAULT_PRUNE_EPOCHS = 0
 
 
 def _share(text):
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), received {text}")
     return value

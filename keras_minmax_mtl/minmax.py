@@ -10,6 +10,7 @@ same batch, every `update_every` steps or epochs. Start: ``w = 1/K``.
 """
 import tensorflow as tf
 
+from keras_minmax_mtl._checks import is_int
 from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.ascent import AscentRule, ExponentiatedGradientAscent, ProjectedGradientAscent
 from keras_minmax_mtl.weighting import TaskWeighting
@@ -40,9 +41,9 @@ class MinMaxWeighting(TaskWeighting):
     r"""Worst-case task weights on the simplex, climbed by an ascent rule.
 
     Args:
-        step_size: ascent step ``η = 1/β``. Must be `> 0`. Defaults to `0.02`
-            (the paper's ``β = 50`` with pruning; use `0.1` with DST).
-        gamma: pull towards uniform weights, `>= 0`. Defaults to `5.0`.
+        step_size: ascent step ``η = 1/β``, a finite number `> 0`. Defaults to
+            `0.02` (the paper's ``β = 50`` with pruning; use `0.1` with DST).
+        gamma: pull towards uniform weights, a finite number `>= 0`. Defaults to `5.0`.
         update_every: update the weights every this many steps (or epochs).
             Must be `>= 1`. Defaults to `1`.
         update_on: `"step"` (every `update_every` train steps, from the first)
@@ -61,7 +62,7 @@ class MinMaxWeighting(TaskWeighting):
     def __init__(self, step_size=0.02, gamma=5.0, update_every=1, update_on="step",
                  ascent="projected", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+        if not is_int(update_every) or update_every < 1:
             raise ValueError(
                 f"Argument `update_every` must be an integer >= 1. Received: update_every={update_every!r}"
             )
@@ -72,7 +73,7 @@ class MinMaxWeighting(TaskWeighting):
         self.rule = _resolve_ascent(ascent, step_size, gamma)
         self.step_size = self.rule.step_size
         self.gamma = self.rule.gamma
-        self.update_every = update_every
+        self.update_every = int(update_every)
         self.update_on = update_on
         self.ascent = ascent if isinstance(ascent, str) else keras.saving.serialize_keras_object(self.rule)
 

@@ -15,6 +15,7 @@ the first step of the retraining stage. With `--sparsity-type filter`,
 every pruned layer, and the run prints the removed units per layer.
 """
 import json
+import math
 
 __all__ = ["add_arguments", "check_arguments", "ReweightedL1Run", "save_stripped",
            "steps_per_epoch"]
@@ -36,7 +37,8 @@ DEFAULT_ALLOCATION = "global"
 DEFAULT_FILTER_RHO = 1e-3
 
 
-def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
+def add_arguments(train_parser, positive_int, non_negative_int, positive_float,
+                  non_negative_float=float):
     """Adds the reweighted-ℓ1 stage options to the `kmm train` parser.
 
     `--pruning` and `--sparsity` are shared with the other methods and live in `cli`.
@@ -54,7 +56,7 @@ def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
                        help="unstructured: single weights; filter: whole output units (Dense "
                             "neurons, Conv2D filters), --sparsity is then the fraction of units "
                             "removed per layer (default: %(default)s)")
-    group.add_argument("--rho", type=float, default=None,
+    group.add_argument("--rho", type=non_negative_float, default=None,
                        help=f"weight of the reweighted penalty (default: {DEFAULT_RHO}, "
                             f"{DEFAULT_FILTER_RHO} with --sparsity-type filter)")
     group.add_argument("--epsilon", type=positive_float, default=1e-6,
@@ -79,7 +81,7 @@ def check_arguments(parser, args):
                      f"Received --sparsity {args.sparsity}")
     if args.rho is None:
         args.rho = DEFAULT_FILTER_RHO if args.sparsity_type == "filter" else DEFAULT_RHO
-    if not args.rho >= 0:
+    if not math.isfinite(args.rho) or not args.rho >= 0:
         parser.error(f"argument --rho: must be >= 0. Received --rho {args.rho}")
     if args.allocation is None:
         args.allocation = "uniform" if args.sparsity_type == "filter" else DEFAULT_ALLOCATION
@@ -104,14 +106,13 @@ class ReweightedL1Run:
 
         steps = steps_per_epoch(train_dataset)
         self.steps_per_epoch = steps
-        try:
-            self.model, self.callbacks = prune_reweighted_l1(
-                base_model, args.sparsity, dense_steps=args.dense_epochs * steps,
-                reweighted_steps=args.reweighted_epochs * steps, rho=args.rho,
-                epsilon=args.epsilon, allocation=args.allocation,
-                sparsity_type=args.sparsity_type)
-        except ValueError as error:  # e.g. a unit fraction that empties a layer of this network
-            raise SystemExit(f"kmm train: error: {error}") from error
+        # A ValueError (e.g. a unit fraction that empties a layer of this network) is turned
+        # into `kmm: error: argument --sparsity: ...` by the caller.
+        self.model, self.callbacks = prune_reweighted_l1(
+            base_model, args.sparsity, dense_steps=args.dense_epochs * steps,
+            reweighted_steps=args.reweighted_epochs * steps, rho=args.rho,
+            epsilon=args.epsilon, allocation=args.allocation,
+            sparsity_type=args.sparsity_type)
         args.epochs = args.dense_epochs + args.reweighted_epochs + args.retrain_epochs
         self.args = args
         stages = self.callbacks[-1]
@@ -171,7 +172,7 @@ def save_stripped(model, out, extra_report=None):
     path = out / "model_stripped.keras"
     stripped.save(path)
     (out / "sparsity.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {path} (without pruning wrappers) and {out / 'sparsity.json'}")
+    print(f"wrote {path.name} (without pruning wrappers) and sparsity.json")
     return {"report": report, "stripped_model": str(path)}
 
 

@@ -35,7 +35,7 @@ def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--groups", type=positive_int, default=None,
                         help="number of task groups (default: by --similarity-threshold)")
-    choice.add_argument("--similarity-threshold", type=float, default=0.0,
+    choice.add_argument("--similarity-threshold", type=_threshold, default=0.0,
                         help="merge groups while their average similarity is at least this, in "
                              "[-1, 1] (default: %(default)s)")
     group.add_argument("--allocate-every", type=positive_int, default=100,
@@ -54,9 +54,25 @@ def add_arguments(train_parser, positive_int, non_negative_int, positive_float):
 def _unit_float(text):
     import argparse
 
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], received {text}")
+    return value
+
+
+def _threshold(text):
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [-1, 1], received {text}")
     return value
 
 
@@ -109,6 +125,5 @@ class TaskAwareCliRun:
         (out / "task_aware.json").write_text(json.dumps(report, indent=2))
         plot_task_aware(report, out / "task_aware.png",
                         title=f"task-aware, sparsity {self.args.sparsity} (seed {self.args.seed})")
-        print(f"wrote {path} (without pruning wrappers), {out / 'task_aware.json'}, "
-              f"{out / 'task_aware.png'}")
+        print(f"wrote {path.name} (without pruning wrappers), task_aware.json, task_aware.png")
         return {"report": report, "stripped_model": str(path)}

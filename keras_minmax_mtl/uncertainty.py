@@ -1,6 +1,7 @@
 r"""Uncertainty weighting (UW) of Kendall, Gal and Cipolla (CVPR 2018)."""
 import tensorflow as tf
 
+from keras_minmax_mtl._checks import check_finite_real
 from keras_minmax_mtl._keras import keras, register
 from keras_minmax_mtl.weighting import TaskWeighting
 
@@ -24,7 +25,7 @@ class UncertaintyWeighting(TaskWeighting):
     the simplex-weighted strategies; the model's `scale` multiplies it.
 
     Args:
-        initial_log_variance: the starting ``s_i``. Defaults to `0.0`.
+        initial_log_variance: the starting ``s_i``, a finite number. Defaults to `0.0`.
 
     Example:
 
@@ -33,7 +34,7 @@ class UncertaintyWeighting(TaskWeighting):
 
     def __init__(self, initial_log_variance=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.initial_log_variance = float(initial_log_variance)
+        self.initial_log_variance = check_finite_real(initial_log_variance, "initial_log_variance")
 
     def build(self, input_shape):
         self.log_variances = self.add_weight(

@@ -73,6 +73,33 @@ def test_bad_hyper_parameters_are_refused(kwargs, match):
         ProjectedGradientAscent(**kwargs)
 
 
+@pytest.mark.parametrize("cls", [ProjectedGradientAscent, ExponentiatedGradientAscent])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"step_size": float("inf")}, r"`step_size` must be a finite number. Received: step_size=inf"),
+    ({"step_size": float("nan")}, r"`step_size` must be a finite number. Received: step_size=nan"),
+    ({"gamma": float("inf")}, r"`gamma` must be a finite number. Received: gamma=inf"),
+    ({"gamma": float("nan")}, r"`gamma` must be a finite number. Received: gamma=nan"),
+    ({"step_size": "0.1"}, r"`step_size` must be a finite number. Received: step_size='0.1'"),
+    ({"step_size": True}, r"`step_size` must be a finite number. Received: step_size=True"),
+    ({"gamma": False}, r"`gamma` must be a finite number. Received: gamma=False"),
+    ({"gamma": None}, r"`gamma` must be a finite number. Received: gamma=None"),
+])
+def test_non_finite_or_non_numeric_hyper_parameters_are_refused(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_numpy_hyper_parameters_are_accepted_as_floats():
+    rule = ProjectedGradientAscent(step_size=np.float32(0.5), gamma=np.int64(2))
+    assert rule.get_config() == {"step_size": 0.5, "gamma": 2.0}
+
+
+@pytest.mark.parametrize("gamma", [float("inf"), float("nan"), "5", True])
+def test_closed_form_refuses_a_non_finite_gamma(gamma):
+    with pytest.raises(ValueError, match=r"`gamma` must be a finite number"):
+        closed_form_weights([1.0, 2.0], gamma)
+
+
 def test_closed_form_needs_positive_gamma():
     with pytest.raises(ValueError, match="`gamma` must be > 0"):
         closed_form_weights([1.0, 2.0], 0.0)

@@ -1,7 +1,11 @@
 import json
+import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_minmax_mtl as kmm
 from keras_minmax_mtl import cli, datasets
@@ -70,3 +74,227 @@ def test_bad_numbers_are_refused(capsys, argv, message):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "train" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ bad flags (issue 13)
+SMALL = ["--train-examples", "64", "--test-examples", "32", "--batch-size", "32", "--verbose", "0"]
+
+
+def _refused(capsys, argv, flag, out):
+    """Runs `kmm train argv`: exit 2, one stderr line `kmm: error: argument FLAG...`, `out` not made."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *argv])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kmm: error: argument {flag}"), lines
+    assert not out.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--pruning", "dst", "--sparsity", "1.5"], "--sparsity: must be in (0, 1)"),
+    (["--pruning", "hybrid", "--sparsity", "1.5"], "--sparsity: must be in [0, 1)"),
+    (["--pruning", "task_aware", "--sparsity", "1.5"], "--sparsity: must be in [0, 1)"),
+    (["--pruning", "dst", "--sparsity", "nan"], "--sparsity: must be a finite number"),
+    (["--pruning", "dst", "--drop-fraction", "2"], "--drop-fraction: must be in (0, 1]"),
+    (["--pruning", "dst", "--grow-ratio", "0.5"], "--grow-ratio: only used by --dst-method paper"),
+    (["--pruning", "task_aware", "--groups", "5"], "--groups: must be in [1, 3]"),
+    (["--pruning", "task_aware", "--measure-samples", "1"], "--measure-samples: must be"),
+    (["--pruning", "task_aware", "--similarity-threshold", "nan"], "--similarity-threshold"),
+    (["--pruning", "dst", "--dst-end-step", "1"], "--dst-end-step: must be >= --dst-update-every"),
+    (["--pruning", "dst", "--epochs", "1"], "--dst-update-every: the first mask update, at step "
+                                            "100, comes after the last one"),
+    (["--pruning", "dst", "--dst-method", "paper", "--epochs", "4"], "--dst-update-every"),
+    (["--pruning", "hybrid", "--epochs", "2", "--hybrid-dense-epochs", "2"],
+     "--hybrid-dense-epochs: --hybrid-dense-epochs + --hybrid-prune-epochs must be < --epochs"),
+    (["--pruning", "reweighted_l1", "--rho", "inf"], "--rho: must be a finite number"),
+    (["--gamma", "-1"], "--gamma: must be a number >= 0, received -1"),
+    (["--gamma", "inf"], "--gamma: must be a finite number, received inf"),
+    (["--gamma", "nan"], "--gamma: must be a finite number, received nan"),
+    (["--step-size", "inf"], "--step-size: must be a finite number, received inf"),
+    (["--learning-rate", "inf"], "--learning-rate: must be a finite number, received inf"),
+    (["--scale", "inf"], "--scale: must be a finite number > 0 or 'num_tasks', received 'inf'"),
+    (["--seed", str(2 ** 40)], f"--seed: must be an integer in [0, 2**32), received {2 ** 40}"),
+    (["--step-size", "abc"], "--step-size: must be a number, received 'abc'"),
+    (["--epochs", "1e3"], "--epochs: must be an integer > 0, received '1e3'"),
+])
+def test_bad_flags_end_in_one_line_and_write_nothing(capsys, tmp_path, argv, flag):
+    out = tmp_path / "run"
+    _refused(capsys, [*argv, *SMALL, "--out", str(out)], flag, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_is_a_file_or_under_a_file_is_refused(capsys, tmp_path):
+    file = tmp_path / "hostname"
+    file.write_text("x")
+    line = _refused(capsys, [*SMALL, "--out", str(file)], "--out", tmp_path / "none")
+    assert line == f"kmm: error: argument --out: {file} is a file; give a folder"
+    line = _refused(capsys, [*SMALL, "--out", str(file / "run")], "--out", tmp_path / "none")
+    assert line == f"kmm: error: argument --out: {file / 'run'} lies under the file {file}; give a folder"
+    assert file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["hostname"]
+
+
+def test_an_out_that_cannot_be_created_is_refused_before_training(capsys):
+    # /proc takes no new folders, not even from root (for whom permission bits do not count).
+    out = pathlib.Path("/proc/kmm-test-run")
+    line = _refused(capsys, [*SMALL, "--out", str(out)], "--out", out)
+    assert "cannot create /proc/kmm-test-run" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_out_in_a_read_only_folder_is_refused(capsys, tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        line = _refused(capsys, [*SMALL, "--out", str(parent / "run")], "--out", parent / "run")
+    finally:
+        parent.chmod(0o700)
+    assert line == f"kmm: error: argument --out: cannot create {parent / 'run'}: {parent} is not writable"
+
+
+def test_library_errors_are_told_in_flags():
+    message = ("Argument `end_step` must be an integer >= update_every (100): the first update "
+               "happens at step `update_every`. Received: end_step=1")
+    assert cli.flag_message(message, "dst") == (
+        "argument --dst-end-step: must be an integer >= --dst-update-every (100): the first "
+        "update happens at step --dst-update-every. Received: --dst-end-step=1")
+    assert cli.flag_message("Argument `num_groups` must be in [1, 3]. Received: num_groups=5",
+                            "task_aware") == "argument --groups: must be in [1, 3]. Received: --groups=5"
+    assert cli.flag_message("no argument named", "hybrid") == "argument --sparsity: no argument named"
+
+
+def test_default_out_names_pruning_sparsity_epochs_and_seed():
+    parser = cli.build_parser()
+
+    def out(*argv):
+        args = parser.parse_args(["train", *argv])
+        cli.check_train_arguments(parser, args)
+        return str(args.out)
+
+    assert out() == "runs/multi_digits-minmax-e20-s0"
+    assert out("--epochs", "30", "--seed", "2", "--weighting", "ew") == "runs/multi_digits-ew-e30-s2"
+    assert out("--pruning", "reweighted_l1") == "runs/multi_digits-minmax-reweighted_l1-0.9-e20-s0"
+    assert out("--pruning", "reweighted_l1", "--sparsity-type", "filter", "--sparsity", "0.5",
+               "--retrain-epochs", "7") == "runs/multi_digits-minmax-reweighted_l1-filter-0.5-e22-s0"
+    assert out("--pruning", "dst", "--dst-method", "set") == "runs/multi_digits-minmax-dst-set-0.9-e20-s0"
+    assert out("--pruning", "task_aware") == "runs/multi_digits-minmax-task_aware-0.9-e10-s0"
+    assert out("--pruning", "hybrid", "--sparsity", "0.95") == "runs/multi_digits-minmax-hybrid-0.95-e20-s0"
+
+
+# ------------------------------------------- the run folder: overwrite, lock, failed runs
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A complete tiny dense run (1 epoch), copied by the tests that run over it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(["train", "--epochs", "1", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def previous(finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out, _files(out)
+
+
+def test_a_run_folder_is_replaced_only_with_overwrite_and_then_whole(previous, capsys):
+    out, _ = previous
+    # What an earlier pruned run leaves (its stripped model and report) beside its model.
+    shutil.copy(out / "model.keras", out / "model_stripped.keras")
+    (out / "sparsity.json").write_text("{}")
+    before = _files(out)
+    dense = ["train", "--epochs", "1", *SMALL, "--seed", "1", "--out", str(out)]
+    with pytest.raises(SystemExit) as info:
+        cli.main(dense)
+    assert info.value.code == 2
+    line, = capsys.readouterr().err.splitlines()
+    assert line == (f"kmm: error: argument --out: {out} already holds a run (metrics.json, "
+                    f"model.keras, model_stripped.keras, ...); add --overwrite to replace it, or "
+                    f"choose another --out")
+    assert _files(out) == before
+    assert cli.main([*dense, "--overwrite"]) == 0
+    # No stale file of the earlier run survives beside the new model; nothing is left beside it.
+    assert sorted(os.listdir(out)) == ["metrics.json", "model.keras", "task_weights.png"]
+    assert os.listdir(out.parent) == ["run"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 1 and metrics["model"] == str(out / "model.keras")
+
+
+def test_overwrite_never_deletes_files_kmm_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *SMALL, "--out", str(out), "--overwrite"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kmm: error: argument --out: {out} holds files that kmm train did not write "
+        f"(notes.txt); --overwrite would delete them: choose another --out"]
+    assert os.listdir(out) == ["notes.txt"] and os.listdir(tmp_path) == ["mine"]
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_other_pid(previous, capsys):
+    from keras_minmax_mtl.run_folder import RunFolder
+
+    out, before = previous
+    with RunFolder(out, overwrite=True):  # another run holds the folder
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", "--epochs", "1", *SMALL, "--out", str(out), "--overwrite"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kmm: error: argument --out: {out} is in use by another kmm train (pid {os.getpid()}); "
+        f"wait for it to end or choose another --out"]
+    assert _files(out) == before and os.listdir(out.parent) == ["run"]
+
+
+def _assert_failed(capsys, code, what, out, before):
+    assert code == 1
+    line, = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"kmm: error: the run failed: {what}") and line.endswith(
+        f"nothing was written to {out} (the run already in it is unchanged)"), line
+    assert _files(out) == before and os.listdir(out.parent) == ["run"]
+    keras.models.load_model(out / "model.keras")
+
+
+def test_a_non_finite_loss_fails_the_run_and_keeps_the_previous_one(previous, capsys):
+    out, before = previous
+    code = cli.main(["train", "--epochs", "1", *SMALL, "--learning-rate", "1e30", "--out",
+                     str(out), "--overwrite"])
+    _assert_failed(capsys, code, "the loss became non-finite (Non-finite loss for task", out, before)
+
+
+def test_non_finite_weights_fail_the_run(previous, capsys, monkeypatch):
+    out, before = previous
+    fit = kmm.MultiTaskModel.fit
+
+    def fit_then_break_a_weight(self, *args, **kwargs):
+        history = fit(self, *args, **kwargs)
+        kernel = self.base_model.get_layer("left").kernel
+        kernel.assign(tf.fill(kernel.shape, float("nan")))
+        return history
+
+    monkeypatch.setattr(kmm.MultiTaskModel, "fit", fit_then_break_a_weight)
+    code = cli.main(["train", "--epochs", "1", *SMALL, "--out", str(out), "--overwrite"])
+    _assert_failed(capsys, code, "weights not finite: left/kernel", out, before)
+
+
+def test_non_finite_metrics_fail_the_run(previous, capsys, monkeypatch):
+    out, before = previous
+    evaluate = kmm.MultiTaskModel.evaluate
+
+    def evaluate_with_a_nan_loss(self, *args, **kwargs):
+        return {**evaluate(self, *args, **kwargs), "sum_loss": float("nan")}
+
+    monkeypatch.setattr(kmm.MultiTaskModel, "evaluate", evaluate_with_a_nan_loss)
+    code = cli.main(["train", "--epochs", "1", *SMALL, "--out", str(out), "--overwrite"])
+    _assert_failed(capsys, code, "test metrics not finite: sum_loss", out, before)
+
+
+def test_non_finite_finds_every_path():
+    assert cli.non_finite({"a": [1.0, float("nan")], "b": {"c": float("inf"), "d": "x"},
+                           "e": np.array([1.0, np.nan]), "f": 3}) == ["a[1]", "b.c", "e"]

@@ -40,6 +40,34 @@ def test_dwa_rejects_non_positive_temperature():
         kmm.DynamicWeightAverage(temperature=0)
 
 
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), "2", True, None])
+def test_dwa_rejects_a_non_finite_or_non_numeric_temperature(temperature):
+    with pytest.raises(ValueError, match=r"`temperature` must be a finite number. Received: "
+                                         rf"temperature={temperature!r}"):
+        kmm.DynamicWeightAverage(temperature=temperature)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "0", True])
+def test_uncertainty_weighting_rejects_a_non_finite_initial_log_variance(value):
+    with pytest.raises(ValueError, match=r"`initial_log_variance` must be a finite number. "
+                                         rf"Received: initial_log_variance={value!r}"):
+        kmm.UncertaintyWeighting(initial_log_variance=value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"step_size": float("inf")}, r"`step_size` must be a finite number. Received: step_size=inf"),
+    ({"gamma": float("inf")}, r"`gamma` must be a finite number. Received: gamma=inf"),
+    ({"step_size": "0.1"}, r"`step_size` must be a finite number. Received: step_size='0.1'"),
+    ({"step_size": True}, r"`step_size` must be a finite number. Received: step_size=True"),
+    ({"update_every": 2.0}, r"`update_every` must be an integer >= 1. Received: update_every=2.0"),
+])
+def test_minmax_weighting_and_model_refuse_bad_hyper_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kmm.MinMaxWeighting(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        kmm.MinMaxMultiTask(tiny_base_model(), **kwargs)
+
+
 def test_uncertainty_weighting_learns_log_variances_with_the_network():
     # One SGD step on (1/K) Σ exp(-s) L + s: the gradient in s is (1 - L)/K.
     x, y = tiny_data(n=8)
