@@ -30,7 +30,7 @@ MODULES = [
     "keras_minmax_mtl.edgetpu_rules", "keras_minmax_mtl.qat", "keras_minmax_mtl.logits",
     "keras_minmax_mtl.surgery",
     "keras_minmax_mtl.datasets", "keras_minmax_mtl.networks", "keras_minmax_mtl.nyuv2",
-    "keras_minmax_mtl.cli", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.taskaware_cli",
+    "keras_minmax_mtl.cli", "keras_minmax_mtl.run_folder", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.taskaware_cli",
     "keras_minmax_mtl.hybrid_cli",
     "keras_minmax_mtl.export_commands",
 ]
