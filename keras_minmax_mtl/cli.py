@@ -147,7 +147,52 @@ def build_parser():
     export_commands.add_train_option(train)
     export_commands.add_commands(commands)
     # --- end of TFLite export ---
+    parser.flag_owners = _flag_owners(train)
     return parser
+
+
+#: The option groups of `kmm train` whose flags mean something with one choice only:
+#: {group title prefix: (the deciding flag's dest, its value)}.
+_GROUP_OWNERS = {
+    "min-max weighting": ("weighting", "minmax"),
+    "reweighted-l1 pruning": ("pruning", "reweighted_l1"),
+    "task-aware dynamic model optimisation": ("pruning", "task_aware"),
+    "hybrid shared": ("pruning", "hybrid"),
+}
+
+
+def _flag_owners(train):
+    """`{dest: (flag, default, owner dest, owner values)}` for the flags tied to one method."""
+    owners = {}
+    for group in train._action_groups:
+        owner = next((o for title, o in _GROUP_OWNERS.items()
+                      if (group.title or "").startswith(title)), None)
+        for action in group._group_actions:
+            flag = action.option_strings[-1] if action.option_strings else None
+            if owner is not None:
+                owners[action.dest] = (flag, action.default, owner[0], (owner[1],))
+            elif group.title == "sparsity" and action.dest == "sparsity":
+                owners[action.dest] = (flag, action.default, "pruning",
+                                       tuple(p for p in PRUNINGS if p != "none"))
+            elif group.title == "sparsity" and action.dest != "pruning":
+                owners[action.dest] = (flag, action.default, "pruning", ("dst",))
+    return owners
+
+
+def check_flags_are_used(parser, args):
+    """Refuses a flag given for a method that the run does not use (it would be ignored silently).
+
+    Raises:
+        UsageError: e.g. for `--sparsity 0.5` with `--pruning none`, or `--gamma 2` with
+            `--weighting ew`.
+    """
+    for dest, (flag, default, owner, values) in getattr(parser, "flag_owners", {}).items():
+        value = getattr(args, dest, default)
+        if value != default and getattr(args, owner) not in values:
+            need = " or ".join(f"--{owner} {v}" for v in values)
+            raise UsageError(f"argument {flag}: only used with {need}; this run has "
+                             f"--{owner} {getattr(args, owner)}, so it would be ignored. "
+                             f"Received {flag} {value}")
 
 
 class UsageError(SystemExit):
@@ -353,6 +398,7 @@ def check_train_arguments(parser, args):
     Raises `UsageError` (one line, exit 2) for the first broken rule; imports
     no TensorFlow and writes nothing.
     """
+    check_flags_are_used(parser, args)
     if args.pruning == "reweighted_l1" and args.epochs is not None:
         raise UsageError("argument --epochs: not allowed with --pruning reweighted_l1, whose "
                          "--dense-epochs, --reweighted-epochs and --retrain-epochs set the "

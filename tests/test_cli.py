@@ -298,3 +298,19 @@ def test_non_finite_metrics_fail_the_run(previous, capsys, monkeypatch):
 def test_non_finite_finds_every_path():
     assert cli.non_finite({"a": [1.0, float("nan")], "b": {"c": float("inf"), "d": "x"},
                            "e": np.array([1.0, np.nan]), "f": 3}) == ["a[1]", "b.c", "e"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--sparsity", "0.5"], "--sparsity"),
+    (["--weighting", "ew", "--gamma", "2"], "--gamma"),
+    (["--pruning", "hybrid", "--dense-epochs", "3"], "--dense-epochs"),
+    (["--pruning", "reweighted_l1", "--drop-fraction", "0.2"], "--drop-fraction"),
+])
+def test_a_flag_of_a_method_the_run_does_not_use_is_refused(argv, flag, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--out", str(out), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kmm: error: argument {flag}: only used with")
+    assert not out.exists()
