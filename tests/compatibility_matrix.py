@@ -45,6 +45,10 @@ COLUMNS = {
                  "whose random stream restarts on load as in Keras, the state is restored bitwise)",
     "mixed_bfloat16": "`mixed_bfloat16` policy: each task's loss equals Keras' (bfloat16 tolerance, "
                       "1e-2), training stays finite",
+    "export_mobile": "`export_tflite(model, target=\"mobile\")` (float): the file's outputs are the "
+                     "tasks by name, within 1e-4·(1 + |y|) of Keras in LiteRT",
+    "export_micro": "`target=\"micro\"` (full int8): verified in TFLite Micro, top-1 agreement ≥ 0.9 (int8 ties excepted)",
+    "export_edgetpu": "`target=\"edgetpu\"` (full int8, the compiler's rules): verified, top-1 ≥ 0.9 (ties excepted)",
 }
 
 #: Cells refused by design: {(form, column): regex of the error message}.
@@ -58,4 +62,5 @@ _APP_COST = ("not run in the suite (a MobileNet trunk compiles for seconds); the
 NOT_RUN = {(form, column): _APP_COST
            for form in ("app_nested", "app_input_tensor")
            for column in ("uw", "dwa", "minmax_exp", "sample_weight", "steps_per_execution",
-                          "jit_compile", "mixed_bfloat16")}
+                          "jit_compile", "mixed_bfloat16", "export_mobile", "export_micro",
+                          "export_edgetpu")}

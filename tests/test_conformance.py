@@ -595,6 +595,41 @@ def check_mixed_bfloat16(form):
         keras.mixed_precision.set_global_policy(policy)
 
 
+def _check_export(form, tmp_path, target):
+    """The file is verified by running it; its outputs are the tasks, mapped by name."""
+    from keras_minmax_mtl.export import export_tflite
+
+    base, x, y, losses = BUILDERS[form]()
+    model = kmm.MinMaxMultiTask(base)
+    report = export_tflite(model, tmp_path / f"{form}.tflite", target=target, representative_data=x)
+    assert (tmp_path / f"{form}.tflite").stat().st_size == report["bytes"] > 0
+    tasks = report["verification"]["tasks"]
+    assert sorted(tasks) == sorted(model.task_names)
+    for task, result in tasks.items():
+        if target == "mobile":
+            assert result["within_tolerance"], (task, result)
+        if "top1_agreement" in result:
+            # An int8 file cannot split classes whose probabilities differ by less than
+            # its step (an untrained head is close to uniform): such ties do not count.
+            assert result["top1_agreement"] + result["top1_tie_fraction"] >= 0.9, (task, result)
+        assert np.isfinite(result["max_abs_error"])
+    return report
+
+
+def check_export_mobile(form, tmp_path):
+    _check_export(form, tmp_path, "mobile")
+
+
+def check_export_micro(form, tmp_path):
+    report = _check_export(form, tmp_path, "micro")
+    assert report["verification"]["runtime"] == "tflite_micro"
+
+
+def check_export_edgetpu(form, tmp_path):
+    report = _check_export(form, tmp_path, "edgetpu")
+    assert report["quantization"] == "int8"
+
+
 CHECKS = {
     "keras_loss": check_keras_loss,
     "ew_step": check_ew_step,
@@ -607,6 +642,9 @@ CHECKS = {
     "jit_compile": check_jit_compile,
     "save_load": check_save_load,
     "mixed_bfloat16": check_mixed_bfloat16,
+    "export_mobile": check_export_mobile,
+    "export_micro": check_export_micro,
+    "export_edgetpu": check_export_edgetpu,
 }
 
 CELLS = [(f, c) for f in matrix.FORMS for c in matrix.COLUMNS]
@@ -617,7 +655,7 @@ def test_matrix_cell(form, column, tmp_path):
     if (form, column) in matrix.NOT_RUN and os.environ.get("KMM_ALL_CELLS") != "1":
         pytest.skip(matrix.NOT_RUN[form, column])
     check = CHECKS[column]
-    kwargs = {"tmp_path": tmp_path} if column == "save_load" else {}
+    kwargs = {"tmp_path": tmp_path} if column == "save_load" or column.startswith("export") else {}
     if (form, column) in matrix.REFUSED:
         with pytest.raises((ValueError, TypeError), match=matrix.REFUSED[form, column]):
             check(form, **kwargs)
