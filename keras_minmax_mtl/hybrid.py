@@ -63,7 +63,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from keras_minmax_mtl._checks import is_int, is_real
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
 from keras_minmax_mtl.policy import _ancestors, head_kernel_count, layer_roles, prunable_kernel_count
@@ -686,7 +686,7 @@ def _task_count(task_budget, task, trunk_size):
     task_size = sum(s for _, s in task)
     if is_int(task_budget):
         count = int(task_budget)
-    elif is_real(task_budget):
+    elif is_finite_real(task_budget):
         count = int(round(float(task_budget) * trunk_size))
     else:
         count = -1

@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from keras_minmax_mtl._checks import is_int, is_real
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, require_functional
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
@@ -334,8 +334,9 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         if end_step is not None and (not is_int(end_step) or end_step < update_every):
             raise ValueError(f"Argument `end_step` must be an integer >= update_every "
                              f"({update_every}). Received: end_step={end_step!r}")
-        if not is_real(smoothing) or smoothing <= 0:
-            raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
+        if not is_finite_real(smoothing) or not smoothing > 0:
+            raise ValueError(f"Argument `smoothing` must be a finite number > 0. "
+                             f"Received: smoothing={smoothing!r}")
         if not is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
         _check_density(density)

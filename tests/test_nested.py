@@ -108,3 +108,62 @@ def test_dst_sparsifies_the_layers_of_a_nested_trunk_at_exactly_the_target(build
     stripped_layers = pruning.sparsity_report(stripped)["layers"]
     assert {name: stripped_layers[name] for name in report["layers"]} == report["layers"]
     np.testing.assert_allclose(stripped(x)["a"].numpy(), model(x)["a"].numpy(), atol=1e-6)
+
+
+# ------------------------------------------------- resume with BackupAndRestore
+class _Kill(keras.callbacks.Callback):
+    """Raises after training step `at` (1-based, counted over the whole `fit`): a simulated kill."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            raise RuntimeError("killed")
+
+
+def _state(model):
+    return ([v.numpy().copy() for v in model.base_model.weights]
+            + [model.task_weights.numpy().copy(), model.optimizer.iterations.numpy().copy()]
+            + [v.numpy().copy() for v in model.optimizer.variables])
+
+
+def _dst_run():
+    model = _multitask(dst.prune_for_dst(functional_trunk_model()))
+    callbacks = [tfmot.sparsity.keras.UpdatePruningStep(),
+                 dst.DynamicSparseTraining(0.75, method="rigl", update_every=2, end_step=16)]
+    return model, callbacks
+
+
+def _reweighted_run():
+    wrapped, callbacks = reweighted.prune_reweighted_l1(
+        functional_trunk_model(), 0.75, dense_steps=4, reweighted_steps=8, rho=1e-2, refreshes=1)
+    return _multitask(wrapped), callbacks
+
+
+@pytest.mark.parametrize("setup, kill_at", [(_dst_run, 9), (_reweighted_run, 9)])
+@pytest.mark.parametrize("backup_first", [True, False])
+def test_resume_with_backup_and_restore_in_either_order_is_the_uninterrupted_run(
+        setup, kill_at, backup_first, tmp_path):
+    x, y = data(n=48)  # 6 steps per epoch; the kill at step 9 falls in epoch 2, resumed from 1
+
+    def fit(model, callbacks, extra=()):
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        callbacks = [backup, *callbacks] if backup_first else [*callbacks, backup]
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+                  callbacks=[*callbacks, *extra])
+        return model
+
+    reference = fit(*setup())
+    expected = _state(reference)
+    killed = setup()
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(*killed, extra=[_Kill(kill_at)])
+    resumed = fit(*setup())  # a new process: new model, new callbacks, the backup on disk
+    got = _state(resumed)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert int(resumed.optimizer.iterations.numpy()) == 18
