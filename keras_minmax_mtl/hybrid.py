@@ -66,7 +66,13 @@ import tensorflow_model_optimization as tfmot
 from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
-from keras_minmax_mtl.policy import _ancestors, head_kernel_count, layer_roles, prunable_kernel_count
+from keras_minmax_mtl.policy import (
+    _ancestors,
+    head_kernel_count,
+    layer_roles,
+    prunable_kernel_count,
+    refuse_nested_models,
+)
 from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
 
 __all__ = [
@@ -424,6 +430,7 @@ def hybrid_network(base_model, layer_names=None, name=None):
     ['HybridConv2D', 'HybridConv2D', 'HybridDense']
     """
     require_functional(base_model, "base_model")
+    refuse_nested_models(base_model, "The hybrid strategy (`hybrid_network`)")
     roles = layer_roles(base_model)
     convertible = [layer.name for layer in base_model.layers if isinstance(layer, _CONVERTIBLE)]
     if layer_names is None:
@@ -561,6 +568,7 @@ def equal_nonzero_budget(base_model, sparsity):
 def _standard_sizes(base_model):
     """`(P_pruned, P_out)` of a standard network (see `equal_nonzero_budget`)."""
     require_functional(base_model, "base_model")
+    refuse_nested_models(base_model, "The hybrid strategy's budget (`equal_nonzero_budget`)")
     return prunable_kernel_count(base_model), head_kernel_count(base_model)
 
 

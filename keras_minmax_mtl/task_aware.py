@@ -52,7 +52,12 @@ from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
 from keras_minmax_mtl.mask_updaters import RigLUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.policy import head_kernel_count, layer_roles, prunable_kernel_count
+from keras_minmax_mtl.policy import (
+    head_kernel_count,
+    layer_roles,
+    prunable_kernel_count,
+    refuse_nested_models,
+)
 from keras_minmax_mtl.pruning import sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
@@ -102,6 +107,7 @@ def branch_name(index):
 
 def _heads(base_model):
     """`(trunk_tensor, {task: (hidden, output)})` of a standard network, or a clear error."""
+    refuse_nested_models(base_model, "Task-aware optimisation")
     heads, trunk = {}, None
     for task in base_model.output_names:
         output = base_model.get_layer(task)
@@ -247,6 +253,7 @@ def measure_tasks(model, x, y, alpha=0.5):
         `task_names`.
     """
     _require_compiled(model)
+    refuse_nested_models(model.base_model, "Task-aware optimisation (`measure_tasks`)", "model")
     roles = layer_roles(model.base_model)
     kernels = [layer.kernel for layer in model.base_model.layers
                if roles.get(layer.name) == "trunk" and getattr(layer, "kernel", None) is not None]

@@ -13,6 +13,8 @@ import tensorflow_model_optimization as tfmot
 import keras_minmax_mtl as kmm
 from keras_minmax_mtl import dst, pruning, reweighted
 from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.policy import MultiTaskPruningPolicy, prunable_kernel_count
+from keras_minmax_mtl.task_similarity import allocate_budget
 from tests.helpers import LOSSES
 
 TASKS = ("a", "b", "c")
@@ -167,3 +169,158 @@ def test_resume_with_backup_and_restore_in_either_order_is_the_uninterrupted_run
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
     assert int(resumed.optimizer.iterations.numpy()) == 18
+
+
+# ---------------------------------------------------------------- reweighted l1
+@pytest.mark.parametrize("build", [functional_trunk_model, sequential_trunk_model])
+def test_reweighted_l1_prunes_a_nested_trunk_to_exactly_the_target(build):
+    base = build()
+    policy = MultiTaskPruningPolicy()
+    wrapped, callbacks = reweighted.prune_reweighted_l1(base, 0.75, dense_steps=2,
+                                                        reweighted_steps=2, rho=1e-3, policy=policy)
+    assert {n: policy.roles[n] for n in ("t1", "t2", "a")} == {
+        "t1": "trunk", "t2": "trunk", "a": "task_output"}
+    assert [w.layer.name for w in pruning.pruning_wrappers(wrapped)] == ["t1", "t2"]
+    model = _multitask(wrapped)
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    layers = pruning.sparsity_report(model)["layers"]
+    assert layers == {"t1/kernel": {"size": 48, "zeros": 36, "sparsity": 0.75},
+                      "t2/kernel": {"size": 64, "zeros": 48, "sparsity": 0.75}}
+    assert [int(m.sum()) for m in _masks(model)] == [12, 16]
+    stripped = pruning.strip_pruning(model)
+    assert {n: pruning.sparsity_report(stripped)["layers"][n] for n in layers} == layers
+    np.testing.assert_allclose(stripped(x)["c"].numpy(), model(x)["c"].numpy(), atol=1e-6)
+    assert prunable_kernel_count(base) == 112  # the nested kernels are counted
+
+
+def test_reweighted_filter_mode_removes_whole_units_inside_a_nested_trunk():
+    wrapped, callbacks = reweighted.prune_reweighted_l1(
+        functional_trunk_model(), 0.5, dense_steps=2, reweighted_steps=2, rho=1e-3,
+        sparsity_type="filter")
+    model = _multitask(wrapped)
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    removed = callbacks[1].removed.removed
+    assert sorted(removed) == ["t1", "t2"] and all(len(units) == 4 for units in removed.values())
+    for wrapper in pruning.pruning_wrappers(model):
+        kernel = wrapper.layer.kernel.numpy()
+        assert np.all(kernel[:, removed[wrapper.layer.name]] == 0)
+        assert np.all(wrapper.layer.bias.numpy()[removed[wrapper.layer.name]] == 0)
+        assert np.count_nonzero(np.abs(kernel).sum(axis=0) == 0) == 4
+
+
+def test_reweighted_filter_mode_refuses_a_nested_output_layer_feeding_an_outer_batch_norm():
+    t_in = keras.Input((6,))
+    trunk = keras.Model(t_in, keras.layers.Dense(8, name="t1")(t_in), name="trunk_model")
+    inputs = keras.Input((6,))
+    h = keras.layers.BatchNormalization(name="bn")(trunk(inputs))
+    base = keras.Model(inputs, _heads(h))
+    with pytest.raises(ValueError, match=r"units of layer 't1': it produces the output of the "
+                                         r"nested model 'trunk_model'.*\['bn'\].*exclude=\['t1'\]"):
+        reweighted.prune_reweighted_l1(base, 0.5, 1, 1, rho=1e-3, sparsity_type="filter")
+
+
+def test_reweighted_l1_refuses_a_layer_called_twice_per_step_by_name():
+    with pytest.raises(ValueError, match=r"layers 'shared' \(2 calls\) run more than once per "
+                                         r"training step.*dynamic sparse training"):
+        reweighted.prune_reweighted_l1(shared_layer_model(), 0.5, 1, 1, rho=1e-3)
+    # tfmot's own count: the shared wrapper's pruning_step advances twice per step.
+    wrapped, _ = reweighted.prune_reweighted_l1(shared_layer_model(), 0.5, 1, 1, rho=1e-3,
+                                                policy=MultiTaskPruningPolicy(exclude=["shared"]))
+    assert [w.layer.name for w in pruning.pruning_wrappers(wrapped)] == ["left"]
+
+
+def test_reweighted_l1_refuses_names_shared_by_a_nested_layer_and_an_outer_one():
+    t_in = keras.Input((6,))
+    trunk = keras.Model(t_in, keras.layers.Dense(8, name="a")(t_in), name="trunk_model")
+    inputs = keras.Input((6,))
+    base = keras.Model(inputs, _heads(trunk(inputs)))
+    with pytest.raises(ValueError, match=r"layers \['a'\] whose names are carried by several"):
+        reweighted.prune_reweighted_l1(base, 0.5, 1, 1, rho=1e-3)
+
+
+# ---------------------------------------------------------- shared layers, DST
+def test_dst_wraps_a_layer_shared_by_two_branches_once_and_keeps_the_target():
+    base = dst.prune_for_dst(shared_layer_model())
+    wrappers = pruning.pruning_wrappers(base)
+    assert [w.layer.name for w in wrappers] == ["left", "shared"]
+    assert [pruning.calls_per_step(base)[id(w)][1] for w in wrappers] == [1, 2]
+    model = _multitask(base)
+    callback = dst.DynamicSparseTraining(0.5, method="rigl", density="uniform", update_every=2,
+                                         end_step=10)
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), callback])
+    assert len(callback.history) == 5
+    assert [int(m.sum()) for m in _masks(model)] == [18, 24]  # half of 36 and of 48, held
+    # tfmot's step counts calls (2 per training step for `shared`); DST counts training steps.
+    assert [int(w.pruning_step.numpy()) for w in wrappers] == [12, 24]
+
+
+# ------------------------------------------------------- task-aware and hybrid
+@pytest.mark.parametrize("build, nested", [(functional_trunk_model, "trunk_model"),
+                                           (sequential_trunk_model, "trunk_seq")])
+def test_task_aware_and_hybrid_refuse_a_nested_trunk_by_name(build, nested):
+    from keras_minmax_mtl import hybrid, task_aware
+
+    base = build()
+    message = rf"does not enter nested models: layer '{nested}'.*\['t1', 't2'\].*input_tensor=inputs"
+    with pytest.raises(ValueError, match="The hybrid strategy.*" + message):
+        hybrid.hybrid_network(base)
+    with pytest.raises(ValueError, match="The hybrid strategy's budget.*" + message):
+        hybrid.equal_nonzero_budget(base, 0.5)
+    with pytest.raises(ValueError, match="Task-aware optimisation " + message):
+        task_aware.grouped_network(base, [["a", "b"], ["c"]])
+    model = _multitask(base)
+    with pytest.raises(ValueError, match=r"Task-aware optimisation \(`measure_tasks`\) " + message):
+        task_aware.measure_tasks(model, *data(n=8))
+
+
+# ----------------------------------------------------------- steps_per_execution
+def test_dst_refuses_several_steps_per_execution_before_changing_anything():
+    model = kmm.MinMaxMultiTask(dst.prune_for_dst(functional_trunk_model()), step_size=0.1)
+    model.compile(optimizer="adam", loss=LOSSES, steps_per_execution=3)
+    # tfmot's UpdatePruningStep (listed first) sets the fresh wrappers' pruning_step from -1
+    # to 0 before DST refuses; every other weight, and the masks, stay as they were.
+    before = [v.numpy().copy() for v in model.weights if "pruning_step" not in v.name]
+    x, y = data()
+    with pytest.raises(ValueError, match=r"`DynamicSparseTraining` acts between training steps.*"
+                                         r"counted in executions, not steps\. Received: "
+                                         r"steps_per_execution=3"):
+        model.fit(x, y, batch_size=8, verbose=0, callbacks=[
+            tfmot.sparsity.keras.UpdatePruningStep(), dst.DynamicSparseTraining(update_every=2, end_step=10)])
+    after = [v for v in model.weights if "pruning_step" not in v.name]
+    assert len(after) == len(before)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+# ------------------------------------------------------------ non-finite numbers
+@pytest.mark.parametrize("make, message", [
+    (lambda: dst.DynamicSparseTraining(sparsity=float("nan")), r"`sparsity` must be in \(0, 1\). Received: sparsity=nan"),
+    (lambda: dst.DynamicSparseTraining(drop_fraction=float("nan")), r"`drop_fraction` must be in \(0, 1\]. Received: drop_fraction=nan"),
+    (lambda: dst.DynamicSparseTraining(method="paper", grow_ratio=float("inf")), r"`grow_ratio` must be in \(0, 1\]. Received: grow_ratio=inf"),
+    (lambda: reweighted.ReweightedL1Stages(rho=float("inf"), begin_step=1, prune_step=2), r"`rho` must be a number >= 0. Received: rho=inf \(a finite number is needed\)"),
+    (lambda: reweighted.ReweightedL1Stages(rho=1.0, begin_step=1, prune_step=2, epsilon=float("inf")), r"`epsilon` must be > 0. Received: epsilon=inf \(a finite"),
+    (lambda: reweighted.ReweightedL1Schedule(float("nan"), 2), r"`target_sparsity` must be in \[0, 1\). Received: target_sparsity=nan"),
+    (lambda: allocate_budget([0.5, 0.5], [4, 4], 4, smoothing=float("inf")), r"`smoothing` must be a finite number > 0. Received: smoothing=inf"),
+    (lambda: allocate_budget([0.5, 0.5], [4, 4], 4, smoothing=float("nan")), r"`smoothing` must be a finite number > 0. Received: smoothing=nan"),
+])
+def test_non_finite_numbers_are_refused_naming_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_hybrid_task_budget_nan_is_refused_naming_the_argument():
+    from keras_minmax_mtl import hybrid
+
+    model = hybrid.hybrid_network(_flat_model())
+    with pytest.raises(ValueError, match=r"`task_budget` must be a count.*Received: task_budget=nan"):
+        hybrid.prune_hybrid(model, 0.5, float("nan"), prune_step=2)
+
+
+def _flat_model():
+    inputs = keras.Input((6,), name="features")
+    h = keras.layers.Dense(8, activation="tanh", kernel_initializer=_init(0), name="t1")(inputs)
+    return keras.Model(inputs, _heads(h), name="flat")
