@@ -140,9 +140,11 @@ def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):
     return float(drop_fraction) * 0.5 * (1.0 + math.cos(math.pi * step / end_step))
 
 
-#: The layer types `prune_for_dst` wraps by default (with tfmot `PrunableLayer`s).
+#: The layer types `prune_for_dst` wraps by default (with tfmot `PrunableLayer`s). Not
+#: `DepthwiseConv2D`: tfmot's registry gives it no prunable weight (its wrapper would have
+#: no mask), so a MobileNet trunk's depthwise kernels stay dense.
 DST_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
-                   keras.layers.Conv3D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+                   keras.layers.Conv3D, keras.layers.SeparableConv2D)
 
 
 def _output_layers(model):
@@ -196,15 +198,13 @@ def prune_for_dst(model, layer_names=None):
     >>> inputs = keras.Input((32, 32, 3)); h = trunk(inputs)
     >>> base = keras.Model(inputs, [keras.layers.Dense(10, name="a")(h),
     ...                             keras.layers.Dense(1, name="b")(h)])
-    >>> len(pruning_wrappers(prune_for_dst(base)))   # every convolution of the trunk
-    52
+    >>> len(pruning_wrappers(prune_for_dst(base)))   # every Conv2D of the trunk
+    35
     """
     require_functional(model, "model")
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    outputs = {id(layer) for layer in _output_layers(copy)}
+    outputs = {id(layer) for layer in _output_layers(model)}
     by_name = {}
-    for layer in walk_layers(copy):
+    for layer in walk_layers(model):
         if _is_prunable(layer):
             by_name.setdefault(layer.name, []).append(layer)
     prunable = list(by_name)
@@ -231,12 +231,23 @@ def prune_for_dst(model, layer_names=None):
                 f"them so that each name is unique. Received: layer_names={list(layer_names)!r}")
         chosen = {id(by_name[name][0]) for name in layer_names}
 
-    def wrap(layer):
-        if id(layer) in chosen:
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=HoldMasks())
-        return layer
+    copies = []
 
-    return clone_nested(copy, wrap)
+    def wrap(layer):
+        # A copy of every layer (the user's model keeps its own), wrapped if chosen; its
+        # weights are copied once the clone is built.
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        copy = layer.__class__.from_config(layer.get_config())
+        copies.append((layer, copy))
+        if id(layer) in chosen:
+            return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=HoldMasks())
+        return copy
+
+    wrapped = clone_nested(model, wrap)
+    for layer, copy in copies:
+        copy.set_weights(layer.get_weights())
+    return wrapped
 
 
 def _kernels(model):

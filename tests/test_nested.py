@@ -13,6 +13,7 @@ import tensorflow_model_optimization as tfmot
 import keras_minmax_mtl as kmm
 from keras_minmax_mtl import dst, pruning, reweighted
 from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.densities import active_counts
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, prunable_kernel_count
 from keras_minmax_mtl.task_similarity import allocate_budget
 from tests.helpers import LOSSES
@@ -324,3 +325,45 @@ def _flat_model():
     inputs = keras.Input((6,), name="features")
     h = keras.layers.Dense(8, activation="tanh", kernel_initializer=_init(0), name="t1")(inputs)
     return keras.Model(inputs, _heads(h), name="flat")
+
+
+# ------------------------------------------------------- a tf_keras.applications trunk
+def _application(**kwargs):
+    # The cheapest application to build and wrap here.
+    return keras.applications.MobileNetV3Small(
+        alpha=0.75, minimalistic=True, weights=None, include_top=False, pooling="avg",
+        include_preprocessing=False, **kwargs)
+
+
+def _app_heads(h):
+    return [keras.layers.Dense(3, activation="softmax", kernel_initializer=_init(10), name="a")(h),
+            keras.layers.Dense(1, kernel_initializer=_init(11), name="c")(h)]
+
+
+def test_dst_and_reweighted_reach_the_convolutions_of_an_applications_trunk():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    trunk = _application(input_shape=(32, 32, 3))
+    base = keras.Model(inputs, _app_heads(trunk(inputs)))  # the trunk called as a layer
+    convs = [layer.name for layer in trunk.layers if type(layer) is keras.layers.Conv2D]
+    assert len(convs) == 23  # its DepthwiseConv2D layers have no prunable weight in tfmot
+    # The same application built into the outer graph (input_tensor=) is found the same way.
+    flat_inputs = keras.Input((32, 32, 3))
+    flat = _application(input_tensor=flat_inputs)
+    flat_base = keras.Model(flat_inputs, _app_heads(flat.output))
+    assert [w.layer.name for w in pruning.pruning_wrappers(dst.prune_for_dst(flat_base))] == convs
+    wrapped, _ = reweighted.prune_reweighted_l1(base, 0.8, 1, 1, rho=1e-6)
+    assert [w.layer.name for w in pruning.pruning_wrappers(wrapped)] == convs
+
+    wrapped = dst.prune_for_dst(base)
+    assert [w.layer.name for w in pruning.pruning_wrappers(wrapped)] == convs
+    assert pruning.pruning_wrappers(base) == []  # the user's model is not changed
+    # The masks DST sets at its first batch (a fit of this trunk takes ~30 s here: the small
+    # nested trunks above show the training on the same code path).
+    counts = dst.initialize_masks(wrapped, 0.8, "erk", seed=0)
+    masks = _masks(wrapped)
+    assert [int(m.sum()) for m in masks] == counts == active_counts([m.shape for m in masks], 0.8, "erk")
+    assert sum(counts) == round(0.2 * sum(m.size for m in masks))
+    for wrapper in pruning.pruning_wrappers(wrapped):
+        (weight, mask, _), = wrapper.pruning_vars
+        assert np.all(weight.numpy()[mask.numpy() == 0] == 0)
