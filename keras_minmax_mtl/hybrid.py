@@ -73,7 +73,12 @@ from keras_minmax_mtl.policy import (
     prunable_kernel_count,
     refuse_nested_models,
 )
-from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
+from keras_minmax_mtl.pruning import (
+    PruneLowMagnitude,
+    check_single_step_execution,
+    masked_weights,
+    pruning_wrappers,
+)
 
 __all__ = [
     "HybridDense",
@@ -823,11 +828,7 @@ class HybridPruning(keras.callbacks.Callback):
         return final + int(round((size - final) * (1.0 - progress) ** 3))
 
     def on_train_begin(self, logs=None):
-        executions = getattr(self.model, "_steps_per_execution", None)
-        if executions is not None and int(executions.numpy()) != 1:
-            raise ValueError(f"`HybridPruning` acts between training steps and needs "
-                             f"`compile(steps_per_execution=1)`. Received: "
-                             f"steps_per_execution={int(executions.numpy())}")
+        check_single_step_execution(self.model, "HybridPruning")
         wrappers = pruning_wrappers(self.model)
         other = sorted(w.layer.name for w in wrappers if not isinstance(w.pruning_schedule,
                                                                           HoldMasks))
@@ -852,10 +853,15 @@ class HybridPruning(keras.callbacks.Callback):
                     f"Argument `{group}_nonzeros` must be in [{minimum}, {size}] for this model "
                     f"(its {len(tensors)} {group} kernels; each shared kernel keeps >= 1). "
                     f"Received: {group}_nonzeros={final}")
-        self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        # The step is read at the first batch, after every callback's `on_train_begin`
+        # (a `BackupAndRestore` listed after this one has restored `pruning_step` by then).
+        self._wrappers = wrappers
+        self.step = None
         self._prune_at = frozenset(self.prune_steps)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.step is None:
+            self.step = max(int(self._wrappers[0].pruning_step.numpy()), 0)
         step = self.step + 1
         if step not in self._prune_at:  # built once in on_train_begin, not every batch
             return

@@ -58,7 +58,7 @@ from keras_minmax_mtl.policy import (
     prunable_kernel_count,
     refuse_nested_models,
 )
-from keras_minmax_mtl.pruning import sparsity_report
+from keras_minmax_mtl.pruning import check_single_step_execution, sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
     allocate_budget,
@@ -364,11 +364,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         _require_compiled(self.model)
         _check_groups(self.groups, self.model.task_names)
-        executions = getattr(self.model, "_steps_per_execution", None)
-        if executions is not None and int(executions.numpy()) != 1:
-            raise ValueError(f"`TaskAwareAllocation` acts between training steps and needs "
-                             f"`compile(steps_per_execution=1)`. Received: "
-                             f"steps_per_execution={int(executions.numpy())}")
+        check_single_step_execution(self.model, "TaskAwareAllocation")
         _check_wrappers(self.model)
         self._kernels = _kernels(self.model)
         names = [wrapper.layer.name for wrapper, _, _ in self._kernels]
@@ -384,6 +380,14 @@ class TaskAwareAllocation(keras.callbacks.Callback):
                 f"Argument `budget` must be in [{len(sizes)}, {sum(sizes)}]: at least one weight "
                 f"per pruned kernel ({len(sizes)} kernels) and at most all of their "
                 f"{sum(sizes)} weights. Received: budget={self.budget}")
+        self._request = self.model.request_gradients(
+            [self._kernels[i][1] for i in self._branches])
+        self._pending = None
+        # The masks and the step are read at the first batch, after every callback's
+        # `on_train_begin` (a `BackupAndRestore` listed after this one has restored them).
+        self._step = None
+
+    def _start(self):
         masks = [mask.numpy() for _, _, mask in self._kernels]
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         if all(np.all(m == 1) for m in masks):
@@ -394,14 +398,14 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         else:
             counts = [int(m.sum()) for m in masks]
             if sum(counts) != self.budget:
+                self.on_train_end()  # releases the gradient request: fit stops here
                 raise ValueError(f"The model's masks hold {sum(counts)} active weights, not "
                                  f"budget={self.budget}: it was masked for another budget.")
             self._pool = sum(counts[i] for i in self._branches)
-        self._request = self.model.request_gradients(
-            [self._kernels[i][1] for i in self._branches])
-        self._pending = None
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._step is None:
+            self._start()
         step = self._step + 1
         due = step % self.update_every == 0 and (self.end_step is None or step <= self.end_step)
         self._pending = step if due else None

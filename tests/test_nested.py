@@ -146,10 +146,37 @@ def _reweighted_run():
     return _multitask(wrapped), callbacks
 
 
-@pytest.mark.parametrize("setup, kill_at", [(_dst_run, 9), (_reweighted_run, 9)])
-@pytest.mark.parametrize("backup_first", [True, False])
+def _hybrid_run():
+    from keras_minmax_mtl import hybrid
+
+    wrapped, callbacks = hybrid.prune_hybrid(hybrid.hybrid_network(_flat_model()), 0.5, 0.25,
+                                             prune_step=5, end_step=13, frequency=2)
+    return _multitask(wrapped), callbacks
+
+
+def _task_aware_run():
+    from keras_minmax_mtl import task_aware
+
+    inputs = keras.Input((6,), name="features")
+    h = keras.layers.Dense(8, activation="tanh", kernel_initializer=_init(0), name="t1")(inputs)
+    outputs = []
+    for i, task in enumerate(TASKS):
+        hidden = keras.layers.Dense(4, activation="relu", kernel_initializer=_init(20 + i),
+                                    name=f"{task}_hidden")(h)
+        outputs.extend(_heads(hidden, tasks=(task,)))
+    groups = [["a", "b"], ["c"]]
+    base = dst.prune_for_dst(task_aware.grouped_network(keras.Model(inputs, outputs), groups))
+    x, y = data(n=16, seed=1)
+    callback = task_aware.TaskAwareAllocation(groups, 40, (x, y), update_every=4, end_step=16)
+    return _multitask(base), [tfmot.sparsity.keras.UpdatePruningStep(), callback]
+
+
+@pytest.mark.parametrize("setup, backup_first", [
+    (_dst_run, True), (_dst_run, False), (_reweighted_run, True), (_reweighted_run, False),
+    (_hybrid_run, False), (_task_aware_run, False)])
 def test_resume_with_backup_and_restore_in_either_order_is_the_uninterrupted_run(
-        setup, kill_at, backup_first, tmp_path):
+        setup, backup_first, tmp_path):
+    kill_at = 9
     x, y = data(n=48)  # 6 steps per epoch; the kill at step 9 falls in epoch 2, resumed from 1
 
     def fit(model, callbacks, extra=()):
