@@ -71,7 +71,6 @@ from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.pruning import (
-    calls_per_step,
     check_single_step_execution,
     clone_nested,
     pruning_wrappers,
