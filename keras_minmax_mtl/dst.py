@@ -65,11 +65,19 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
     PruningSchedule,
 )
 
-from keras_minmax_mtl._keras import keras, register
+from keras_minmax_mtl._checks import is_finite_real
+from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.pruning import _short_name, pruning_wrappers, sparsity_report
+from keras_minmax_mtl.pruning import (
+    check_single_step_execution,
+    clone_nested,
+    pruning_wrappers,
+    short_name,
+    sparsity_report,
+    walk_layers,
+)
 
 __all__ = [
     "HoldMasks",
@@ -78,6 +86,7 @@ __all__ = [
     "DECAYS",
     "drop_fraction_at",
     "prune_for_dst",
+    "DST_LAYER_TYPES",
     "initialize_masks",
     "optimizer_slots",
     "set_mask",
@@ -130,42 +139,114 @@ def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):
     return float(drop_fraction) * 0.5 * (1.0 + math.cos(math.pi * step / end_step))
 
 
+#: The layer types `prune_for_dst` wraps by default (with tfmot `PrunableLayer`s). Not
+#: `DepthwiseConv2D`: tfmot's registry gives it no prunable weight (its wrapper would have
+#: no mask), so a MobileNet trunk's depthwise kernels stay dense.
+DST_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+                   keras.layers.Conv3D, keras.layers.SeparableConv2D)
+
+
+def _output_layers(model):
+    """The layers that produce `model`'s outputs, entering nested models that produce one."""
+    found = []
+    for tensor in model.outputs:
+        layer = tensor._keras_history.layer
+        while isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
+            index = tensor._keras_history.tensor_index
+            tensor = tf.nest.flatten(layer.outputs)[index]
+            layer = tensor._keras_history.layer
+        found.append(layer)
+    return found
+
+
+def _is_prunable(layer):
+    return (isinstance(layer, tfmot.sparsity.keras.PrunableLayer)
+            or type(layer) in DST_LAYER_TYPES)
+
+
 def prune_for_dst(model, layer_names=None):
     """A copy of the Functional `model` whose chosen layers are wrapped for DST; `model` is unchanged.
+
+    Enters nested Functional and Sequential models: the convolutions of a
+    ``tf_keras.applications`` trunk called as a layer (``h = trunk(inputs)``)
+    are wrapped inside a copy of the trunk. A layer shared by two branches is
+    wrapped once (one mask) and stays shared.
 
     Args:
         model: a Functional `tf_keras` model.
         layer_names: names of the layers to wrap with
-            `prune_low_magnitude(layer, pruning_schedule=HoldMasks())`.
-            Defaults to every layer with a prunable kernel (Dense,
-            convolutions) except the model's output layers (the task heads'
-            classifiers stay dense).
+            `prune_low_magnitude(layer, pruning_schedule=HoldMasks())`, at
+            any depth of nesting. Defaults to every layer with a prunable
+            kernel (Dense, convolutions, see `DST_LAYER_TYPES`, and tfmot
+            `PrunableLayer`s) except the layers that produce the model's
+            outputs (the task heads' classifiers stay dense).
 
     Returns:
         The wrapped copy, with the weights of `model`.
+
+    Raises:
+        ValueError: for names that are not prunable layers, for a name that
+            two different layers carry at different depths of nesting (it
+            would be ambiguous), for a nested subclassed model, and when no
+            layer is left to wrap.
+
+    Example:
+
+    >>> trunk = keras.applications.MobileNetV2(alpha=0.35, weights=None, include_top=False,
+    ...                                        pooling="avg", input_shape=(32, 32, 3))
+    >>> inputs = keras.Input((32, 32, 3)); h = trunk(inputs)
+    >>> base = keras.Model(inputs, [keras.layers.Dense(10, name="a")(h),
+    ...                             keras.layers.Dense(1, name="b")(h)])
+    >>> len(pruning_wrappers(prune_for_dst(base)))   # every Conv2D of the trunk
+    35
     """
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    outputs = set(model.output_names)
-    prunable = [layer.name for layer in copy.layers
-                if isinstance(layer, tfmot.sparsity.keras.PrunableLayer)
-                or type(layer) in (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
-                                   keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
-                                   keras.layers.SeparableConv2D)]
+    require_functional(model, "model")
+    outputs = {id(layer) for layer in _output_layers(model)}
+    by_name = {}
+    for layer in walk_layers(model):
+        if _is_prunable(layer):
+            by_name.setdefault(layer.name, []).append(layer)
+    prunable = list(by_name)
     if layer_names is None:
-        layer_names = [name for name in prunable if name not in outputs]
-    unknown = sorted(set(layer_names) - set(prunable))
-    if unknown:
-        raise ValueError(f"Argument `layer_names` must name prunable layers of the model "
-                         f"{prunable}. Received unknown or unprunable names: {unknown}")
-    chosen = set(layer_names)
+        chosen = {id(layer) for layers in by_name.values() for layer in layers
+                  if id(layer) not in outputs}
+        if not chosen:
+            raise ValueError(
+                f"Model {model.name!r} has no prunable layer (Dense, convolution) outside its "
+                f"output layers for dynamic sparse training to wrap. Prunable layers found: "
+                f"{prunable}. Pass `layer_names` to wrap output layers too.")
+    else:
+        if isinstance(layer_names, str):
+            layer_names = [layer_names]
+        unknown = sorted(set(layer_names) - set(prunable))
+        if unknown:
+            raise ValueError(f"Argument `layer_names` must name prunable layers of the model "
+                             f"{prunable}. Received unknown or unprunable names: {unknown}")
+        ambiguous = sorted(name for name in set(layer_names) if len(by_name[name]) > 1)
+        if ambiguous:
+            raise ValueError(
+                f"Argument `layer_names` names layers {ambiguous} that several layers of the "
+                f"model carry (a nested model's layer and another with the same name). Rename "
+                f"them so that each name is unique. Received: layer_names={list(layer_names)!r}")
+        chosen = {id(by_name[name][0]) for name in layer_names}
+
+    copies = []
 
     def wrap(layer):
-        if layer.name in chosen:
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=HoldMasks())
-        return layer
+        # A copy of every layer (the user's model keeps its own), wrapped if chosen; its
+        # weights are copied once the clone is built.
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        copy = layer.__class__.from_config(layer.get_config())
+        copies.append((layer, copy))
+        if id(layer) in chosen:
+            return tfmot.sparsity.keras.prune_low_magnitude(copy, pruning_schedule=HoldMasks())
+        return copy
 
-    return keras.models.clone_model(copy, clone_function=wrap)
+    wrapped = clone_nested(model, wrap)
+    for layer, copy in copies:
+        copy.set_weights(layer.get_weights())
+    return wrapped
 
 
 def _kernels(model):
@@ -318,8 +399,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         # The batch hooks read no logs: Keras need not convert them to NumPy
         # (a device sync) after every step because of this callback.
         self._supports_tf_logs = True
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
-                or not 0 < sparsity < 1:
+        if not is_finite_real(sparsity) or not 0 < sparsity < 1:
             raise ValueError(f"Argument `sparsity` must be in (0, 1). Received: sparsity={sparsity!r}")
         if method not in METHODS:
             raise ValueError(f"Argument `method` must be one of {list(METHODS)}. "
@@ -335,8 +415,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             raise ValueError(
                 f"Argument `end_step` must be an integer >= update_every ({update_every}): the "
                 f"first update happens at step `update_every`. Received: end_step={end_step!r}")
-        if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
-                or not 0 < drop_fraction <= 1:
+        if not is_finite_real(drop_fraction) or not 0 < drop_fraction <= 1:
             raise ValueError(f"Argument `drop_fraction` must be in (0, 1]. "
                              f"Received: drop_fraction={drop_fraction!r}")
         if decay not in DECAYS:
@@ -345,8 +424,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             if method != "paper":
                 raise ValueError(f"Argument `grow_ratio` is only used by method='paper'. "
                                  f"Received: grow_ratio={grow_ratio!r} with method={method!r}")
-            if isinstance(grow_ratio, bool) or not isinstance(grow_ratio, (int, float)) \
-                    or not 0 < grow_ratio <= 1:
+            if not is_finite_real(grow_ratio) or not 0 < grow_ratio <= 1:
                 raise ValueError(f"Argument `grow_ratio` must be in (0, 1]. "
                                  f"Received: grow_ratio={grow_ratio!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -398,6 +476,12 @@ class DynamicSparseTraining(keras.callbacks.Callback):
 
     # -------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
+        # Checks only: nothing of the model's state is read or changed here. The
+        # masks and the step count are read at the first batch, after every
+        # callback's `on_train_begin` has run, so that a
+        # `keras.callbacks.BackupAndRestore` listed after this callback has
+        # already restored the weights, the masks and `optimizer.iterations`.
+        check_single_step_execution(self.model, type(self).__name__)
         _check_wrappers(self.model)
         self._end_value = self._end()
         self._kernels = _kernels(self.model)
@@ -409,27 +493,33 @@ class DynamicSparseTraining(keras.callbacks.Callback):
                     f"{type(self.model).__name__}: wrap it as `MultiTaskModel(base_model)` (one "
                     f"output is fine), or use method='set'.")
             self._request = self.model.request_gradients([w for _, w, _ in self._kernels])
+        self._started = False
+        self._epoch = 0
+        self._pending = None
+
+    def _start(self):
+        """Reads (or sets) the masks and the step count: at the first batch of `fit`."""
         if all(np.all(mask.numpy() == 1) for _, _, mask in self._kernels):
             self.initial_counts = initialize_masks(self.model, self.sparsity, self.density, self.seed)
         else:
             self.initial_counts = [int(mask.numpy().sum()) for _, _, mask in self._kernels]
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
-        self._epoch = 0
-        self._pending = None
+        self._started = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._first_batch = True
 
     def on_train_batch_begin(self, batch, logs=None):
+        if not self._started:
+            self._start()
         step = self._step + 1  # the step this batch is (1-based)
         if self.counts_epochs:
-            due = getattr(self, "_first_batch", False) and self._is_update(self._epoch)
+            # The epoch's first batch (index 0: a mid-epoch resume starts later).
+            due = batch == 0 and self._is_update(self._epoch)
             t = self._epoch
         else:
             due = self._is_update(step)
             t = step
-        self._first_batch = False
         self._pending = t if due else None
         if due and self._request is not None:
             self._request.requested.assign(True)
@@ -469,7 +559,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             new = self.updater.update(value, old, gradient, n_drop, n_grow, rng)
             grown = set_mask(weight, mask, new, optimizer)
             active = int(new.sum())
-            record["layers"][f"{wrapper.layer.name}/{_short_name(weight)}"] = {
+            record["layers"][f"{wrapper.layer.name}/{short_name(weight)}"] = {
                 "active": active, "grown": int(grown.sum()),
                 "turnover": float(grown.sum()) / active if active else 0.0}
         self.history.append(record)

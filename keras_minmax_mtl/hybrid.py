@@ -63,11 +63,22 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from keras_minmax_mtl._checks import is_int, is_real
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.dst import HoldMasks, prune_for_dst
-from keras_minmax_mtl.policy import _ancestors, head_kernel_count, layer_roles, prunable_kernel_count
-from keras_minmax_mtl.pruning import PruneLowMagnitude, masked_weights, pruning_wrappers
+from keras_minmax_mtl.policy import (
+    _ancestors,
+    head_kernel_count,
+    layer_roles,
+    prunable_kernel_count,
+    refuse_nested_models,
+)
+from keras_minmax_mtl.pruning import (
+    PruneLowMagnitude,
+    check_single_step_execution,
+    masked_weights,
+    pruning_wrappers,
+)
 
 __all__ = [
     "HybridDense",
@@ -424,6 +435,7 @@ def hybrid_network(base_model, layer_names=None, name=None):
     ['HybridConv2D', 'HybridConv2D', 'HybridDense']
     """
     require_functional(base_model, "base_model")
+    refuse_nested_models(base_model, "The hybrid strategy (`hybrid_network`)")
     roles = layer_roles(base_model)
     convertible = [layer.name for layer in base_model.layers if isinstance(layer, _CONVERTIBLE)]
     if layer_names is None:
@@ -561,6 +573,7 @@ def equal_nonzero_budget(base_model, sparsity):
 def _standard_sizes(base_model):
     """`(P_pruned, P_out)` of a standard network (see `equal_nonzero_budget`)."""
     require_functional(base_model, "base_model")
+    refuse_nested_models(base_model, "The hybrid strategy's budget (`equal_nonzero_budget`)")
     return prunable_kernel_count(base_model), head_kernel_count(base_model)
 
 
@@ -686,7 +699,7 @@ def _task_count(task_budget, task, trunk_size):
     task_size = sum(s for _, s in task)
     if is_int(task_budget):
         count = int(task_budget)
-    elif is_real(task_budget):
+    elif is_finite_real(task_budget):
         count = int(round(float(task_budget) * trunk_size))
     else:
         count = -1
@@ -815,11 +828,7 @@ class HybridPruning(keras.callbacks.Callback):
         return final + int(round((size - final) * (1.0 - progress) ** 3))
 
     def on_train_begin(self, logs=None):
-        executions = getattr(self.model, "_steps_per_execution", None)
-        if executions is not None and int(executions.numpy()) != 1:
-            raise ValueError(f"`HybridPruning` acts between training steps and needs "
-                             f"`compile(steps_per_execution=1)`. Received: "
-                             f"steps_per_execution={int(executions.numpy())}")
+        check_single_step_execution(self.model, "HybridPruning")
         wrappers = pruning_wrappers(self.model)
         other = sorted(w.layer.name for w in wrappers if not isinstance(w.pruning_schedule,
                                                                           HoldMasks))
@@ -844,10 +853,15 @@ class HybridPruning(keras.callbacks.Callback):
                     f"Argument `{group}_nonzeros` must be in [{minimum}, {size}] for this model "
                     f"(its {len(tensors)} {group} kernels; each shared kernel keeps >= 1). "
                     f"Received: {group}_nonzeros={final}")
-        self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        # The step is read at the first batch, after every callback's `on_train_begin`
+        # (a `BackupAndRestore` listed after this one has restored `pruning_step` by then).
+        self._wrappers = wrappers
+        self.step = None
         self._prune_at = frozenset(self.prune_steps)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.step is None:
+            self.step = max(int(self._wrappers[0].pruning_step.numpy()), 0)
         step = self.step + 1
         if step not in self._prune_at:  # built once in on_train_begin, not every batch
             return

@@ -36,7 +36,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_policy imp
 from keras_minmax_mtl._keras import keras, require_tf_keras_model
 
 __all__ = ["MultiTaskPruningPolicy", "ROLES", "layer_roles", "prunable_kernel_count",
-           "head_kernel_count"]
+           "head_kernel_count", "refuse_nested_models"]
 
 #: The roles a layer can have in a multi-task graph.
 ROLES = ("trunk", "task_hidden", "task_output")
@@ -228,8 +228,33 @@ class MultiTaskPruningPolicy(PruningPolicy):
 
 
 def _kernel_count(model, names):
-    return int(sum(np.prod(layer.kernel.shape) for layer in model.layers
+    layers = {id(layer): layer for top in model.layers for layer in [top, *_inner_layers(top)]}
+    return int(sum(np.prod(layer.kernel.shape) for layer in layers.values()
                    if layer.name in names and getattr(layer, "kernel", None) is not None))
+
+
+def refuse_nested_models(model, method, argument="base_model"):
+    """Raises `ValueError` naming the first nested model of `model`, for methods that cannot enter one.
+
+    A trunk built as its own Functional or Sequential model and called as a
+    layer (``h = trunk(inputs)``, e.g. a `tf_keras.applications` backbone)
+    hides its layers behind one layer of the outer graph. `method` names
+    the strategy in the message, which says the way out: build the trunk's
+    layers in the outer graph (for an application,
+    ``keras.applications.MobileNetV2(input_tensor=inputs, ...)`` and its
+    `output`).
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            inner = [child.name for child in _inner_layers(layer) if child.weights]
+            raise ValueError(
+                f"{method} does not enter nested models: layer {layer.name!r} of argument "
+                f"`{argument}` ({model.name!r}) is a nested {type(layer).__name__} model, whose "
+                f"layers {inner[:5] + (['...'] if len(inner) > 5 else [])} it would not reach. "
+                f"Build the trunk in the outer graph instead: call its layers on the outer "
+                f"tensors, or for a `tf_keras.applications` model pass `input_tensor=inputs` and "
+                f"use its `.output`. (Reweighted l1 and dynamic sparse training do enter nested "
+                f"models.)")
 
 
 def prunable_kernel_count(base_model, policy=None):

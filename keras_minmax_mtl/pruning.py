@@ -36,20 +36,142 @@ __all__ = [
     "prune_scope",
     "has_update_pruning_step",
     "nonzero_kernel_count",
+    "walk_layers",
+    "short_name",
+    "clone_nested",
+    "calls_per_step",
+    "check_called_once",
+    "check_single_step_execution",
 ]
 
 
-def _walk(layer):
-    """Yields every layer under `layer`, depth first, entering nested models."""
-    if isinstance(layer, MultiTaskModel):
-        yield from _walk(layer.base_model)
-        return
-    yield layer
-    if isinstance(layer, PruneLowMagnitude):
-        yield from _walk(layer.layer)
-        return
-    for child in getattr(layer, "layers", None) or []:
-        yield from _walk(child)
+def walk_layers(layer):
+    """Yields `layer` and every layer under it, depth first, entering nested models.
+
+    Enters nested Functional and Sequential models (a `tf_keras.applications`
+    trunk called as a layer, ``h = trunk(inputs)``), the layer of a
+    `PruneLowMagnitude` wrapper, and the base model of a `MultiTaskModel`
+    (which is not yielded itself). A layer shared by two branches is yielded
+    once.
+    """
+    seen = set()
+
+    def walk(current):
+        if isinstance(current, MultiTaskModel):
+            yield from walk(current.base_model)
+            return
+        if id(current) in seen:
+            return
+        seen.add(id(current))
+        yield current
+        if isinstance(current, PruneLowMagnitude):
+            yield from walk(current.layer)
+            return
+        for child in getattr(current, "layers", None) or []:
+            yield from walk(child)
+
+    yield from walk(layer)
+
+
+_walk = walk_layers
+
+
+def _is_graph_model(layer):
+    return isinstance(layer, keras.Model) and (isinstance(layer, keras.Sequential)
+                                               or getattr(layer, "_is_graph_network", False))
+
+
+def clone_nested(model, clone_function):
+    """Clones the Functional `model`, entering nested Functional/Sequential models.
+
+    ``clone_function(layer)`` is called on every layer that is not itself a
+    Functional or Sequential model (a nested model is cloned the same way,
+    recursively, so the layers of a ``tf_keras.applications`` trunk called as
+    a layer are reached), and returns the layer to use: the layer itself, a
+    wrapper, or a copy. Like `keras.models.clone_model`, a layer called at
+    several nodes (shared by two branches) is cloned once and stays shared.
+    The clone's weights are new variables holding `model`'s values only where
+    `clone_function` returns the original layer (or a wrapper of it).
+
+    Raises:
+        ValueError: for a nested subclassed model, which cannot be entered;
+            the message names it.
+    """
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            if not _is_graph_model(layer):
+                raise ValueError(
+                    f"Layer {layer.name!r} of model {model.name!r} is a nested subclassed model "
+                    f"(class {type(layer).__name__}), whose layers cannot be reached by cloning. "
+                    f"Build it as a Functional or Sequential model, or wrap its layers yourself.")
+            return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
+        return clone_function(layer)
+
+    return keras.models.clone_model(model, input_tensors=None, clone_function=clone)
+
+
+def calls_per_step(model):
+    """`{id(layer): (layer, n)}`: how many times one forward pass of `model` calls each layer.
+
+    Counts the nodes of the Functional graph, multiplied through nested
+    models (a trunk called twice calls each of its layers twice). tfmot's
+    wrappers advance their `pruning_step` at every training call, so a
+    wrapper with ``n > 1`` (a layer shared by two branches) counts ``n``
+    per training step.
+    """
+    counts = {}
+
+    def visit(graph, factor):
+        for nodes in getattr(graph, "_nodes_by_depth", {}).values():
+            for node in nodes:
+                layer = node.layer
+                if isinstance(layer, keras.layers.InputLayer):
+                    continue
+                entry = counts.setdefault(id(layer), [layer, 0])
+                entry[1] += factor
+                if _is_graph_model(layer):
+                    visit(layer, factor)
+                elif isinstance(layer, PruneLowMagnitude) and _is_graph_model(layer.layer):
+                    visit(layer.layer, factor)
+
+    visit(model.base_model if isinstance(model, MultiTaskModel) else model, 1)
+    return {key: (layer, n) for key, (layer, n) in counts.items()}
+
+
+def check_called_once(model):
+    """Raises `ValueError` if a pruning wrapper of `model` runs more than once per forward pass.
+
+    tfmot's wrapper advances its `pruning_step` at every training call, and
+    schedules that prune at a given step (`ReweightedL1Schedule`, tfmot's
+    own) read that count: a layer shared by two branches, or inside a nested
+    model called twice, would be pruned at the wrong training step.
+    """
+    shared = sorted(f"{layer.layer.name!r} ({n} calls)" for layer, n in calls_per_step(model).values()
+                    if isinstance(layer, PruneLowMagnitude) and n > 1)
+    if shared:
+        raise ValueError(
+            f"The pruning wrappers of layers {', '.join(shared)} run more than once per training "
+            f"step (a layer shared by two branches, or a nested model called twice); tfmot's "
+            f"`pruning_step` counts calls, so they would be pruned at the wrong step. Keep them "
+            f"out of the pruning (e.g. `MultiTaskPruningPolicy(exclude=[...])`), or use dynamic "
+            f"sparse training (`keras_minmax_mtl.dst`), whose masks do not depend on that count.")
+
+
+def check_single_step_execution(model, owner):
+    """Raises `ValueError` unless `model` runs one training step per execution.
+
+    A callback that acts between training steps (a mask update, a penalty
+    switch) sees one batch hook per *execution*: with
+    ``compile(steps_per_execution=N)``, ``N > 1``, it would count executions,
+    not steps. `owner` names the callback in the message.
+    """
+    executions = getattr(model, "_steps_per_execution", None)
+    if executions is not None and int(executions.numpy()) != 1:
+        raise ValueError(
+            f"`{owner}` acts between training steps and needs `compile(steps_per_execution=1)`: "
+            f"with N > 1 steps per execution its batch hooks run once per N steps, so its "
+            f"updates would be counted in executions, not steps. Received: "
+            f"steps_per_execution={int(executions.numpy())}")
 
 
 def pruning_wrappers(model):
@@ -73,8 +195,12 @@ def masked_weights(model):
     return values
 
 
-def _short_name(weight):
+def short_name(weight):
+    """The last part of a variable's name, e.g. ``"kernel"`` for ``"dense/kernel:0"``."""
     return weight.name.split("/")[-1].split(":")[0]
+
+
+_short_name = short_name
 
 
 def pruned_kernels(model):

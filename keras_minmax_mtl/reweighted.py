@@ -59,13 +59,21 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
     PruningSchedule,
 )
 
-from keras_minmax_mtl._checks import is_int
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, register, require_functional
 from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
-from keras_minmax_mtl.pruning import PruneLowMagnitude, pruning_wrappers
+from keras_minmax_mtl.pruning import (
+    PruneLowMagnitude,
+    check_called_once,
+    check_single_step_execution,
+    clone_nested,
+    pruning_wrappers,
+    walk_layers,
+)
 from keras_minmax_mtl.structured import (
     RemovedUnits,
+    check_nested_outputs,
     check_sparsity_type,
     check_structured_layer,
     magnitudes,
@@ -87,6 +95,7 @@ __all__ = [
 ALLOCATIONS = ("uniform", "global")
 
 _PENALTY_ATTRIBUTE = "_kmm_reweighted_l1_penalty"
+_STATE_ATTRIBUTE = "kmm_reweighted_l1_state"
 
 
 def _check_sparsity(target_sparsity):
@@ -99,15 +108,21 @@ def _check_sparsity(target_sparsity):
     return float(target_sparsity)
 
 
+def _not_finite(value):
+    return " (a finite number is needed)" if is_real(value) and not is_finite_real(value) else ""
+
+
 def _check_epsilon(epsilon):
-    if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon > 0:
-        raise ValueError(f"Argument `epsilon` must be > 0. Received: epsilon={epsilon!r}")
+    if not is_finite_real(epsilon) or not epsilon > 0:
+        raise ValueError(f"Argument `epsilon` must be > 0. Received: epsilon={epsilon!r}"
+                         + _not_finite(epsilon))
     return float(epsilon)
 
 
 def _check_rho(rho):
-    if not isinstance(rho, numbers.Real) or isinstance(rho, bool) or not rho >= 0:
-        raise ValueError(f"Argument `rho` must be a number >= 0. Received: rho={rho!r}")
+    if not is_finite_real(rho) or not rho >= 0:
+        raise ValueError(f"Argument `rho` must be a number >= 0. Received: rho={rho!r}"
+                         + _not_finite(rho))
     return float(rho)
 
 
@@ -222,9 +237,14 @@ class ReweightedL1Penalty:
     is a non-trainable copy taken by `refresh`, and ``c`` (`coefficient`, a
     non-trainable variable) is ρ during the reweighted stage and 0 otherwise.
     When ``c = 0`` nothing is computed (a `tf.cond`). A plain callable,
-    attached to a Functional model by `attach` with `add_loss`; it is not
-    saved with the model (`ReweightedL1Stages` attaches a new one to a
-    reloaded model, with ``w^ref`` taken from the reloaded weights).
+    attached to a Functional model by `attach` with `add_loss`. Its variables
+    (``w^ref``, the factors, ``c`` and `reference_step`, the step of the last
+    refresh) are not weights of the model, so `model.save` does not hold them
+    (`ReweightedL1Stages` attaches a new penalty to a reloaded model, with
+    ``w^ref`` taken from the reloaded weights), but they are in the model's
+    TensorFlow checkpoint (`tf.train.Checkpoint(model=...)`), so
+    `keras.callbacks.BackupAndRestore` restores them and a resumed run is
+    the uninterrupted one.
 
     Args:
         model: the Functional model holding the pruning wrappers.
@@ -262,6 +282,16 @@ class ReweightedL1Penalty:
                         for r in self.references]
         self.coefficient = tf.Variable(0.0, trainable=False, dtype=tf.float32,
                                        name="reweighted_l1_coefficient")
+        # The step of the last refresh of ``w^ref`` by `ReweightedL1Stages`; -1: taken when
+        # the penalty was created, not at a step of the schedule.
+        self.reference_step = tf.Variable(-1, trainable=False, dtype=tf.int64,
+                                          name="reweighted_l1_reference_step")
+        # Tracked by the model's checkpoint (BackupAndRestore), not one of its weights.
+        self.state = tf.__internal__.tracking.AutoTrackable()
+        self.state.references = self.references
+        self.state.factors = self.factors
+        self.state.coefficient = self.coefficient
+        self.state.reference_step = self.reference_step
 
     @classmethod
     def attach(cls, model, epsilon=1e-6, sparsity_type="unstructured"):
@@ -284,6 +314,9 @@ class ReweightedL1Penalty:
             penalty = cls(model, epsilon=epsilon, sparsity_type=sparsity_type)
         model.add_loss(penalty)
         object.__setattr__(model, _PENALTY_ATTRIBUTE, penalty)
+        # A checkpoint dependency of the model (an AutoTrackable is neither a layer nor a
+        # weight): `BackupAndRestore` saves and restores w_ref with the weights.
+        setattr(model, _STATE_ATTRIBUTE, penalty.state)
         return penalty
 
     @staticmethod
@@ -296,8 +329,9 @@ class ReweightedL1Penalty:
     def _magnitudes(self, weight):
         return magnitudes(weight, self.sparsity_type)
 
-    def refresh(self):
-        """``w^ref ← w`` for every pruned kernel."""
+    def refresh(self, step=-1):
+        """``w^ref ← w`` for every pruned kernel; `step` is recorded as `reference_step`."""
+        self.reference_step.assign(int(step))
         for reference, factor, weight in zip(self.references, self.factors, self.weights):
             reference.assign(weight)
             factor.assign(1.0 / (self._magnitudes(reference) + self.epsilon))
@@ -431,13 +465,11 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         return self.model.base_model if isinstance(self.model, MultiTaskModel) else self.model
 
     def on_train_begin(self, logs=None):
-        executions = getattr(self.model, "_steps_per_execution", None)
-        if executions is not None and int(executions.numpy()) != 1:
-            raise ValueError(
-                f"`ReweightedL1Stages` acts between training steps and needs "
-                f"`compile(steps_per_execution=1)`. Received: "
-                f"steps_per_execution={int(executions.numpy())}"
-            )
+        # Checks and the penalty's attachment only: the training state (the wrappers'
+        # step, w_ref, the coefficient) is read at the first batch, once every callback's
+        # `on_train_begin` has run, so that a `keras.callbacks.BackupAndRestore` listed
+        # after this callback has already restored it.
+        check_single_step_execution(self.model, type(self).__name__)
         wrappers = pruning_wrappers(self.model)
         if not wrappers:
             raise ValueError(
@@ -461,42 +493,53 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                 "gets its own sparsity), but the wrappers share schedules. Wrap the model with "
                 "`prune_reweighted_l1(..., allocation='global')`."
             )
+        check_called_once(self.model)
         self._schedules = schedules
-        self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
         if self.sparsity_type == "filter":
             _check_filter_layers(wrappers)
-            if self.step >= self.prune_step:  # resumed after the prune: the masks say what went
-                self.removed = RemovedUnits(self.model)
+            check_nested_outputs(self.model)
         base = self._base()
-        next_step = self.step + 1
         self.penalty = ReweightedL1Penalty.of(base)
-        if self.penalty is None and next_step < self.prune_step:
+        if self.penalty is None:
+            # Attached whatever the stage (a coefficient of 0 computes nothing): the stage
+            # is only known at the first batch, and the train function is traced then.
             self.penalty = ReweightedL1Penalty.attach(base, epsilon=self.epsilon,
                                                       sparsity_type=self.sparsity_type)
-        if self.penalty is not None:
-            if (self.penalty.epsilon, self.penalty.sparsity_type) != (self.epsilon,
-                                                                      self.sparsity_type):
-                raise ValueError(
-                    f"The model's reweighted penalty has epsilon={self.penalty.epsilon}, "
-                    f"sparsity_type={self.penalty.sparsity_type!r}; this callback "
-                    f"epsilon={self.epsilon}, sparsity_type={self.sparsity_type!r}: use the "
-                    f"same values."
-                )
-            active = self.begin_step <= next_step < self.prune_step
-            if active:
-                self.penalty.refresh()
-            self.penalty.set_coefficient(self.rho if active else 0.0)
+        if (self.penalty.epsilon, self.penalty.sparsity_type) != (self.epsilon,
+                                                                  self.sparsity_type):
+            raise ValueError(
+                f"The model's reweighted penalty has epsilon={self.penalty.epsilon}, "
+                f"sparsity_type={self.penalty.sparsity_type!r}; this callback "
+                f"epsilon={self.epsilon}, sparsity_type={self.sparsity_type!r}: use the "
+                f"same values."
+            )
+        self.step = None
+
+    def _start(self):
+        """The stage the training state is at: read at the first batch of `fit`."""
+        wrappers = pruning_wrappers(self.model)
+        self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        if self.sparsity_type == "filter" and self.step >= self.prune_step:
+            self.removed = RemovedUnits(self.model)  # resumed after the prune: the masks say
+        next_step = self.step + 1
+        active = self.begin_step <= next_step < self.prune_step
+        if active and int(self.penalty.reference_step.numpy()) < self.begin_step:
+            # w_ref was not taken at a refresh of this stage (a reloaded model's new
+            # penalty): take it now. A restored or continued run keeps its w_ref.
+            self.penalty.refresh(self.step)
+        self.penalty.set_coefficient(self.rho if active else 0.0)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.step is None:
+            self._start()
         step = self.step + 1
-        if self.penalty is not None:
-            if step == self.begin_step and step < self.prune_step:
-                self.penalty.refresh()
-                self.penalty.set_coefficient(self.rho)
-            elif step in self.refresh_steps:
-                self.penalty.refresh()
-            if step == self.prune_step:
-                self.penalty.set_coefficient(0.0)
+        if step == self.begin_step and step < self.prune_step:
+            self.penalty.refresh(step)
+            self.penalty.set_coefficient(self.rho)
+        elif step in self.refresh_steps:
+            self.penalty.refresh(step)
+        if step == self.prune_step:
+            self.penalty.set_coefficient(0.0)
         if step == self.prune_step and self.allocation == "global":
             target = self.target_sparsity
             if target is None:
@@ -556,14 +599,26 @@ def _refresh_points(begin_step, prune_step, refreshes):
 
 
 def _wrap(model, make_schedule, policy):
-    def clone(layer):
-        if isinstance(layer, keras.Model):
-            return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
+    def wrap(layer):
         if policy.allow_pruning(layer):
             return PruneLowMagnitude(layer, pruning_schedule=make_schedule())
         return layer
 
-    return keras.models.clone_model(model, input_tensors=None, clone_function=clone)
+    return clone_nested(model, wrap)
+
+
+def _check_unique_names(model):
+    """The policy decides by layer name: two weighted layers may not share one (nested models)."""
+    seen = {}
+    for layer in walk_layers(model):
+        if layer.weights and not isinstance(layer, keras.Model):
+            seen.setdefault(layer.name, []).append(layer)
+    clashes = sorted(name for name, layers in seen.items() if len(layers) > 1)
+    if clashes:
+        raise ValueError(
+            f"Argument `base_model` has layers {clashes} whose names are carried by several "
+            f"layers (a nested model's layer and another with the same name); the pruning "
+            f"policy decides by name. Give every layer a unique name.")
 
 
 def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_steps, rho,
@@ -666,6 +721,7 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
         )
     copy = keras.models.clone_model(base_model)
     copy.set_weights(base_model.get_weights())
+    _check_unique_names(copy)
     policy.ensure_model_supports_pruning(copy)
     wrapped = _wrap(copy, lambda: ReweightedL1Schedule(target_sparsity, prune_step, begin_step,
                                                        sparsity_type), policy)
@@ -674,7 +730,9 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
         raise ValueError(
             f"The policy {type(policy).__name__} leaves no layer of {base_model.name!r} to prune."
         )
+    check_called_once(wrapped)
     if sparsity_type == "filter":
         _check_filter_layers(wrappers, roles=layer_roles(copy), fraction=target_sparsity)
+        check_nested_outputs(wrapped)
     ReweightedL1Penalty.attach(wrapped, epsilon=epsilon, sparsity_type=sparsity_type)
     return wrapped, [tfmot.sparsity.keras.UpdatePruningStep(), stages]

@@ -56,7 +56,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.pruning import pruned_kernels, pruning_wrappers
+from keras_minmax_mtl.pruning import (
+    PruneLowMagnitude,
+    pruned_kernels,
+    pruning_wrappers,
+    walk_layers,
+)
 
 __all__ = [
     "SPARSITY_TYPES",
@@ -67,6 +72,7 @@ __all__ = [
     "units_to_remove",
     "smallest_units",
     "check_structured_layer",
+    "check_nested_outputs",
     "prune_units",
     "RemovedUnits",
     "structured_report",
@@ -175,6 +181,34 @@ def check_structured_layer(layer):
             f"sparsity_type='unstructured'."
         )
     return layer
+
+
+def check_nested_outputs(model):
+    """Refuses a wrapped layer whose units leave a nested model into a `BatchNormalization`.
+
+    The filter contract zeroes the `gamma`/`beta` of a BatchNormalization
+    that directly follows a pruned layer; a layer that produces a nested
+    model's output is followed by the nested model's consumers in the outer
+    graph, which the prune does not reach.
+    """
+    for nested in walk_layers(model):
+        if not isinstance(nested, keras.Model) or not getattr(nested, "outputs", None):
+            continue
+        consumers = [node.outbound_layer for node in nested._outbound_nodes]
+        norms = [layer.name for layer in consumers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        if not norms:
+            continue
+        for tensor in nested.outputs:
+            layer = tensor._keras_history.layer
+            if isinstance(layer, PruneLowMagnitude):
+                raise ValueError(
+                    f"sparsity_type='filter' cannot remove units of layer {layer.layer.name!r}: it "
+                    f"produces the output of the nested model {nested.name!r}, which feeds the "
+                    f"BatchNormalization {norms} outside it, whose entries for the removed units "
+                    f"would not be zeroed. Keep {layer.layer.name!r} out of the pruning (e.g. "
+                    f"`MultiTaskPruningPolicy(exclude=[{layer.layer.name!r}])`), or build the "
+                    f"trunk in the outer graph (e.g. `keras.applications...(input_tensor=...)`).")
 
 
 def _following_batch_norms(wrapper):

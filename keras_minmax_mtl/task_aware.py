@@ -46,14 +46,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from keras_minmax_mtl._checks import is_int, is_real
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 from keras_minmax_mtl._keras import keras, require_functional
 from keras_minmax_mtl.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.dst import _check_wrappers, _kernels, prune_for_dst, set_mask
 from keras_minmax_mtl.mask_updaters import RigLUpdater
 from keras_minmax_mtl.multitask import MultiTaskModel
-from keras_minmax_mtl.policy import head_kernel_count, layer_roles, prunable_kernel_count
-from keras_minmax_mtl.pruning import sparsity_report
+from keras_minmax_mtl.policy import (
+    head_kernel_count,
+    layer_roles,
+    prunable_kernel_count,
+    refuse_nested_models,
+)
+from keras_minmax_mtl.pruning import check_single_step_execution, sparsity_report
 from keras_minmax_mtl.reweighted import global_sparsities
 from keras_minmax_mtl.task_similarity import (
     allocate_budget,
@@ -102,6 +107,7 @@ def branch_name(index):
 
 def _heads(base_model):
     """`(trunk_tensor, {task: (hidden, output)})` of a standard network, or a clear error."""
+    refuse_nested_models(base_model, "Task-aware optimisation")
     heads, trunk = {}, None
     for task in base_model.output_names:
         output = base_model.get_layer(task)
@@ -247,6 +253,7 @@ def measure_tasks(model, x, y, alpha=0.5):
         `task_names`.
     """
     _require_compiled(model)
+    refuse_nested_models(model.base_model, "Task-aware optimisation (`measure_tasks`)", "model")
     roles = layer_roles(model.base_model)
     kernels = [layer.kernel for layer in model.base_model.layers
                if roles.get(layer.name) == "trunk" and getattr(layer, "kernel", None) is not None]
@@ -334,8 +341,9 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         if end_step is not None and (not is_int(end_step) or end_step < update_every):
             raise ValueError(f"Argument `end_step` must be an integer >= update_every "
                              f"({update_every}). Received: end_step={end_step!r}")
-        if not is_real(smoothing) or smoothing <= 0:
-            raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
+        if not is_finite_real(smoothing) or not smoothing > 0:
+            raise ValueError(f"Argument `smoothing` must be a finite number > 0. "
+                             f"Received: smoothing={smoothing!r}")
         if not is_int(seed) or seed < 0:
             raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
         _check_density(density)
@@ -356,11 +364,7 @@ class TaskAwareAllocation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         _require_compiled(self.model)
         _check_groups(self.groups, self.model.task_names)
-        executions = getattr(self.model, "_steps_per_execution", None)
-        if executions is not None and int(executions.numpy()) != 1:
-            raise ValueError(f"`TaskAwareAllocation` acts between training steps and needs "
-                             f"`compile(steps_per_execution=1)`. Received: "
-                             f"steps_per_execution={int(executions.numpy())}")
+        check_single_step_execution(self.model, "TaskAwareAllocation")
         _check_wrappers(self.model)
         self._kernels = _kernels(self.model)
         names = [wrapper.layer.name for wrapper, _, _ in self._kernels]
@@ -376,6 +380,14 @@ class TaskAwareAllocation(keras.callbacks.Callback):
                 f"Argument `budget` must be in [{len(sizes)}, {sum(sizes)}]: at least one weight "
                 f"per pruned kernel ({len(sizes)} kernels) and at most all of their "
                 f"{sum(sizes)} weights. Received: budget={self.budget}")
+        self._request = self.model.request_gradients(
+            [self._kernels[i][1] for i in self._branches])
+        self._pending = None
+        # The masks and the step are read at the first batch, after every callback's
+        # `on_train_begin` (a `BackupAndRestore` listed after this one has restored them).
+        self._step = None
+
+    def _start(self):
         masks = [mask.numpy() for _, _, mask in self._kernels]
         self._step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else 0
         if all(np.all(m == 1) for m in masks):
@@ -386,14 +398,14 @@ class TaskAwareAllocation(keras.callbacks.Callback):
         else:
             counts = [int(m.sum()) for m in masks]
             if sum(counts) != self.budget:
+                self.on_train_end()  # releases the gradient request: fit stops here
                 raise ValueError(f"The model's masks hold {sum(counts)} active weights, not "
                                  f"budget={self.budget}: it was masked for another budget.")
             self._pool = sum(counts[i] for i in self._branches)
-        self._request = self.model.request_gradients(
-            [self._kernels[i][1] for i in self._branches])
-        self._pending = None
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._step is None:
+            self._start()
         step = self._step + 1
         due = step % self.update_every == 0 and (self.end_step is None or step <= self.end_step)
         self._pending = step if due else None

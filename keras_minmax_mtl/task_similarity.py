@@ -37,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from keras_minmax_mtl._checks import is_int, is_real
+from keras_minmax_mtl._checks import is_finite_real, is_int, is_real
 
 __all__ = [
     "pearson_matrix",
@@ -284,8 +284,9 @@ def allocate_budget(difficulty, sizes, budget, smoothing=0.5, minimum=1):
     if len(sizes_list) != scores.size or not all(is_int(n) and n > 0 for n in sizes_list):
         raise ValueError(f"Argument `sizes` must hold one positive integer per group "
                          f"({scores.size}). Received: sizes={sizes_list!r}")
-    if not is_real(smoothing) or not smoothing > 0:
-        raise ValueError(f"Argument `smoothing` must be > 0. Received: smoothing={smoothing!r}")
+    if not is_finite_real(smoothing) or not smoothing > 0:
+        raise ValueError(f"Argument `smoothing` must be a finite number > 0. "
+                         f"Received: smoothing={smoothing!r}")
     if not is_int(minimum) or minimum < 0 or minimum > min(sizes_list):
         raise ValueError(f"Argument `minimum` must be an integer in [0, {min(sizes_list)}] (the "
                          f"smallest group). Received: minimum={minimum!r}")
