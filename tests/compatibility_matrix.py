@@ -49,10 +49,47 @@ COLUMNS = {
                      "tasks by name, within 1e-4·(1 + |y|) of Keras in LiteRT",
     "export_micro": "`target=\"micro\"` (full int8): verified in TFLite Micro, top-1 agreement ≥ 0.9 (int8 ties excepted)",
     "export_edgetpu": "`target=\"edgetpu\"` (full int8, the compiler's rules): verified, top-1 ≥ 0.9 (ties excepted)",
+    "reweighted_l1": "`prune_reweighted_l1(base, 0.5, ...)` under min-max: every pruned layer at 50 % "
+                     "(round(0.5·size) zeros, ±1 tie), `strip_pruning` computes the same, its "
+                     "losses equal Keras'",
+    "reweighted_filter": "`sparsity_type=\"filter\"`: round(0.5·units) units removed in every pruned "
+                         "layer, stripped model as above",
+    "dst_rigl": "`prune_for_dst` + `DynamicSparseTraining(method=\"rigl\")`: masks updated, every "
+                "wrapped layer at 50 %, stripped model as above",
+    "dst_set": "the same with `method=\"set\"`",
+    "dst_paper": "the same with `method=\"paper\"` (the authors' variant, on epochs)",
+    "task_aware": "`task_aware_optimize(..., sparsity=0.5)`: warm-up, grouping, a trained grouped "
+                  "model within the non-zero budget",
+    "hybrid": "`hybrid_at_sparsity(base, 0.5, 0.25)`: W_t = W_shared + S_t at the equal-non-zero "
+              "budget, stripped model as above",
 }
 
+_NESTED = r"does not enter nested models: layer 'trunk' .* Build the trunk in the outer graph"
+_NESTED_APP = r"does not enter nested models: layer 'mobilenet.*' .* Build the trunk in the outer graph"
+_TWICE = r"The pruning wrappers of layers 'shared' \(2 calls\) run more than once per training step"
+_TASK_BRANCH = r"must end, for every task, in Dense\(hidden\) -> Dense\(output"
+
 #: Cells refused by design: {(form, column): regex of the error message}.
-REFUSED = {}
+REFUSED = {
+    ("single", "task_aware"): r"Task-aware optimisation groups tasks: the model must have at least "
+                              r"two tasks",
+    ("nested_functional", "task_aware"): _NESTED,
+    ("nested_functional", "hybrid"): _NESTED,
+    ("sequential_trunk", "task_aware"): _NESTED,
+    ("sequential_trunk", "hybrid"): _NESTED,
+    ("app_nested", "task_aware"): _NESTED_APP,
+    ("app_nested", "hybrid"): _NESTED_APP,
+    ("app_input_tensor", "task_aware"): _TASK_BRANCH,
+    ("app_input_tensor", "hybrid"): r"Layer '.*' \(BatchNormalization\) has weights and is shared by "
+                                    r"several tasks after a hybrid layer",
+    ("shared_layer", "reweighted_l1"): _TWICE,
+    ("shared_layer", "reweighted_filter"): _TWICE,
+    ("shared_layer", "hybrid"): r"Layer 'shared' is called 2 times in the graph",
+    ("bn_dropout", "task_aware"): _TASK_BRANCH,
+    ("bn_dropout", "hybrid"): r"Layer 'bn' \(BatchNormalization\) has weights and is shared by "
+                              r"several tasks after a hybrid layer",
+    ("mixed_heads", "task_aware"): _TASK_BRANCH,
+}
 
 #: Cells that work but are not run by the suite, with the reason: {(form, column): reason}.
 #: The MobileNet trunk costs seconds per compiled function; its columns that exercise
@@ -63,4 +100,5 @@ NOT_RUN = {(form, column): _APP_COST
            for form in ("app_nested", "app_input_tensor")
            for column in ("uw", "dwa", "minmax_exp", "sample_weight", "steps_per_execution",
                           "jit_compile", "mixed_bfloat16", "export_mobile", "export_micro",
-                          "export_edgetpu")}
+                          "export_edgetpu", "reweighted_l1", "reweighted_filter", "dst_rigl",
+                          "dst_set", "dst_paper")}
