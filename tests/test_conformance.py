@@ -583,7 +583,7 @@ def check_mixed_bfloat16(form):
         base, x, y, losses = BUILDERS[form]()
         assert any(layer.compute_dtype == "bfloat16" for layer in base.layers)
         model = kmm.MinMaxMultiTask(base, step_size=0.5, gamma=1.0)
-        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses, run_eagerly=True)
         ours = _our_task_losses(model, x, y)
         theirs = _keras_task_losses(base, x, y, losses)
         for task in ours:
@@ -631,8 +631,9 @@ def check_export_edgetpu(form, tmp_path):
 
 
 def _fit_compressed(form, wrapped, callbacks, epochs, x, y, losses):
+    # Eagerly: a few steps cost less than tracing; the callbacks and masks are the same.
     model = kmm.MinMaxMultiTask(wrapped, step_size=0.5, gamma=1.0)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses, run_eagerly=True)
     history = model.fit(_dataset(x, y), epochs=epochs, verbose=0, callbacks=callbacks)
     assert np.isfinite(history.history["loss"][-1])
     _assert_on_simplex(model)
@@ -649,7 +650,7 @@ def _assert_stripped_equals_pruned(model, x, y, losses):
     ours, pruned = stripped.base_model(x, training=False), model.base_model(x, training=False)
     for a, b in zip(tf.nest.flatten(ours), tf.nest.flatten(pruned)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    stripped.compile(optimizer="sgd", loss=losses)
+    stripped.compile(optimizer="sgd", loss=losses, run_eagerly=True)
     _assert_losses_equal_keras(stripped, stripped.base_model, x, y, losses)
     return sparsity_report(stripped)
 
@@ -737,7 +738,7 @@ def check_task_aware(form):
 
     base, x, y, losses = BUILDERS[form]()
     model = kmm.MinMaxMultiTask(base, step_size=0.5, gamma=1.0)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses, run_eagerly=True)
     grouped, run = task_aware_optimize(model, _dataset(x, y), warmup_epochs=1, epochs=1,
                                        sparsity=0.3, update_every=1, measure_samples=4)
     report = run.report()
