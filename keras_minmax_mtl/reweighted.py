@@ -65,7 +65,7 @@ from keras_minmax_mtl.multitask import MultiTaskModel
 from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.pruning import (
     PruneLowMagnitude,
-    check_called_once,
+    calls_per_step,
     check_single_step_execution,
     clone_nested,
     pruning_wrappers,
@@ -184,10 +184,15 @@ class ReweightedL1Schedule(PruningSchedule):
     >>> wrapped = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)
     """
 
-    def __init__(self, target_sparsity, prune_step, begin_step=1, sparsity_type="unstructured"):
+    def __init__(self, target_sparsity, prune_step, begin_step=1, sparsity_type="unstructured",
+                 calls_per_step=1):
         self.target_sparsity = _check_sparsity(target_sparsity)
         self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
         self.sparsity_type = check_sparsity_type(sparsity_type)
+        if not is_int(calls_per_step) or calls_per_step < 1:
+            raise ValueError(f"Argument `calls_per_step` must be an integer >= 1. Received: "
+                             f"calls_per_step={calls_per_step!r}")
+        self.calls_per_step = int(calls_per_step)
         self.sparsity = tf.Variable(self.target_sparsity, trainable=False, dtype=tf.float32,
                                     name="reweighted_l1_sparsity")
 
@@ -198,7 +203,11 @@ class ReweightedL1Schedule(PruningSchedule):
     def __call__(self, step):
         if self.sparsity_type == "filter":  # ReweightedL1Stages sets the unit masks itself
             return tf.constant(False), tf.identity(self.sparsity)
-        should_prune = tf.math.equal(tf.cast(step, tf.int64), self.prune_step)
+        # tfmot's `pruning_step` advances at every training call of the wrapper: a layer
+        # called n times per training step sees (s − 1)·n + 1 … s·n during step s, and is
+        # pruned at the first call of step `prune_step`, so all n calls use the new mask.
+        first_call = (self.prune_step - 1) * self.calls_per_step + 1
+        should_prune = tf.math.equal(tf.cast(step, tf.int64), first_call)
         return should_prune, tf.identity(self.sparsity)
 
     def get_config(self):
@@ -209,6 +218,7 @@ class ReweightedL1Schedule(PruningSchedule):
                 "prune_step": self.prune_step,
                 "begin_step": self.begin_step,
                 "sparsity_type": self.sparsity_type,
+                "calls_per_step": self.calls_per_step,
             },
         }
 
@@ -493,7 +503,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                 "gets its own sparsity), but the wrappers share schedules. Wrap the model with "
                 "`prune_reweighted_l1(..., allocation='global')`."
             )
-        check_called_once(self.model)
+        _check_calls(self.model)
         self._schedules = schedules
         if self.sparsity_type == "filter":
             _check_filter_layers(wrappers)
@@ -518,7 +528,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     def _start(self):
         """The stage the training state is at: read at the first batch of `fit`."""
         wrappers = pruning_wrappers(self.model)
-        self.step = max(int(wrappers[0].pruning_step.numpy()), 0)
+        calls = wrappers[0].pruning_schedule.calls_per_step
+        self.step = max(int(wrappers[0].pruning_step.numpy()), 0) // calls
         if self.sparsity_type == "filter" and self.step >= self.prune_step:
             self.removed = RemovedUnits(self.model)  # resumed after the prune: the masks say
         next_step = self.step + 1
@@ -601,10 +612,30 @@ def _refresh_points(begin_step, prune_step, refreshes):
 def _wrap(model, make_schedule, policy):
     def wrap(layer):
         if policy.allow_pruning(layer):
-            return PruneLowMagnitude(layer, pruning_schedule=make_schedule())
+            return PruneLowMagnitude(layer, pruning_schedule=make_schedule(layer))
         return layer
 
     return clone_nested(model, wrap)
+
+
+def _check_calls(model):
+    """Each wrapper's schedule must know how many times a training step calls the wrapper.
+
+    tfmot's `pruning_step` counts calls; a layer shared by two branches (or
+    a trunk applied to every task's input) is called several times per step.
+    """
+    wrong = sorted(f"{layer.layer.name!r} (called {n} times, schedule says "
+                   f"{layer.pruning_schedule.calls_per_step})"
+                   for layer, n in calls_per_step(model).values()
+                   if isinstance(layer, PruneLowMagnitude)
+                   and isinstance(layer.pruning_schedule, ReweightedL1Schedule)
+                   and layer.pruning_schedule.calls_per_step != n)
+    if wrong:
+        raise ValueError(
+            f"The pruning wrappers of layers {', '.join(wrong)} run a different number of times "
+            f"per training step than their `ReweightedL1Schedule(calls_per_step=...)` says, so "
+            f"they would be pruned at the wrong step. Wrap the model with `prune_reweighted_l1`, "
+            f"which counts the calls.")
 
 
 def _check_unique_names(model):
@@ -723,14 +754,16 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     copy.set_weights(base_model.get_weights())
     _check_unique_names(copy)
     policy.ensure_model_supports_pruning(copy)
-    wrapped = _wrap(copy, lambda: ReweightedL1Schedule(target_sparsity, prune_step, begin_step,
-                                                       sparsity_type), policy)
+    calls = {layer.name: n for layer, n in calls_per_step(copy).values()}
+    wrapped = _wrap(copy, lambda layer: ReweightedL1Schedule(
+        target_sparsity, prune_step, begin_step, sparsity_type, calls_per_step=calls[layer.name]),
+        policy)
     wrappers = pruning_wrappers(wrapped)
     if not wrappers:
         raise ValueError(
             f"The policy {type(policy).__name__} leaves no layer of {base_model.name!r} to prune."
         )
-    check_called_once(wrapped)
+    _check_calls(wrapped)
     if sparsity_type == "filter":
         _check_filter_layers(wrappers, roles=layer_roles(copy), fraction=target_sparsity)
         check_nested_outputs(wrapped)

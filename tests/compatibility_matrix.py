@@ -66,7 +66,6 @@ COLUMNS = {
 
 _NESTED = r"does not enter nested models: layer 'trunk' .* Build the trunk in the outer graph"
 _NESTED_APP = r"does not enter nested models: layer 'mobilenet.*' .* Build the trunk in the outer graph"
-_TWICE = r"The pruning wrappers of layers 'shared' \(2 calls\) run more than once per training step"
 _TASK_BRANCH = r"must end, for every task, in Dense\(hidden\) -> Dense\(output"
 
 #: Cells refused by design: {(form, column): regex of the error message}.
@@ -82,8 +81,6 @@ REFUSED = {
     ("app_input_tensor", "task_aware"): _TASK_BRANCH,
     ("app_input_tensor", "hybrid"): r"Layer '.*' \(BatchNormalization\) has weights and is shared by "
                                     r"several tasks after a hybrid layer",
-    ("shared_layer", "reweighted_l1"): _TWICE,
-    ("shared_layer", "reweighted_filter"): _TWICE,
     ("shared_layer", "hybrid"): r"Layer 'shared' is called 2 times in the graph",
     ("bn_dropout", "task_aware"): _TASK_BRANCH,
     ("bn_dropout", "hybrid"): r"Layer 'bn' \(BatchNormalization\) has weights and is shared by "
@@ -96,20 +93,25 @@ REFUSED = {
 #: cell); the default suite runs each costly column on the forms of `COSTLY` that
 #: differ for it, so that the whole suite stays within CI's time.
 COSTLY = {
-    "ew_step": ("dict", "list", "nested_functional", "shared_layer", "bn_dropout", "mixed_heads"),
-    "steps_per_execution": ("dict", "bn_dropout", "mixed_heads"),
-    "jit_compile": ("dict", "bn_dropout", "mixed_heads"),
-    "save_load": ("dict", "nested_functional", "bn_dropout"),
-    "export_mobile": ("dict", "multi_input", "nested_functional", "mixed_heads"),
-    "export_micro": ("dict", "single", "multi_input", "mixed_heads"),
-    "export_edgetpu": ("dict", "nested_functional", "mixed_heads"),
-    "reweighted_l1": ("dict", "nested_functional", "sequential_trunk", "mixed_heads"),
-    "reweighted_filter": ("dict", "nested_functional", "mixed_heads"),
-    "dst_rigl": ("dict", "nested_functional", "shared_layer", "mixed_heads"),
-    "dst_set": ("dict", "sequential_trunk", "shared_layer"),
-    "dst_paper": ("dict", "nested_functional", "mixed_heads"),
-    "task_aware": ("dict", "list", "shared_layer"),
-    "hybrid": ("dict", "list", "mixed_heads"),
+    "ew_step": ("dict", "nested_functional", "bn_dropout", "mixed_heads"),
+    "uw": ("dict", "mixed_heads"),
+    "dwa": ("list", "multi_input"),
+    "minmax_exp": ("dict", "bn_dropout"),
+    "sample_weight": ("dict", "multi_input", "mixed_heads"),
+    "steps_per_execution": ("dict", "mixed_heads"),
+    "jit_compile": ("dict", "mixed_heads"),
+    "save_load": ("dict", "nested_functional"),
+    "mixed_bfloat16": ("dict", "mixed_heads"),
+    "export_mobile": ("dict", "nested_functional"),
+    "export_micro": ("dict", "multi_input", "mixed_heads"),
+    "export_edgetpu": ("dict",),
+    "reweighted_l1": ("dict", "nested_functional", "shared_layer"),
+    "reweighted_filter": ("nested_functional", "mixed_heads"),
+    "dst_rigl": ("nested_functional", "shared_layer"),
+    "dst_set": ("sequential_trunk",),
+    "dst_paper": ("dict",),
+    "task_aware": ("dict",),
+    "hybrid": ("dict",),
 }
 _APP_COST = "a MobileNet trunk compiles for seconds"
 NOT_RUN = {}

@@ -84,8 +84,17 @@ def test_schedule_config_round_trips_alone_and_through_prune_low_magnitude():
     config = schedule.get_config()
     assert config == {"class_name": "keras_minmax_mtl>ReweightedL1Schedule",
                       "config": {"target_sparsity": 0.975, "prune_step": 11, "begin_step": 4,
-                                 "sparsity_type": "unstructured"}}
+                                 "sparsity_type": "unstructured", "calls_per_step": 1}}
     assert ReweightedL1Schedule.from_config(config["config"]).get_config() == config
+    shared = ReweightedL1Schedule(0.5, prune_step=5, begin_step=2, calls_per_step=3).get_config()
+    assert ReweightedL1Schedule.from_config(shared["config"]).get_config() == shared
+    # A layer called 3 times per step is pruned at its first call of step 5: tfmot's step 13.
+    assert [bool(ReweightedL1Schedule(0.5, 5, 2, calls_per_step=3)(k)[0]) for k in (5, 13)] == \
+        [False, True]
+    # Configs saved before `calls_per_step` existed still load, as one call per step.
+    old = dict(config["config"])
+    del old["calls_per_step"]
+    assert ReweightedL1Schedule.from_config(old).calls_per_step == 1
     wrapper = PruneLowMagnitude(keras.layers.Dense(3), pruning_schedule=schedule)
     rebuilt = PruneLowMagnitude.from_config(wrapper.get_config())
     assert isinstance(rebuilt.pruning_schedule, ReweightedL1Schedule)
