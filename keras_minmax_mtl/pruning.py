@@ -40,7 +40,6 @@ __all__ = [
     "short_name",
     "clone_nested",
     "calls_per_step",
-    "check_called_once",
     "check_single_step_execution",
 ]
 
@@ -136,25 +135,6 @@ def calls_per_step(model):
 
     visit(model.base_model if isinstance(model, MultiTaskModel) else model, 1)
     return {key: (layer, n) for key, (layer, n) in counts.items()}
-
-
-def check_called_once(model):
-    """Raises `ValueError` if a pruning wrapper of `model` runs more than once per forward pass.
-
-    tfmot's wrapper advances its `pruning_step` at every training call, and
-    schedules that prune at a given step (`ReweightedL1Schedule`, tfmot's
-    own) read that count: a layer shared by two branches, or inside a nested
-    model called twice, would be pruned at the wrong training step.
-    """
-    shared = sorted(f"{layer.layer.name!r} ({n} calls)" for layer, n in calls_per_step(model).values()
-                    if isinstance(layer, PruneLowMagnitude) and n > 1)
-    if shared:
-        raise ValueError(
-            f"The pruning wrappers of layers {', '.join(shared)} run more than once per training "
-            f"step (a layer shared by two branches, or a nested model called twice); tfmot's "
-            f"`pruning_step` counts calls, so they would be pruned at the wrong step. Keep them "
-            f"out of the pruning (e.g. `MultiTaskPruningPolicy(exclude=[...])`), or use dynamic "
-            f"sparse training (`keras_minmax_mtl.dst`), whose masks do not depend on that count.")
 
 
 def check_single_step_execution(model, owner):

@@ -134,7 +134,7 @@ def test_filter_schedule_never_asks_tfmot_to_prune_and_round_trips_its_config():
     config = schedule.get_config()
     assert config == {"class_name": "keras_minmax_mtl>ReweightedL1Schedule",
                       "config": {"target_sparsity": 0.5, "prune_step": 7, "begin_step": 3,
-                                 "sparsity_type": "filter"}}
+                                 "sparsity_type": "filter", "calls_per_step": 1}}
     assert ReweightedL1Schedule.from_config(config["config"]).get_config() == config
     # Configs saved before the option existed still load, as unstructured schedules.
     old = ReweightedL1Schedule.from_config({"target_sparsity": 0.5, "prune_step": 7,
