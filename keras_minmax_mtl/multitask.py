@@ -190,6 +190,11 @@ class _Compiled:
 
     def __init__(self, losses, metrics, trackers, latest):
         self.losses = losses
+        # Sparse cross-entropies cast their labels to integers: their labels are checked.
+        self.sparse_tasks = {
+            task for task, loss in losses.items()
+            if "sparse" in (getattr(getattr(loss, "fn", None), "__name__", "")
+                            or type(loss).__name__).lower()}
         self.metrics = metrics
         self.trackers = trackers
         self.latest = latest
@@ -780,10 +785,9 @@ class MultiTaskModel(keras.Model):
         y = self._as_task_dict(y, "targets")
         checked = {}
         for task, target in y.items():
-            fn = getattr(self._compiled.losses.get(task), "fn", None) if self._compiled else None
-            name = getattr(fn, "__name__", "") or type(self._compiled.losses.get(task)).__name__
             target = tf.convert_to_tensor(target)
-            if "sparse" in name.lower() and target.dtype.is_floating and not self._checks_after_step():
+            if (task in self._compiled.sparse_tasks and target.dtype.is_floating
+                    and not self._checks_after_step()):
                 where = "" if step is None else tf.strings.as_string(step)
                 message = tf.strings.join([
                     f"{_NON_FINITE_TARGET} for task [{task}]: its sparse labels hold NaN or "
