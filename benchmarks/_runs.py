@@ -11,7 +11,7 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   reweighted ℓ1, and β = 10 (step size 0.1), γ = 5 with DST;
 - reweighted ℓ1: `prune_reweighted_l1(allocation="global", rho=1e-4)`, 10
   dense + 5 reweighted + 5 retraining epochs (chosen on the validation split,
-  see docs/results.md and keras_minmax_mtl/reweighted_cli.py);
+  see docs/results.md and keras_minmax_mtl/cli/reweighted.py);
 - filter ℓ1: the same stages with `sparsity_type="filter"` (whole output
   units; `sparsity` is the fraction of units removed from every trunk and
   task-hidden layer), `allocation="uniform"`, ρ =
@@ -22,11 +22,11 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   `TASK_AWARE`: half the epochs warm up the standard network (with the run's
   weighting), the rest train the grouped network; `sparsity` is the budget of
   equal non-zero count to reweighted ℓ1 at the same sparsity.
-- hybrid (W_t = W_shared + S_t, `keras_minmax_mtl.hybrid`): `sparsity` is the
+- hybrid (W_t = W_shared + S_t, `keras_minmax_mtl.sparsity.hybrid`): `sparsity` is the
   equal-non-zero budget (as many non-zero kernel weights as the standard
   network pruned to `sparsity`); the first half of the epochs dense, then the
   prune, then masked training; task share, allocation and prune schedule from
-  `keras_minmax_mtl/hybrid_cli.py` (chosen on the validation split).
+  `keras_minmax_mtl/cli/hybrid.py` (chosen on the validation split).
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from keras_minmax_mtl.reweighted_cli import DEFAULT_FILTER_RHO
+from keras_minmax_mtl.cli.reweighted import DEFAULT_FILTER_RHO
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
 COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware", "hybrid")
@@ -49,7 +49,7 @@ COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware", "hyb
 MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02,
                     "task_aware": 0.02, "hybrid": 0.02}
 MINMAX_GAMMA = 5.0
-#: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/reweighted_cli.py).
+#: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/cli/reweighted.py).
 REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
 #: The exports a run can make (`config["exports"]`): `export_tflite` keyword arguments.
 EXPORTS = {
@@ -95,7 +95,7 @@ class Dataset:
 
 
 def _multi_digits_splits(seed, batch_size, train_examples):
-    from keras_minmax_mtl.datasets import multi_digits
+    from keras_minmax_mtl.data import multi_digits
 
     return {split: multi_digits(split, seed=seed, batch_size=batch_size,
                                 num_examples=train_examples if split == "train" else None)
@@ -103,7 +103,7 @@ def _multi_digits_splits(seed, batch_size, train_examples):
 
 
 def _multi_digits_network(seed):
-    from keras_minmax_mtl.networks import multi_digits_network
+    from keras_minmax_mtl.data.networks import multi_digits_network
 
     return multi_digits_network(seed=seed)
 
@@ -132,7 +132,7 @@ def build_model(weighting, base, compression="dense"):
 
 def hybrid_settings(options=None):
     """The hybrid settings: the command line's defaults, updated with `options`."""
-    from keras_minmax_mtl import hybrid_cli
+    from keras_minmax_mtl.cli import hybrid as hybrid_cli
 
     settings = {"task_share": hybrid_cli.DEFAULT_TASK_SHARE,
                 "allocation": hybrid_cli.DEFAULT_ALLOCATION,
@@ -158,7 +158,7 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options
     if compression in ("dense", "task_aware"):  # task_aware: see `task_aware_stage`
         return base, [], epochs
     if compression in ("reweighted_l1", "filter_l1"):
-        from keras_minmax_mtl.reweighted import prune_reweighted_l1
+        from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
 
         if epochs < 3:
             raise ValueError(f"Argument `epochs` must be >= 3 with compression={compression!r} "
@@ -172,7 +172,7 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options
     if compression == "dst":
         import tensorflow_model_optimization as tfmot
 
-        from keras_minmax_mtl import dst
+        from keras_minmax_mtl.sparsity import dst
 
         update_every = min(DST["update_every"], max(1, (3 * epochs * steps_per_epoch) // 4))
         callback = dst.DynamicSparseTraining(
@@ -181,8 +181,8 @@ def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options
         return (dst.prune_for_dst(base),
                 [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
     if compression == "hybrid":
-        from keras_minmax_mtl.hybrid import hybrid_at_sparsity
-        from keras_minmax_mtl.hybrid_cli import prune_steps
+        from keras_minmax_mtl.sparsity.hybrid import hybrid_at_sparsity
+        from keras_minmax_mtl.cli.hybrid import prune_steps
 
         settings = hybrid_settings(options)
         prune_step, end_step, frequency = prune_steps(epochs // 2, settings["prune_epochs"],
@@ -200,7 +200,7 @@ def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
 
     Returns `(grouped_model, callbacks, grouped_epochs, run)`.
     """
-    from keras_minmax_mtl.task_aware import TaskAwareRun
+    from keras_minmax_mtl.sparsity.task_aware import TaskAwareRun
 
     if epochs < 2:
         raise ValueError(f"Argument `epochs` must be >= 2 with compression='task_aware' (warm-up "
@@ -217,12 +217,12 @@ def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
 
 def achieved_sparsity(compression, model, base):
     """The sparsity a run reached: of the pruned kernels, or for hybrid the equal-non-zero one."""
-    from keras_minmax_mtl import pruning
+    from keras_minmax_mtl.sparsity import pruning
 
     if compression == "dense":
         return 0.0
     if compression == "hybrid":
-        from keras_minmax_mtl import hybrid
+        from keras_minmax_mtl.sparsity import hybrid
 
         return hybrid.equivalent_sparsity(base, hybrid.kernel_nonzeros(model)["total"])
     return pruning.sparsity_report(model)["overall"]["sparsity"]
@@ -262,8 +262,8 @@ def export_run(model, splits, names, directory, metric="accuracy"):
     files of the call, so their ratio is measured in one process under the
     same load.
     """
-    from keras_minmax_mtl import runtimes
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export import runtimes
+    from keras_minmax_mtl.export.tflite import export_tflite
 
     if metric != "accuracy":
         raise ValueError(f"Exports are scored by top-1 accuracy only. Received: metric={metric!r}")
@@ -313,9 +313,9 @@ def train_run(config, return_model=False):
     Keras state is cleared and every seed set first, so runs in one process
     do not depend on the ones before.
     """
-    from keras_minmax_mtl import pruning
-    from keras_minmax_mtl._keras import keras
-    from keras_minmax_mtl.callbacks import TaskWeightHistory
+    from keras_minmax_mtl.sparsity import pruning
+    from keras_minmax_mtl.core.backend import keras
+    from keras_minmax_mtl.core.callbacks import TaskWeightHistory
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config["seed"])
@@ -352,7 +352,7 @@ def train_run(config, return_model=False):
         for entry in result["exports"].values():
             del entry["path"]
     if config["compression"] == "filter_l1":
-        from keras_minmax_mtl.structured import structured_report
+        from keras_minmax_mtl.sparsity.structured import structured_report
 
         result["removed_units"] = structured_report(model)["overall"]["fraction"]
     if task_aware is not None:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
-from keras_minmax_mtl.cli import _positive_int  # noqa: E402
+from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
 
 LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
           "filter_l1": "filter ℓ1 (whole units)", "task_aware": "task-aware",
@@ -234,7 +234,7 @@ def plot(args, results, summary):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from keras_minmax_mtl.plotting import plot_task_weights
+    from keras_minmax_mtl.cli.plots import plot_task_weights
 
     paths = []
     if "minmax" in args.weightings:
@@ -278,7 +278,7 @@ def build_parser():
                         choices=_runs.WEIGHTINGS)
     parser.add_argument("--compressions", nargs="+", default=list(_runs.COMPRESSIONS),
                         choices=_runs.COMPRESSIONS)
-    parser.add_argument("--seeds", type=_positive_int, default=3,
+    parser.add_argument("--seeds", type=positive_int, default=3,
                         help="number of seeds: runs with seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=20,
                         help="epochs per run; reweighted l1: half dense, a quarter reweighted, "

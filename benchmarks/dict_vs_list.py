@@ -17,9 +17,9 @@ import numpy as np
 
 def run(form, seed, epochs):
     import keras_minmax_mtl as kmm
-    from keras_minmax_mtl._keras import keras
-    from keras_minmax_mtl.datasets import multi_digits
-    from keras_minmax_mtl.networks import multi_digits_network
+    from keras_minmax_mtl.core.backend import keras
+    from keras_minmax_mtl.data import multi_digits
+    from keras_minmax_mtl.data.networks import multi_digits_network
 
     keras.utils.set_random_seed(seed)
     base = multi_digits_network(seed=seed)

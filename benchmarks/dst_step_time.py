@@ -44,8 +44,10 @@ def main():
     import tensorflow_model_optimization as tfmot
 
     import keras_minmax_mtl as kmm
-    from keras_minmax_mtl import datasets, dst, networks
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl import data as datasets
+    from keras_minmax_mtl.sparsity import dst
+    from keras_minmax_mtl.data import networks
+    from keras_minmax_mtl.core.backend import keras
 
     keras.utils.set_random_seed(args.seed)
     train = datasets.multi_digits("train", seed=args.seed, batch_size=args.batch_size,

@@ -34,9 +34,13 @@ import numpy as np  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import keras_minmax_mtl as kmm  # noqa: E402
-from keras_minmax_mtl import datasets, networks, pruning, runtimes  # noqa: E402
-from keras_minmax_mtl._keras import keras  # noqa: E402
-from keras_minmax_mtl.export import export_tflite  # noqa: E402
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl import data as datasets  # noqa: E402
+from keras_minmax_mtl.data import networks
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.export import runtimes
+from keras_minmax_mtl.core.backend import keras  # noqa: E402
+from keras_minmax_mtl.export.tflite import export_tflite  # noqa: E402
 
 
 def parse():
@@ -77,7 +81,7 @@ def main():
     data = {s: datasets.load_multi_digits(s, seed=args.seed) for s in ("train", "validation", "test")}
     x_train, y_train = data["train"]
     if args.model_dir is not None:
-        with pruning.prune_scope():
+        with prune_scope():
             dense = keras.models.load_model(args.model_dir / "model.keras")
         source = f"kmm train output {args.model_dir}"
     else:

@@ -30,15 +30,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
-from keras_minmax_mtl.cli import _positive_int  # noqa: E402
+from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.4, 0.8])
-    parser.add_argument("--seeds", type=_positive_int, default=3)
-    parser.add_argument("--epochs", type=_positive_int, default=20)
-    parser.add_argument("--train-examples", type=_positive_int, default=None)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--train-examples", type=positive_int, default=None)
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).parent / "results" / "floor_margin.json")
     return parser
@@ -46,8 +46,8 @@ def build_parser():
 
 def agreement(model, splits, margins):
     """`{margin: {task: (top-1 agreement, tied fraction)}}` of int8 files on the validation split."""
-    from keras_minmax_mtl import runtimes
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export import runtimes
+    from keras_minmax_mtl.export.tflite import export_tflite
 
     x_train, _ = _runs.split_arrays(splits["train"])
     x_val, _ = _runs.split_arrays(splits["validation"])

@@ -1,7 +1,7 @@
 r"""Hybrid shared + per-task sparse compression on multi_digits: settings chosen on validation.
 
 Trains, for one seed and the min-max weighting, the hybrid network
-(`keras_minmax_mtl.hybrid`) at the equal-non-zero budget of `--sparsity` for
+(`keras_minmax_mtl.sparsity.hybrid`) at the equal-non-zero budget of `--sparsity` for
 every combination of `--task-shares`, `--allocations` and `--prune-epochs`
 (0 = one-shot), through `benchmarks/_runs.train_run` (the settings of
 `compare.py`), and prints the *validation* worst-task and mean accuracy of
@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
-from keras_minmax_mtl.cli import _non_negative_int, _positive_int  # noqa: E402
+from keras_minmax_mtl.cli.arguments import non_negative_int, positive_int  # noqa: E402
 
 
 def build_parser():
@@ -32,11 +32,11 @@ def build_parser():
     parser.add_argument("--task-shares", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
     parser.add_argument("--allocations", nargs="+", default=["global"],
                         choices=["uniform", "global"])
-    parser.add_argument("--prune-epochs", type=_non_negative_int, nargs="+", default=[0])
+    parser.add_argument("--prune-epochs", type=non_negative_int, nargs="+", default=[0])
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--seed", type=_non_negative_int, default=0)
-    parser.add_argument("--epochs", type=_positive_int, default=20)
-    parser.add_argument("--train-examples", type=_positive_int, default=None)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--train-examples", type=positive_int, default=None)
     parser.add_argument("--export", action="store_true",
                         help="export the chosen model for mobile and print its bytes")
     parser.add_argument("--out", type=pathlib.Path,
@@ -74,8 +74,8 @@ def main(argv=None):
                         for r in results],
                "chosen": best["config"]["hybrid"]}
     if args.export:
-        from keras_minmax_mtl.datasets import load_multi_digits
-        from keras_minmax_mtl.export import export_tflite
+        from keras_minmax_mtl.data import load_multi_digits
+        from keras_minmax_mtl.export.tflite import export_tflite
 
         x, _ = load_multi_digits("train", seed=args.seed, num_examples=256)
         with tempfile.TemporaryDirectory() as folder:

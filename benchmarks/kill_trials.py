@@ -47,7 +47,7 @@ def _command(*argv):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-m", "keras_minmax_mtl.cli", *argv], env=env,
+    return subprocess.Popen([sys.executable, "-m", "keras_minmax_mtl.cli.main", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -84,7 +84,7 @@ def _complete_run(out, seed):
     """Whether `out` holds a complete `kmm train` run of `seed` whose model loads and agrees."""
     import numpy as np
 
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl.core.backend import keras
 
     try:
         metrics = json.loads((out / "metrics.json").read_text())
@@ -97,7 +97,7 @@ def _complete_run(out, seed):
 
 
 def _complete_export(folder, target):
-    from keras_minmax_mtl.runtimes import load_interpreter
+    from keras_minmax_mtl.export.runtimes import load_interpreter
 
     try:
         report = json.loads((folder / f"model_{target}.json").read_text())
@@ -109,7 +109,7 @@ def _complete_export(folder, target):
 
 
 def _repair_leaves_only(out):
-    from keras_minmax_mtl.run_folder import RunFolder
+    from keras_minmax_mtl.cli.run_folder import RunFolder
 
     with RunFolder(out, overwrite=True):
         pass
@@ -122,7 +122,7 @@ def train_trials(trials, root, rng, duration=None, points=KILL_POINTS):
     Trial `i` is killed at `points[i % len(points)]`; `duration` (seconds) bounds the
     random kill times (default: measured by one uninterrupted run).
     """
-    from keras_minmax_mtl import cli
+    from keras_minmax_mtl.cli import main as cli
 
     previous = root / "previous" / "run"
     assert cli.main(["train", *TRAIN_FLAGS, "--seed", "0", "--out", str(previous)]) == 0
@@ -153,7 +153,7 @@ def train_trials(trials, root, rng, duration=None, points=KILL_POINTS):
 
 def export_trials(trials, root, rng, target="mobile"):
     """`trials` killed `kmm export` runs over a complete export of the same run; returns the records."""
-    from keras_minmax_mtl import cli
+    from keras_minmax_mtl.cli import main as cli
 
     run = root / "export-run"
     assert cli.main(["train", *TRAIN_FLAGS, "--seed", "0", "--out", str(run)]) == 0

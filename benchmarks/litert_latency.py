@@ -1,6 +1,6 @@
 """LiteRT per-sample latency of a sparse `.tflite` file relative to a dense one, in one process.
 
-Both files are opened with `keras_minmax_mtl.runtimes.load_interpreter` (the
+Both files are opened with `keras_minmax_mtl.export.runtimes.load_interpreter` (the
 sparse one without the default XNNPack delegate, which refuses sparse
 layers; the dense one with it, as a phone app would run it) and invoked on
 one sample at a time. Blocks of `--invokes` calls alternate between the two
@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from keras_minmax_mtl import runtimes  # noqa: E402
+from keras_minmax_mtl.export import runtimes  # noqa: E402
 
 
 def parse():

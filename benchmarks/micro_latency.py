@@ -6,7 +6,7 @@ filters with the smallest L1 norms in `trunk_conv*`, `trunk_dense` and
 `*_hidden` are set to zero, with their biases (what filter pruning leaves).
 The model is then exported for `micro` (full int8, batch 1) twice with
 `export_tflite`: `structured=False` (the zeros stay in a file of the original
-shape) and `structured="auto"` (`keras_minmax_mtl.surgery.shrink` removes the
+shape) and `structured="auto"` (`keras_minmax_mtl.export.surgery.shrink` removes the
 units first). Both files are verified in TFLite Micro against the same Keras
 model. Latency: `runtimes.micro_invoke_seconds` on one test sample, blocks of
 `--invokes` invokes alternating between the two files `--repeats` times, in
@@ -25,8 +25,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from keras_minmax_mtl import datasets, networks, runtimes  # noqa: E402
-from keras_minmax_mtl.export import export_tflite  # noqa: E402
+from keras_minmax_mtl import data as datasets  # noqa: E402
+from keras_minmax_mtl.data import networks
+from keras_minmax_mtl.export import runtimes
+from keras_minmax_mtl.export.tflite import export_tflite  # noqa: E402
 
 
 def parse():

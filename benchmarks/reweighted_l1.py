@@ -33,11 +33,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a script, not the library
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import keras_minmax_mtl as kmm  # noqa: E402
-from keras_minmax_mtl import pruning  # noqa: E402
-from keras_minmax_mtl._keras import keras  # noqa: E402
-from keras_minmax_mtl.datasets import multi_digits  # noqa: E402
-from keras_minmax_mtl.networks import multi_digits_network  # noqa: E402
-from keras_minmax_mtl.reweighted import prune_reweighted_l1  # noqa: E402
+from keras_minmax_mtl.sparsity import pruning  # noqa: E402
+from keras_minmax_mtl.core.backend import keras  # noqa: E402
+from keras_minmax_mtl.data import multi_digits  # noqa: E402
+from keras_minmax_mtl.data.networks import multi_digits_network  # noqa: E402
+from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1  # noqa: E402
 
 TASKS = ("left", "right", "sum")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 
 def run(weighting, seed, epochs, out, extra):
-    command = [sys.executable, "-m", "keras_minmax_mtl.cli", "train", "--weighting", weighting,
+    command = [sys.executable, "-m", "keras_minmax_mtl.cli.main", "train", "--weighting", weighting,
                "--seed", str(seed), "--epochs", str(epochs), "--out", str(out), "--verbose", "0",
                *extra]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -122,14 +122,15 @@ if _ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_minmax_mtl._keras import keras  # noqa: E402
-from keras_minmax_mtl.ascent import ProjectedGradientAscent  # noqa: E402
-from keras_minmax_mtl.datasets import multi_digits  # noqa: E402
-from keras_minmax_mtl.minmax import MinMaxWeighting  # noqa: E402
-from keras_minmax_mtl.multitask import MinMaxMultiTask, MultiTaskModel  # noqa: E402
-from keras_minmax_mtl.cli import _non_negative_int, _positive_int  # noqa: E402
-from keras_minmax_mtl.networks import multi_digits_network  # noqa: E402
-from keras_minmax_mtl.weighting import EqualWeighting, TrainingClock  # noqa: E402
+from keras_minmax_mtl.core.backend import keras  # noqa: E402
+from keras_minmax_mtl.weighting.ascent import ProjectedGradientAscent  # noqa: E402
+from keras_minmax_mtl.data import multi_digits  # noqa: E402
+from keras_minmax_mtl.weighting.minmax import MinMaxWeighting  # noqa: E402
+from keras_minmax_mtl.core.multitask import MultiTaskModel  # noqa: E402
+from keras_minmax_mtl.weighting.minmax import MinMaxMultiTask  # noqa: E402
+from keras_minmax_mtl.cli.arguments import non_negative_int, positive_int  # noqa: E402
+from keras_minmax_mtl.data.networks import multi_digits_network  # noqa: E402
+from keras_minmax_mtl.core.task_weighting import EqualWeighting, TrainingClock  # noqa: E402
 
 DATASETS = ("multi_digits",)
 GOAL = 1.03
@@ -145,27 +146,27 @@ def parse_args(argv=None):
                     "same model and data, interleaved in one process.")
     parser.add_argument("--dataset", choices=DATASETS, default="multi_digits",
                         help="benchmark data and network (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="examples per step (default: %(default)s)")
-    parser.add_argument("--steps", type=_positive_int, default=100,
+    parser.add_argument("--steps", type=positive_int, default=100,
                         help="steps per timed block (default: %(default)s)")
-    parser.add_argument("--repeats", type=_positive_int, default=15,
+    parser.add_argument("--repeats", type=positive_int, default=15,
                         help="timed blocks per model, interleaved (default: %(default)s)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=50,
+    parser.add_argument("--warmup", type=non_negative_int, default=50,
                         help="untimed steps per model before timing (default: %(default)s)")
-    parser.add_argument("--paired-steps", type=_non_negative_int, default=1000,
+    parser.add_argument("--paired-steps", type=non_negative_int, default=1000,
                         help="steps per model timed one by one, the models alternating at "
                              "every step (0 to skip) (default: %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the initial weights and of the data (default: %(default)s)")
-    parser.add_argument("--steps-per-execution", type=_positive_int, default=1,
+    parser.add_argument("--steps-per-execution", type=positive_int, default=1,
                         help="train steps per call of the train function, the `compile` "
                              "argument; 1 is what `fit` does by default (default: %(default)s)")
     parser.add_argument("--optimizer", default="adam",
                         help="optimizer of both models, a Keras name (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="learning rate of both optimizers (default: %(default)s)")
-    parser.add_argument("--ascent-iterations", type=_positive_int, default=2000,
+    parser.add_argument("--ascent-iterations", type=positive_int, default=2000,
                         help="calls per measurement of the isolated ascent (default: %(default)s)")
     parser.add_argument("--device", default=None,
                         help="TensorFlow device to run on, e.g. /CPU:0 or /GPU:0 "

@@ -9,7 +9,7 @@ per weighting and seed as the reference. Every model is exported for
 `micro` (full int8, batch 1) by `export_tflite`:
 
 - `micro_int8`: `structured="auto"`, so the layer surgery
-  (`keras_minmax_mtl.surgery.shrink`) removes the pruned units first;
+  (`keras_minmax_mtl.export.surgery.shrink`) removes the pruned units first;
 - `micro_int8_unshrunk` (sparse runs only): `structured=False`, the same
   masked model at full size, zeros stored as zeros.
 
@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
 import compare  # noqa: E402
-from keras_minmax_mtl.cli import _positive_int  # noqa: E402
+from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
 
 
 def build_parser():
@@ -50,9 +50,9 @@ def build_parser():
                         help="fractions of units removed per pruned layer (default: 0.5 0.75)")
     parser.add_argument("--weightings", nargs="+", default=["minmax", "ew"],
                         choices=_runs.WEIGHTINGS)
-    parser.add_argument("--seeds", type=_positive_int, default=3)
-    parser.add_argument("--epochs", type=_positive_int, default=20)
-    parser.add_argument("--train-examples", type=_positive_int, default=None)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--train-examples", type=positive_int, default=None)
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).parent / "results" / "structured")
     return parser

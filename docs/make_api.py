@@ -17,22 +17,22 @@ OUT = ROOT / "docs" / "api.md"
 
 #: Modules in reading order: the core first, then sparsity, export, data, tools.
 MODULES = [
-    "keras_minmax_mtl", "keras_minmax_mtl.simplex", "keras_minmax_mtl.ascent",
-    "keras_minmax_mtl.weighting", "keras_minmax_mtl.minmax", "keras_minmax_mtl.uncertainty",
-    "keras_minmax_mtl.dwa", "keras_minmax_mtl.multitask", "keras_minmax_mtl.callbacks",
-    "keras_minmax_mtl.plotting", "keras_minmax_mtl.serialization", "keras_minmax_mtl.loading",
-    "keras_minmax_mtl.pruning", "keras_minmax_mtl.policy", "keras_minmax_mtl.reweighted",
-    "keras_minmax_mtl.structured",
-    "keras_minmax_mtl.dst", "keras_minmax_mtl.densities", "keras_minmax_mtl.mask_updaters",
-    "keras_minmax_mtl.task_similarity", "keras_minmax_mtl.task_aware",
-    "keras_minmax_mtl.hybrid",
-    "keras_minmax_mtl.export", "keras_minmax_mtl.targets", "keras_minmax_mtl.runtimes",
-    "keras_minmax_mtl.edgetpu_rules", "keras_minmax_mtl.qat", "keras_minmax_mtl.logits",
-    "keras_minmax_mtl.surgery",
-    "keras_minmax_mtl.datasets", "keras_minmax_mtl.networks", "keras_minmax_mtl.nyuv2",
-    "keras_minmax_mtl.cli", "keras_minmax_mtl.run_folder", "keras_minmax_mtl.reweighted_cli", "keras_minmax_mtl.taskaware_cli",
-    "keras_minmax_mtl.hybrid_cli",
-    "keras_minmax_mtl.export_commands",
+    "keras_minmax_mtl", "keras_minmax_mtl.weighting.simplex", "keras_minmax_mtl.weighting.ascent",
+    "keras_minmax_mtl.core.task_weighting", "keras_minmax_mtl.weighting.minmax", "keras_minmax_mtl.weighting.uncertainty",
+    "keras_minmax_mtl.weighting.dwa", "keras_minmax_mtl.core.multitask", "keras_minmax_mtl.core.callbacks",
+    "keras_minmax_mtl.cli.plots", "keras_minmax_mtl.core.serialization", "keras_minmax_mtl.loading",
+    "keras_minmax_mtl.sparsity.pruning", "keras_minmax_mtl.sparsity.policy", "keras_minmax_mtl.sparsity.reweighted",
+    "keras_minmax_mtl.sparsity.structured",
+    "keras_minmax_mtl.sparsity.dst", "keras_minmax_mtl.sparsity.densities", "keras_minmax_mtl.sparsity.mask_updaters",
+    "keras_minmax_mtl.sparsity.task_similarity", "keras_minmax_mtl.sparsity.task_aware",
+    "keras_minmax_mtl.sparsity.hybrid",
+    "keras_minmax_mtl.export.tflite", "keras_minmax_mtl.export.targets", "keras_minmax_mtl.export.runtimes",
+    "keras_minmax_mtl.export.edgetpu", "keras_minmax_mtl.export.qat", "keras_minmax_mtl.export.logits",
+    "keras_minmax_mtl.export.surgery",
+    "keras_minmax_mtl.data", "keras_minmax_mtl.data.networks", "keras_minmax_mtl.data.nyuv2_metrics",
+    "keras_minmax_mtl.cli.main", "keras_minmax_mtl.cli.run_folder", "keras_minmax_mtl.cli.reweighted", "keras_minmax_mtl.cli.task_aware",
+    "keras_minmax_mtl.cli.hybrid",
+    "keras_minmax_mtl.cli.export",
 ]
 
 

@@ -4,7 +4,7 @@
     python examples/cifar100_mtl.py --smoke          # tiny generated data, a few steps
 
 20 tasks (the superclasses), each a 5-way problem; every step sees one batch
-of every task (`keras_minmax_mtl.datasets.cifar100_mtl`). Training uses
+of every task (`keras_minmax_mtl.data.cifar100_mtl`). Training uses
 `"train[:90%]"`, validation `"train[90%:]"` (for choosing hyper-parameters)
 and the final figures `"test"`. `--data-dir` must hold a prepared TFDS
 `cifar100` (nothing is downloaded). `--smoke` generates a small CIFAR-shaped
@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import CIFAR100_TASKS, cifar100_fine_to_task, cifar100_mtl
-from keras_minmax_mtl.networks import cifar100_mtl_network
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import CIFAR100_TASKS, cifar100_fine_to_task, cifar100_mtl
+from keras_minmax_mtl.data.networks import cifar100_mtl_network
 
 
 def fake_cifar100(per_fine_class=4, seed=0):
@@ -45,14 +45,14 @@ def compress(base, args, steps_per_epoch):
     import tensorflow_model_optimization as tfmot
 
     if args.compression == "reweighted_l1":
-        from keras_minmax_mtl.reweighted import prune_reweighted_l1
+        from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
 
         wrapped, callbacks = prune_reweighted_l1(
             base, args.sparsity, dense_steps=args.dense_epochs * steps_per_epoch,
             reweighted_steps=args.reweighted_epochs * steps_per_epoch, rho=args.rho)
         epochs = args.dense_epochs + args.reweighted_epochs + args.retrain_epochs
     else:
-        from keras_minmax_mtl.dst import DynamicSparseTraining, prune_for_dst
+        from keras_minmax_mtl.sparsity.dst import DynamicSparseTraining, prune_for_dst
 
         wrapped = prune_for_dst(base)
         epochs = args.dense_epochs + args.reweighted_epochs + args.retrain_epochs
@@ -88,7 +88,7 @@ def run(args, data_dir):
     results = model.evaluate(test, verbose=0, return_dict=True)
     accuracies = {t: results[f"{t}_accuracy"] for t in tasks}
 
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export.tflite import export_tflite
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -9,9 +9,9 @@ per-task test accuracy and the min-max task weights.
 import argparse
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import multi_digits
-from keras_minmax_mtl.networks import multi_digits_network
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import multi_digits
+from keras_minmax_mtl.data.networks import multi_digits_network
 
 
 def train(weighting_model, epochs, train, validation):

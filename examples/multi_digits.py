@@ -24,15 +24,15 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.callbacks import TaskWeightHistory
-from keras_minmax_mtl.datasets import load_multi_digits, multi_digits
-from keras_minmax_mtl.dst import DynamicSparseTraining, prune_for_dst
-from keras_minmax_mtl.export import export_tflite
-from keras_minmax_mtl.networks import multi_digits_network
-from keras_minmax_mtl.plotting import plot_task_weights
-from keras_minmax_mtl.pruning import sparsity_report
-from keras_minmax_mtl.reweighted import prune_reweighted_l1
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.core.callbacks import TaskWeightHistory
+from keras_minmax_mtl.data import load_multi_digits, multi_digits
+from keras_minmax_mtl.sparsity.dst import DynamicSparseTraining, prune_for_dst
+from keras_minmax_mtl.export.tflite import export_tflite
+from keras_minmax_mtl.data.networks import multi_digits_network
+from keras_minmax_mtl.cli.plots import plot_task_weights
+from keras_minmax_mtl.sparsity.pruning import sparsity_report
+from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
 
 
 def compress(base, compression, sparsity, steps, smoke, seed):

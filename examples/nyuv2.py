@@ -4,8 +4,8 @@
     python examples/nyuv2.py --smoke          # tiny generated .npy folders, a few steps
 
 Reads the MTAN pre-processed layout (`<data-dir>/train`, `<data-dir>/val`;
-see `keras_minmax_mtl.datasets.nyuv2`), trains a small encoder-decoder with
-three heads (`keras_minmax_mtl.networks.nyuv2_network`) with
+see `keras_minmax_mtl.data.nyuv2`), trains a small encoder-decoder with
+three heads (`keras_minmax_mtl.data.networks.nyuv2_network`) with
 `MinMaxMultiTask` on the standard losses (each divided by its first-step
 value, `normalize_losses=True`, as the losses have different scales),
 compresses it (reweighted ℓ1 or DST), exports it for mobile and prints the
@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import NYUV2_TASKS, nyuv2
-from keras_minmax_mtl.networks import nyuv2_network
-from keras_minmax_mtl.nyuv2 import delta_m, metrics_from_logs, nyuv2_losses, nyuv2_metrics
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import NYUV2_TASKS, nyuv2
+from keras_minmax_mtl.data.networks import nyuv2_network
+from keras_minmax_mtl.data.nyuv2_metrics import delta_m, metrics_from_logs, nyuv2_losses, nyuv2_metrics
 
 
 def write_fake_nyuv2(root, sizes=None, shape=(32, 32), seed=0):
@@ -51,13 +51,13 @@ def compress(base, args, steps_per_epoch):
 
     epochs = args.dense_epochs + args.reweighted_epochs + args.retrain_epochs
     if args.compression == "reweighted_l1":
-        from keras_minmax_mtl.reweighted import prune_reweighted_l1
+        from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
 
         wrapped, callbacks = prune_reweighted_l1(
             base, args.sparsity, dense_steps=args.dense_epochs * steps_per_epoch,
             reweighted_steps=args.reweighted_epochs * steps_per_epoch, rho=args.rho)
     else:
-        from keras_minmax_mtl.dst import DynamicSparseTraining, prune_for_dst
+        from keras_minmax_mtl.sparsity.dst import DynamicSparseTraining, prune_for_dst
 
         wrapped = prune_for_dst(base)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), DynamicSparseTraining(
@@ -86,7 +86,7 @@ def run(args, data_dir):
     scores = metrics_from_logs(model.evaluate(val, verbose=0, return_dict=True))
     score = delta_m(scores)
 
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export.tflite import export_tflite
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

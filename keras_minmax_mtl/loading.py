@@ -90,7 +90,7 @@ def _describe_function(config):
 
 def _check_node(node, path, custom_objects):
     """Raises `UntrustedModelError` if one config dict names code that may not run."""
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl.core.backend import keras
 
     class_name = node.get("class_name")
     config = node.get("config") if isinstance(node.get("config"), dict) else {}
@@ -278,11 +278,11 @@ def _scopes(config):
     text = json.dumps(config)
     stack = contextlib.ExitStack()
     if "tensorflow_model_optimization" in text or "PruneLowMagnitude" in text:
-        from keras_minmax_mtl.pruning import prune_scope
+        from keras_minmax_mtl.sparsity.scope import prune_scope
 
         stack.enter_context(prune_scope())
         if "quantiz" in text.lower():
-            from keras_minmax_mtl.qat import quantize_scope
+            from keras_minmax_mtl.export.qat import quantize_scope
 
             stack.enter_context(quantize_scope())
     return stack
@@ -318,7 +318,7 @@ def load_model(path, trusted=False, custom_objects=None, compile=True):
 
     >>> model = load_model("runs/minmax-s0/model.keras")
     """
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl.core.backend import keras
 
     if not isinstance(trusted, bool):
         raise ValueError(f"Argument `trusted` must be True or False. Received: trusted={trusted!r}")

@@ -28,7 +28,7 @@ STEPS_PER_EPOCH = NUM_SAMPLES // GLOBAL_BATCH
 def _modules():
     # Imported lazily: the `mirrored` mode configures devices first.
     import keras_minmax_mtl as kmm
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl.core.backend import keras
     from tests import helpers
     return kmm, keras, helpers
 

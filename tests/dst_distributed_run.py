@@ -35,8 +35,9 @@ def run(strategy, x, y):
     import tensorflow_model_optimization as tfmot
 
     import keras_minmax_mtl as kmm
-    from keras_minmax_mtl import dst, pruning
-    from keras_minmax_mtl._keras import keras
+    from keras_minmax_mtl.sparsity import dst
+    from keras_minmax_mtl.sparsity import pruning
+    from keras_minmax_mtl.core.backend import keras
     from tests import helpers
 
     with strategy.scope():

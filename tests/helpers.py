@@ -4,7 +4,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.core.backend import keras
 
 #: The repository root (tests run from a checkout).
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

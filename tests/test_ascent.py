@@ -3,9 +3,8 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import (ExponentiatedGradientAscent, ProjectedGradientAscent,
-                              closed_form_weights, project_to_simplex)
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl import ExponentiatedGradientAscent, ProjectedGradientAscent, closed_form_weights, project_to_simplex
+from keras_minmax_mtl.core.backend import keras
 
 
 def test_projected_ascent_step_is_the_paper_update():

@@ -5,8 +5,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import (
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import (
     CIFAR100_FINE_NAMES,
     CIFAR100_SUPERCLASSES,
     CIFAR100_TASKS,
@@ -14,7 +14,7 @@ from keras_minmax_mtl.datasets import (
     cifar100_input_name,
     cifar100_mtl,
 )
-from keras_minmax_mtl.networks import cifar100_mtl_network
+from keras_minmax_mtl.data.networks import cifar100_mtl_network
 
 COARSE, INDEX = cifar100_fine_to_task()
 

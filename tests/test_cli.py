@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli, datasets
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl import data as datasets
+from keras_minmax_mtl.core.backend import keras
 
 
 def test_train_writes_model_metrics_and_plot_that_agree(tmp_path, capsys):
@@ -239,7 +240,7 @@ def test_overwrite_never_deletes_files_kmm_did_not_write(tmp_path, capsys):
 
 
 def test_a_run_folder_in_use_is_refused_naming_the_other_pid(previous, capsys):
-    from keras_minmax_mtl.run_folder import RunFolder
+    from keras_minmax_mtl.cli.run_folder import RunFolder
 
     out, before = previous
     with RunFolder(out, overwrite=True):  # another run holds the folder

@@ -74,7 +74,7 @@ def test_compare_does_not_reuse_a_run_saved_with_another_configuration(compare, 
 
 
 def test_compare_exports_every_run_and_scores_the_files(compare, tmp_path):
-    from keras_minmax_mtl.networks import multi_digits_network
+    from keras_minmax_mtl.data.networks import multi_digits_network
 
     argv = ["--dataset", "multi_digits", "--seeds", "1", "--weightings", "minmax",
             "--compressions", "dense", "--epochs", "1", "--train-examples", "128",

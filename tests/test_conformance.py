@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.core.backend import keras
 from tests import compatibility_matrix as matrix
 from tests.helpers import REPO_ROOT
 
@@ -597,7 +597,7 @@ def check_mixed_bfloat16(form):
 
 def _check_export(form, tmp_path, target):
     """The file is verified by running it; its outputs are the tasks, mapped by name."""
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export.tflite import export_tflite
 
     base, x, y, losses = BUILDERS[form]()
     model = kmm.MinMaxMultiTask(base)
@@ -642,7 +642,7 @@ def _fit_compressed(form, wrapped, callbacks, epochs, x, y, losses):
 
 def _assert_stripped_equals_pruned(model, x, y, losses):
     """`strip_pruning` keeps what the pruned model computes, and the losses are Keras'."""
-    from keras_minmax_mtl.pruning import sparsity_report, strip_pruning
+    from keras_minmax_mtl.sparsity.pruning import sparsity_report, strip_pruning
 
     stripped = strip_pruning(model)
     assert stripped.task_names == model.task_names
@@ -668,8 +668,8 @@ def _assert_layer_sparsity(report, target, layers=None):
 
 
 def check_reweighted_l1(form):
-    from keras_minmax_mtl.pruning import sparsity_report
-    from keras_minmax_mtl.reweighted import prune_reweighted_l1
+    from keras_minmax_mtl.sparsity.pruning import sparsity_report
+    from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
 
     base, x, y, losses = BUILDERS[form]()
     wrapped, callbacks = prune_reweighted_l1(base, 0.5, dense_steps=1, reweighted_steps=2, rho=1e-4)
@@ -681,8 +681,8 @@ def check_reweighted_l1(form):
 
 
 def check_reweighted_filter(form):
-    from keras_minmax_mtl.reweighted import prune_reweighted_l1
-    from keras_minmax_mtl.structured import structured_report, units_to_remove
+    from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
+    from keras_minmax_mtl.sparsity.structured import structured_report, units_to_remove
 
     base, x, y, losses = BUILDERS[form]()
     wrapped, callbacks = prune_reweighted_l1(base, 0.5, dense_steps=1, reweighted_steps=2, rho=1e-3,
@@ -696,8 +696,8 @@ def check_reweighted_filter(form):
 
 
 def _check_dst(form, method):
-    from keras_minmax_mtl.dst import DynamicSparseTraining, prune_for_dst
-    from keras_minmax_mtl.pruning import sparsity_report
+    from keras_minmax_mtl.sparsity.dst import DynamicSparseTraining, prune_for_dst
+    from keras_minmax_mtl.sparsity.pruning import sparsity_report
 
     base, x, y, losses = BUILDERS[form]()
     wrapped = prune_for_dst(base)
@@ -732,9 +732,9 @@ def check_dst_paper(form):
 
 
 def check_task_aware(form):
-    from keras_minmax_mtl.policy import head_kernel_count
-    from keras_minmax_mtl.pruning import nonzero_kernel_count
-    from keras_minmax_mtl.task_aware import task_aware_optimize
+    from keras_minmax_mtl.sparsity.policy import head_kernel_count
+    from keras_minmax_mtl.sparsity.pruning import nonzero_kernel_count
+    from keras_minmax_mtl.sparsity.task_aware import task_aware_optimize
 
     base, x, y, losses = BUILDERS[form]()
     model = kmm.MinMaxMultiTask(base, step_size=0.5, gamma=1.0)
@@ -748,7 +748,7 @@ def check_task_aware(form):
 
 
 def check_hybrid(form):
-    from keras_minmax_mtl.hybrid import hybrid_at_sparsity, kernel_nonzeros
+    from keras_minmax_mtl.sparsity.hybrid import hybrid_at_sparsity, kernel_nonzeros
 
     base, x, y, losses = BUILDERS[form]()
     wrapped, callbacks, split = hybrid_at_sparsity(base, 0.5, 0.25, prune_step=2)

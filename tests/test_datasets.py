@@ -1,11 +1,11 @@
-"""Tests of `keras_minmax_mtl.datasets` (MultiDigits)."""
+"""Tests of `keras_minmax_mtl.data` (MultiDigits)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from keras_minmax_mtl import datasets
-from keras_minmax_mtl.datasets import (
+from keras_minmax_mtl import data as datasets
+from keras_minmax_mtl.data import (
     CANVAS_COLS,
     CANVAS_ROWS,
     DEFAULT_NUM_EXAMPLES,

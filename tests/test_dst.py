@@ -10,10 +10,13 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli, dst, pruning
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.densities import active_counts, layer_densities
-from keras_minmax_mtl.mask_updaters import RigLUpdater, SETUpdater
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl.sparsity import dst
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.sparsity.densities import active_counts, layer_densities
+from keras_minmax_mtl.sparsity.mask_updaters import RigLUpdater, SETUpdater
 from tests.helpers import LOSSES, REPO_ROOT, tiny_base_model, tiny_data
 
 ALL = ["trunk", "a", "b", "c"]
@@ -110,7 +113,7 @@ def test_hold_masks_round_trips_through_the_wrapper_config_and_save(tmp_path):
     assert not bool(should_prune)
     _fit(model, dst.DynamicSparseTraining(0.5, update_every=2, end_step=6), epochs=1)
     model.save(tmp_path / "dst.keras")
-    with pruning.prune_scope():
+    with prune_scope():
         loaded = keras.models.load_model(tmp_path / "dst.keras")
     for a, b in zip(_masks(loaded), _masks(model)):
         np.testing.assert_array_equal(a, b)
@@ -323,7 +326,7 @@ def test_cli_trains_with_rigl_and_reports_turnover_and_layer_sparsity(tmp_path, 
     assert [u["step"] for u in metrics["pruning"]["updates"]] == [2]  # end: 75% of 4 steps = 3
     assert "mask turnover per update" in printed and "trunk_dense/kernel" in printed
     assert metrics["pruning"]["sparsity"]["overall"]["sparsity"] >= 0.9
-    with pruning.prune_scope():
+    with prune_scope():
         loaded = keras.models.load_model(out / "model.keras")
     masks = _masks(loaded)
     assert sum(int(m.sum()) for m in masks) == round(0.1 * sum(m.size for m in masks))

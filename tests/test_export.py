@@ -6,11 +6,14 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli, pruning, qat, runtimes
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.edgetpu_rules import check_edgetpu
-from keras_minmax_mtl.export import export_tflite, inspect_tflite
-from keras_minmax_mtl.targets import MicroTarget
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.export import qat
+from keras_minmax_mtl.export import runtimes
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.export.edgetpu import check_edgetpu
+from keras_minmax_mtl.export.tflite import export_tflite, inspect_tflite
+from keras_minmax_mtl.export.targets import MicroTarget
 from tests.helpers import LOSSES, tiny_base_model, tiny_data
 
 TASKS = ("a", "b")
@@ -290,7 +293,7 @@ def test_float_export_keeps_probabilities_by_default_and_logits_match_keras_logi
 
 
 def test_logits_copy_handles_softmax_layers_wrappers_and_refuses_a_shared_softmax():
-    from keras_minmax_mtl.logits import without_softmax
+    from keras_minmax_mtl.export.logits import without_softmax
 
     inputs = keras.Input((4,), name="features")
     z = keras.layers.Dense(3, name="z")(inputs)
@@ -317,7 +320,7 @@ def test_logits_copy_handles_softmax_layers_wrappers_and_refuses_a_shared_softma
 
 
 def test_floored_logits_are_relu_of_logits_minus_the_floor_and_floors_are_below_every_top():
-    from keras_minmax_mtl.logits import logit_floors, without_softmax
+    from keras_minmax_mtl.export.logits import logit_floors, without_softmax
 
     model, x = near_tie_model()
     copy, forms = without_softmax(model, floors={"t": 0.3})

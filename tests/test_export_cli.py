@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli
-from keras_minmax_mtl.networks import multi_digits_network
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl.data.networks import multi_digits_network
 from tests.test_loading import pipepager_lambda, rewrite_config, wait_for
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import runtimes
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.export import ExportVerificationError, export_tflite, output_tasks
-from keras_minmax_mtl.targets import MobileTarget
+from keras_minmax_mtl.export import runtimes
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.export.deployable import output_tasks
+from keras_minmax_mtl.export.tflite import ExportVerificationError, export_tflite
+from keras_minmax_mtl.export.targets import MobileTarget
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
 
@@ -191,7 +192,7 @@ def test_exported_files_respect_the_umask_also_when_overwritten(tmp_path):
 ])
 def test_damaged_tflite_files_are_refused_naming_the_file(damage, message, tmp_path,
                                                           good_export):
-    from keras_minmax_mtl.export import inspect_tflite
+    from keras_minmax_mtl.export.tflite import inspect_tflite
 
     path = tmp_path / "m.tflite"
     path.write_bytes(damage(good_export["m.tflite"]))

@@ -3,10 +3,11 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import pruning
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import load_multi_digits
-from keras_minmax_mtl.hybrid import (
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import load_multi_digits
+from keras_minmax_mtl.sparsity.hybrid import (
     HybridConv2D,
     HybridDense,
     HybridPruning,
@@ -18,7 +19,7 @@ from keras_minmax_mtl.hybrid import (
     prune_hybrid,
     split_budget,
 )
-from keras_minmax_mtl.networks import multi_digits_network
+from keras_minmax_mtl.data.networks import multi_digits_network
 
 TASKS = ("left", "right", "sum")
 
@@ -277,14 +278,14 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(loaded.task_weights.numpy(), stripped.task_weights.numpy())
     assert kernel_nonzeros(loaded) == kernel_nonzeros(model)
-    with pruning.prune_scope():  # with the wrappers too
+    with prune_scope():  # with the wrappers too
         model.save(tmp_path / "wrapped.keras")
         again = keras.models.load_model(tmp_path / "wrapped.keras")
     assert kernel_nonzeros(again) == kernel_nonzeros(model)
 
 
 def test_export_stores_task_kernels_sparse_on_mobile(tmp_path):
-    from keras_minmax_mtl.export import export_tflite
+    from keras_minmax_mtl.export.tflite import export_tflite
 
     hybrid = hybrid_network(small_network())
     wrapped, callbacks = prune_hybrid(hybrid, 0.9, 0.05, prune_step=2)
@@ -303,7 +304,7 @@ def test_export_stores_task_kernels_sparse_on_mobile(tmp_path):
 def test_kmm_train_pruning_hybrid_meets_the_budget_and_saves_the_stripped_model(tmp_path):
     import json
 
-    from keras_minmax_mtl import cli
+    from keras_minmax_mtl.cli import main as cli
 
     out = tmp_path / "run"
     cli.main(["train", "--pruning", "hybrid", "--sparsity", "0.9", "--task-share", "0.2",
@@ -321,7 +322,7 @@ def test_kmm_train_pruning_hybrid_meets_the_budget_and_saves_the_stripped_model(
 
 
 def test_cli_prune_steps_one_shot_gradual_and_refusal():
-    from keras_minmax_mtl.hybrid_cli import prune_steps
+    from keras_minmax_mtl.cli.hybrid import prune_steps
 
     assert prune_steps(10, 0, 20, 94) == (941, None, 23)
     assert prune_steps(10, 2, 20, 94) == (941, 941 + 188, 23)

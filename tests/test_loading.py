@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.core.backend import keras
 from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 from tests.helpers import tiny_base_model
 

@@ -13,11 +13,13 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import dst, pruning, reweighted
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.densities import active_counts
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy, prunable_kernel_count
-from keras_minmax_mtl.task_similarity import allocate_budget
+from keras_minmax_mtl.sparsity import dst
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.sparsity import reweighted
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.sparsity.densities import active_counts
+from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy, prunable_kernel_count
+from keras_minmax_mtl.sparsity.task_similarity import allocate_budget
 from tests.helpers import LOSSES
 
 TASKS = ("a", "b", "c")
@@ -149,7 +151,7 @@ def _reweighted_run():
 
 
 def _hybrid_run():
-    from keras_minmax_mtl import hybrid
+    from keras_minmax_mtl.sparsity import hybrid
 
     wrapped, callbacks = hybrid.prune_hybrid(hybrid.hybrid_network(_flat_model()), 0.5, 0.25,
                                              prune_step=5, end_step=11, frequency=2)
@@ -157,7 +159,7 @@ def _hybrid_run():
 
 
 def _task_aware_run():
-    from keras_minmax_mtl import task_aware
+    from keras_minmax_mtl.sparsity import task_aware
 
     inputs = keras.Input((6,), name="features")
     h = keras.layers.Dense(8, activation="tanh", kernel_initializer=_init(0), name="t1")(inputs)
@@ -323,7 +325,8 @@ def test_dst_wraps_a_layer_shared_by_two_branches_once_and_keeps_the_target():
 @pytest.mark.parametrize("build, nested", [(functional_trunk_model, "trunk_model"),
                                            (sequential_trunk_model, "trunk_seq")])
 def test_task_aware_and_hybrid_refuse_a_nested_trunk_by_name(build, nested):
-    from keras_minmax_mtl import hybrid, task_aware
+    from keras_minmax_mtl.sparsity import hybrid
+    from keras_minmax_mtl.sparsity import task_aware
 
     base = build()
     message = rf"does not enter nested models: layer '{nested}'.*\['t1', 't2'\].*input_tensor=inputs"
@@ -374,7 +377,7 @@ def test_non_finite_numbers_are_refused_naming_the_argument(make, message):
 
 
 def test_hybrid_task_budget_nan_is_refused_naming_the_argument():
-    from keras_minmax_mtl import hybrid
+    from keras_minmax_mtl.sparsity import hybrid
 
     model = hybrid.hybrid_network(_flat_model())
     with pytest.raises(ValueError, match=r"`task_budget` must be a count.*Received: task_budget=nan"):

@@ -1,10 +1,10 @@
-"""Tests of `keras_minmax_mtl.networks`."""
+"""Tests of `keras_minmax_mtl.data.networks`."""
 import numpy as np
 import pytest
 
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import MULTI_DIGITS_TASKS, load_multi_digits
-from keras_minmax_mtl.networks import multi_digits_network
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import MULTI_DIGITS_TASKS, load_multi_digits
+from keras_minmax_mtl.data.networks import multi_digits_network
 
 
 def test_output_names_are_the_task_names_in_order():

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import nyuv2
-from keras_minmax_mtl.networks import nyuv2_network
-from keras_minmax_mtl.nyuv2 import (
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import nyuv2
+from keras_minmax_mtl.data.networks import nyuv2_network
+from keras_minmax_mtl.data.nyuv2_metrics import (
     HIGHER_IS_BETTER,
     SINGLE_TASK_SEGNET,
     DepthAbsError,

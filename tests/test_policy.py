@@ -1,10 +1,10 @@
 import pytest
 import tensorflow_model_optimization as tfmot
 
-from keras_minmax_mtl import pruning
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.networks import multi_digits_network
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy, layer_roles
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data.networks import multi_digits_network
+from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy, layer_roles
 from tests.helpers import SubclassedNet, tiny_base_model
 
 

@@ -3,8 +3,9 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import pruning
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
 from tests.helpers import LOSSES, tiny_base_model, tiny_data
 
 TASKS = ("a", "b", "c")
@@ -68,7 +69,7 @@ def test_strip_a_functional_model_and_refuse_other_objects():
 def test_pruned_model_saves_and_loads_under_prune_scope(tmp_path):
     model, x = pruned_minmax()
     model.save(tmp_path / "pruned.keras")
-    with pruning.prune_scope():
+    with prune_scope():
         loaded = keras.models.load_model(tmp_path / "pruned.keras")
     assert len(pruning.pruning_wrappers(loaded)) == 4
     np.testing.assert_array_equal(loaded.task_weights.numpy(), model.task_weights.numpy())

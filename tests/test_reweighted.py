@@ -6,13 +6,14 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import pruning
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.datasets import load_multi_digits
-from keras_minmax_mtl.networks import multi_digits_network
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy
-from keras_minmax_mtl.pruning import PruneLowMagnitude
-from keras_minmax_mtl.reweighted import (
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.data import load_multi_digits
+from keras_minmax_mtl.data.networks import multi_digits_network
+from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy
+from keras_minmax_mtl.sparsity.pruning import PruneLowMagnitude
+from keras_minmax_mtl.sparsity.reweighted import (
     ReweightedL1Penalty,
     ReweightedL1Schedule,
     ReweightedL1Stages,
@@ -229,7 +230,7 @@ def test_save_and_load_after_the_prune_keeps_masks_step_and_task_weights(tmp_pat
     x, y = data()
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=callbacks)
     model.save(tmp_path / "mid.keras")
-    with pruning.prune_scope():
+    with prune_scope():
         loaded = keras.models.load_model(tmp_path / "mid.keras")
     masks = [m.numpy() for w in pruning.pruning_wrappers(model) for _, m, _ in w.pruning_vars]
     loaded_wrappers = pruning.pruning_wrappers(loaded)
@@ -298,7 +299,7 @@ def test_stage_callback_refuses_several_steps_per_execution_and_foreign_schedule
 
 
 def test_cli_runs_the_three_stages_and_reports_and_saves_the_stripped_model(tmp_path, capsys):
-    from keras_minmax_mtl import cli
+    from keras_minmax_mtl.cli import main as cli
 
     out = tmp_path / "run"
     code = cli.main(["train", "--pruning", "reweighted_l1", "--sparsity", "0.9", "--dense-epochs",

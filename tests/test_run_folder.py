@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from keras_minmax_mtl import run_folder
-from keras_minmax_mtl.run_folder import RunFolder, RunFolderError, check_destination
+from keras_minmax_mtl.cli import run_folder
+from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError, check_destination
 
 
 def _run(folder, **files):

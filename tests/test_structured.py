@@ -7,17 +7,18 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import pruning
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.policy import MultiTaskPruningPolicy
-from keras_minmax_mtl.pruning import PruneLowMagnitude
-from keras_minmax_mtl.reweighted import (
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.sparsity import pruning
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy
+from keras_minmax_mtl.sparsity.pruning import PruneLowMagnitude
+from keras_minmax_mtl.sparsity.reweighted import (
     ReweightedL1Penalty,
     ReweightedL1Schedule,
     ReweightedL1Stages,
     prune_reweighted_l1,
 )
-from keras_minmax_mtl.structured import (
+from keras_minmax_mtl.sparsity.structured import (
     RemovedUnits,
     smallest_units,
     structured_report,
@@ -207,7 +208,7 @@ def test_save_and_load_after_the_prune_keeps_unit_masks_and_the_hold(tmp_path):
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=callbacks)
     removed = callbacks[1].removed.removed
     model.save(tmp_path / "pruned.keras")
-    with pruning.prune_scope():
+    with prune_scope():
         loaded = keras.models.load_model(tmp_path / "pruned.keras")
     for wrapper in pruning.pruning_wrappers(loaded):
         assert wrapper.pruning_schedule.sparsity_type == "filter"
@@ -277,7 +278,8 @@ def test_stages_refuse_schedules_of_the_other_sparsity_type():
 
 # ------------------------------------------------------------------ command line
 def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, capsys):
-    from keras_minmax_mtl import cli, reweighted_cli
+    from keras_minmax_mtl.cli import main as cli
+    from keras_minmax_mtl.cli import reweighted as reweighted_cli
 
     common = ["train", "--pruning", "reweighted_l1", "--sparsity-type", "filter",
               "--dense-epochs", "1", "--reweighted-epochs", "1", "--retrain-epochs", "1",

@@ -3,10 +3,12 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli, qat, runtimes
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.export import export_tflite
-from keras_minmax_mtl.surgery import (has_structured_sparsity, removed_units, shrink,
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl.export import qat
+from keras_minmax_mtl.export import runtimes
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.export.tflite import export_tflite
+from keras_minmax_mtl.export.surgery import (has_structured_sparsity, removed_units, shrink,
                                       shrink_report)
 
 

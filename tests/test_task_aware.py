@@ -7,20 +7,20 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl import cli
-from keras_minmax_mtl._keras import keras
-from keras_minmax_mtl.dst import prune_for_dst
-from keras_minmax_mtl.export import export_tflite
-from keras_minmax_mtl.networks import multi_digits_network
-from keras_minmax_mtl.plotting import plot_task_aware
-from keras_minmax_mtl.pruning import (
+from keras_minmax_mtl.cli import main as cli
+from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.sparsity.dst import prune_for_dst
+from keras_minmax_mtl.export.tflite import export_tflite
+from keras_minmax_mtl.data.networks import multi_digits_network
+from keras_minmax_mtl.cli.plots import plot_task_aware
+from keras_minmax_mtl.sparsity.pruning import (
     nonzero_kernel_count,
-    prune_scope,
     sparsity_report,
     strip_pruning,
 )
-from keras_minmax_mtl.policy import head_kernel_count, prunable_kernel_count
-from keras_minmax_mtl.task_aware import (
+from keras_minmax_mtl.sparsity.scope import prune_scope
+from keras_minmax_mtl.sparsity.policy import head_kernel_count, prunable_kernel_count
+from keras_minmax_mtl.sparsity.task_aware import (
     TaskAwareAllocation,
     TaskAwareRun,
     branch_name,
@@ -29,7 +29,7 @@ from keras_minmax_mtl.task_aware import (
     measure_tasks,
     task_aware_optimize,
 )
-from keras_minmax_mtl.task_similarity import (
+from keras_minmax_mtl.sparsity.task_similarity import (
     allocate_budget,
     group_tasks,
     mixed_similarity,
@@ -182,7 +182,7 @@ def _labels(model, x, easy):
 
 
 def test_callback_keeps_the_total_active_count_while_moving_weights_between_groups():
-    from keras_minmax_mtl.pruning import pruning_wrappers
+    from keras_minmax_mtl.sparsity.pruning import pruning_wrappers
 
     keras.utils.set_random_seed(0)
     groups = [["left", "right"], ["sum"]]
@@ -352,7 +352,7 @@ def test_per_sample_losses_are_the_compiled_losses_unreduced():
 
 
 def test_set_mask_zeroes_grown_weights_and_their_optimizer_slots():
-    from keras_minmax_mtl.dst import set_mask
+    from keras_minmax_mtl.sparsity.dst import set_mask
 
     weight = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
     mask = tf.Variable([[1.0, 1.0], [0.0, 0.0]])
@@ -369,7 +369,7 @@ def test_set_mask_zeroes_grown_weights_and_their_optimizer_slots():
 
 @pytest.mark.parametrize("density", ["erk", "uniform", "global"])
 def test_initial_allocation_meets_the_budget_exactly_for_every_density(density):
-    from keras_minmax_mtl.pruning import pruning_wrappers
+    from keras_minmax_mtl.sparsity.pruning import pruning_wrappers
 
     groups = [["left", "right"], ["sum"]]
     model = compiled(kmm.MinMaxMultiTask(prune_for_dst(grouped_network(small_network(), groups))))

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl._keras import keras
+from keras_minmax_mtl.core.backend import keras
 from tests.helpers import LOSSES, task_losses, tiny_base_model, tiny_data
 
 TASKS = ("a", "b", "c")

@@ -1,0 +1,218 @@
+"""`kmm export`, `kmm inspect` and `kmm train --export`: the command-line side of `keras_minmax_mtl.export.tflite`.
+
+    kmm export runs/minmax-s0 --target micro --out deploy/
+    kmm export runs/filter-pruned --target mobile --structured on
+    kmm inspect deploy/model_micro.tflite
+    kmm train --dataset multi_digits --epochs 20 --export mobile
+
+`kmm export` reads what `kmm train` wrote (`model.keras`, loaded with
+`keras_minmax_mtl.loading.load_model`, which refuses files that name code
+from outside tf_keras, tfmot and this package unless `--trust-model` is
+given, and `metrics.json`, which says the dataset and seed): the
+representative samples are the first `--samples` inputs of that dataset's
+training split.
+
+Bad arguments and unreadable files print one line ``kmm: error: ...`` and
+exit with status 2 before anything is written; an export whose verification
+fails prints ``kmm: error: ...`` and exits with status 1, writing nothing.
+"""
+import json
+import pathlib
+import sys
+
+__all__ = ["add_commands", "add_train_option", "run_command", "export_after_training", "fail"]
+
+#: `--structured` values and the `export_tflite(structured=...)` each stands for.
+_STRUCTURED = {"auto": "auto", "on": True, "off": False}
+
+
+def add_commands(commands):
+    """Adds the `export` and `inspect` subcommands to the `kmm` subparsers."""
+    from keras_minmax_mtl.export.targets import QUANTIZATIONS, TARGETS
+
+    export = commands.add_parser(
+        "export", help="export a `kmm train` model to TFLite, verified by running it",
+        description="Export MODEL_DIR/model.keras to a .tflite file for a target, run it in the "
+                    "target's runtime and compare it with the Keras model per task.")
+    export.add_argument("model_dir", type=pathlib.Path, metavar="MODEL_DIR",
+                        help="a folder written by `kmm train` (model.keras, metrics.json)")
+    export.add_argument("--target", default="mobile", choices=sorted(TARGETS),
+                        help="default: %(default)s")
+    export.add_argument("--quantization", default=None, choices=list(QUANTIZATIONS),
+                        help="default: float for mobile, int8 for micro and edgetpu")
+    export.add_argument("--outputs", default=None, choices=["probabilities", "logits"],
+                        help="task outputs of the file (default: logits for int8, dropping each "
+                             "head's final softmax so int8 keeps the top-1 decision; "
+                             "probabilities otherwise)")
+    export.add_argument("--structured", default="auto", choices=sorted(_STRUCTURED),
+                        help="remove the units of a structured-pruned model before converting "
+                             "(keras_minmax_mtl.export.surgery.shrink): auto = for micro and edgetpu "
+                             "when the model has removed units; on = required; off = never "
+                             "(default: %(default)s)")
+    export.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: MODEL_DIR)")
+    export.add_argument("--samples", type=int, default=256,
+                        help="representative training samples (default: %(default)s)")
+    export.add_argument("--trust-model", action="store_true",
+                        help="load model.keras even if it names code from outside tf_keras, "
+                             "tfmot and keras_minmax_mtl (a Lambda layer, a custom class): only "
+                             "for files you would run as code (docs/security.md)")
+    inspect = commands.add_parser("inspect", help="size, sparsity, ops, inputs and outputs of a "
+                                                  ".tflite file")
+    inspect.add_argument("file", type=pathlib.Path, metavar="FILE.tflite")
+
+
+def add_train_option(train_parser):
+    """Adds `--export TARGET` to `kmm train`."""
+    from keras_minmax_mtl.export.targets import TARGETS
+
+    train_parser.add_argument("--export", default=None, choices=sorted(TARGETS),
+                              help="after training, export the model for this target into --out")
+
+
+def _training_inputs(dataset, seed, samples):
+    from keras_minmax_mtl import data as datasets
+
+    if dataset != "multi_digits":
+        raise ValueError(f"No representative data for dataset {dataset!r}.")
+    x, _ = datasets.load_multi_digits("train", seed=seed, num_examples=samples)
+    return x
+
+
+def _summary(path, report):
+    lines = [f"wrote {path} ({report['bytes']} bytes, gzip {report['gzip_bytes']}, "
+             f"{report['quantization']}, {report['storage']} storage) for target {report['target']}"]
+    for task, result in report["verification"]["tasks"].items():
+        agreement = result.get("top1_agreement")
+        lines.append(f"  {task} ({report['output_forms'][task]}): max |tflite - keras| = "
+                     f"{result['max_abs_error']:.3g}"
+                     + (f", top-1 agreement {agreement:.4f}, tied top values "
+                        f"{result['top1_tie_fraction']:.4f}" if agreement is not None else ""))
+    lines.append(f"  verified in {report['verification']['runtime']} on "
+                 f"{report['verification']['samples']} samples")
+    structured = report["structured"]
+    if structured["applied"]:
+        lines.append(f"  units removed (structured): weights {structured['params']['dense']} -> "
+                     f"{structured['params']['shrunk']} parameters, int8 weight bytes "
+                     f"{structured['int8_bytes']['dense']} -> {structured['int8_bytes']['shrunk']}")
+    if "skipped" in structured:
+        lines.append(f"  units not removed (structured auto): {structured['skipped']}")
+    if "arena_bytes" in report:
+        lines.append(f"  TFLite Micro arena: {report['arena_bytes']} bytes; C array: "
+                     f"{report['c_array']['source']}, {report['c_array']['header']}")
+    if "edgetpu" in report:
+        rules = report["edgetpu"]["rules"]
+        lines.append(f"  Edge TPU rules: {'all ops map' if rules['all_on_edgetpu'] else 'CPU ops: '}"
+                     + ", ".join(f"{o['op']} ({o['layer']}): {o['reasons'][0]}"
+                                 for o in rules["cpu_ops"]))
+    return "\n".join(lines)
+
+
+def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
+                          outputs=None, structured="auto"):
+    """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
+
+    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`). A
+    failed verification (`ExportVerificationError`, `MicroOpError`) prints one
+    line ``kmm: error: ...`` and exits with status 1, a refused argument
+    (`ValueError`) with status 2; nothing is written either way.
+    """
+    from keras_minmax_mtl.export.tflite import ExportVerificationError, export_tflite
+    from keras_minmax_mtl.export.runtimes import MicroOpError
+
+    path = pathlib.Path(out) / f"model_{target}.tflite"
+    try:
+        report = export_tflite(model, path, target=target, quantization=quantization,
+                               representative_data=_training_inputs(dataset, seed, samples),
+                               outputs=outputs, structured=structured)
+    except (ExportVerificationError, MicroOpError) as error:
+        fail(f"the export failed its verification, nothing was written: {error}", status=1)
+    except ValueError as error:
+        fail(error)
+    print(_summary(path, report))
+    return report
+
+
+def fail(message, status=2):
+    """Prints one line ``kmm: error: message`` to stderr and exits with `status`."""
+    print("kmm: error: " + " ".join(str(message).split()), file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _existing_file_above(path):
+    """The nearest existing ancestor of `path` (or `path`) that is not a folder, or `None`."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _check_export_arguments(args):
+    """`(metrics, output path)` of `kmm export`, or `fail` naming the bad flag or file."""
+    from keras_minmax_mtl.export.targets import TARGETS
+
+    model_dir = args.model_dir
+    if not model_dir.exists():
+        fail(f"argument MODEL_DIR: no folder {str(model_dir)!r} (a folder written by `kmm train`)")
+    if not model_dir.is_dir():
+        fail(f"argument MODEL_DIR: {str(model_dir)!r} is a file, not a folder written by "
+             "`kmm train`")
+    for name in ("model.keras", "metrics.json"):
+        if not (model_dir / name).is_file():
+            fail(f"argument MODEL_DIR: {str(model_dir)!r} has no {name} (a folder written by "
+                 "`kmm train` holds model.keras and metrics.json)")
+    try:
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        fail(f"argument MODEL_DIR: {str(model_dir / 'metrics.json')!r} is not JSON ({error})")
+    if not isinstance(metrics, dict) or not all(k in metrics for k in ("dataset", "seed")):
+        fail(f"argument MODEL_DIR: {str(model_dir / 'metrics.json')!r} lacks the keys 'dataset' "
+             "and 'seed' that `kmm train` writes")
+    if metrics["dataset"] != "multi_digits":
+        fail(f"argument MODEL_DIR: {str(model_dir / 'metrics.json')!r} names the dataset "
+             f"{metrics['dataset']!r}, for which `kmm export` has no representative data "
+             "(it has for: multi_digits)")
+    if args.samples <= 0:
+        fail(f"--samples must be an integer > 0, received {args.samples}")
+    allowed = TARGETS[args.target].quantizations
+    if args.quantization is not None and args.quantization not in allowed:
+        fail(f"--quantization {args.quantization} is not available for --target {args.target} "
+             f"(choose from {', '.join(allowed)})")
+    out = args.out or model_dir
+    blocking = _existing_file_above(out)
+    if blocking is not None:
+        fail(f"--out {str(out)!r} must be a folder, but {str(blocking)!r} is a file")
+    path = out / f"model_{args.target}.tflite"
+    for existing in (path, path.with_suffix(".json")):
+        if existing.is_dir():
+            fail(f"--out {str(out)!r}: {str(existing)!r} is a folder; the export would replace it")
+    return metrics, path
+
+
+def run_command(args):
+    """Runs `kmm export` or `kmm inspect`; returns the report.
+
+    Errors print one line ``kmm: error: ...`` and raise `SystemExit` (2 for bad
+    arguments and files, 1 for a failed verification); nothing is written.
+    """
+    from keras_minmax_mtl.export.runtimes import TFLiteFileError
+
+    if args.command == "inspect":
+        from keras_minmax_mtl.export.tflite import inspect_tflite
+
+        try:
+            report = inspect_tflite(args.file)
+        except TFLiteFileError as error:
+            fail(f"argument FILE.tflite: {error}")
+        print(json.dumps(report, indent=2))
+        return report
+    from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
+
+    metrics, path = _check_export_arguments(args)
+    try:
+        model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
+    except (UntrustedModelError, ModelFileError) as error:
+        fail(error)
+    return export_after_training(model, path.parent, args.target, metrics["dataset"],
+                                 metrics["seed"], args.samples, args.quantization, args.outputs,
+                                 _STRUCTURED[args.structured])

@@ -1,0 +1,213 @@
+"""The package's import graph: cycles, imports that go up, private names across modules.
+
+Reads the source (nothing is imported) and prints one line per module with
+what it imports from the package, then the counts. With `--check` it exits 1
+when the graph breaks a rule:
+
+1. no cycles, counting imports inside functions too;
+2. imports only go down the parts, as `ALLOWED` says (the core imports only
+   the core, `weighting` only the core, ...);
+3. no private name (`_name`) of another module is imported or used;
+4. inside the package, a module is imported inside a function only in `cli`
+   and `loading` (they defer TensorFlow, tfmot and TFLite until needed).
+
+    python tools/imports.py            # the graph and the counts
+    python tools/imports.py --check    # exit 1 on a broken rule (tests/test_layout.py runs it)
+"""
+import argparse
+import ast
+import json
+import pathlib
+import sys
+
+PACKAGE = "keras_minmax_mtl"
+ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
+
+#: The parts of the package and the parts each may import from (besides itself).
+ALLOWED = {
+    "core": set(),
+    "weighting": {"core"},
+    "sparsity": {"core"},
+    "export": {"core", "sparsity"},
+    "data": {"core"},
+    "loading": {"core", "weighting", "sparsity", "export"},
+    "cli": {"core", "weighting", "sparsity", "export", "data", "loading"},
+    "": {"core", "weighting", "sparsity", "export", "data", "loading"},  # the top-level facade
+}
+
+#: Parts that may import package modules inside functions (to defer heavy imports).
+DEFERRING = {"cli", "loading"}
+
+
+def modules():
+    """`{dotted name: path}` of every module of the package."""
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def part(module):
+    """`core`, `weighting`, ... or `""` for the top-level package."""
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 else ""
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self, name, known):
+        self.name, self.known = name, known
+        self.depth = 0
+        self.edges = []        # (target, inside a function)
+        self.private = []      # (target, private name)
+        self.aliases = {}      # local name -> package module
+
+    def _function(self, node):
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
+
+    def _add(self, target, node):
+        self.edges.append((target, self.depth > 0, node.lineno))
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            if alias.name.startswith(PACKAGE) and alias.name in self.known:
+                self._add(alias.name, node)
+                if alias.asname:
+                    self.aliases[alias.asname] = alias.name
+
+    def visit_ImportFrom(self, node):
+        if node.level or not (node.module or "").startswith(PACKAGE):
+            return
+        base = node.module
+        for alias in node.names:
+            sub = f"{base}.{alias.name}"
+            if sub in self.known:
+                self._add(sub, node)
+                self.aliases[alias.asname or alias.name] = sub
+            else:
+                self._add(base, node)
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    self.private.append((base, alias.name, node.lineno))
+
+    def visit_Attribute(self, node):
+        if (isinstance(node.value, ast.Name) and node.value.id in self.aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            self.private.append((self.aliases[node.value.id], node.attr, node.lineno))
+        self.generic_visit(node)
+
+
+def graph():
+    """`{module: visitor}` for every module of the package."""
+    known = modules()
+    result = {}
+    for name, path in known.items():
+        visitor = _Visitor(name, known)
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        result[name] = visitor
+    return result
+
+
+def cycles(edges):
+    """The strongly connected components of more than one module (Tarjan), or self-imports."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in edges.get(v, ()):
+                out.append(sorted(component))
+
+    sys.setrecursionlimit(10000)
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _parents(module):
+    """The packages above `module` (importing a module runs their `__init__` first)."""
+    pieces = module.split(".")
+    return {".".join(pieces[:i]) for i in range(1, len(pieces))}
+
+
+def analyse():
+    """Everything `main` prints, as a dict."""
+    g = graph()
+    edges = {name: sorted({t for t, _, _ in v.edges if t != name and t not in _parents(name)})
+             for name, v in g.items()}
+    upward, deferred, private = [], [], []
+    for name, v in g.items():
+        own = part(name)
+        for target, inside, line in v.edges:
+            other = part(target)
+            if target in _parents(name) or target == name:
+                continue
+            if other != own and other not in ALLOWED[own]:
+                upward.append(f"{name}:{line} imports {target}")
+            if inside and own not in DEFERRING:
+                deferred.append(f"{name}:{line} imports {target} inside a function")
+        for target, attr, line in v.private:
+            if target != name:
+                private.append(f"{name}:{line} uses {target}.{attr}")
+    inside = sum(1 for v in g.values() for _, i, _ in v.edges if i)
+    return {
+        "modules": len(g),
+        "packages": sorted({".".join(n.split(".")[:2]) for n in g if n.count(".") >= 1
+                            and (ROOT.parent / n.replace(".", "/")).is_dir()}),
+        "arrows": sum(len(t) for t in edges.values()),
+        "imports_inside_functions": inside,
+        "cycles": cycles(edges),
+        "upward": upward,
+        "private": private,
+        "deferred_outside_cli": deferred,
+        "edges": edges,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a rule is broken")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    args = parser.parse_args(argv)
+    result = analyse()
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for name, targets in sorted(result["edges"].items()):
+            short = [t.removeprefix(PACKAGE + ".") for t in targets]
+            print(f"{name.removeprefix(PACKAGE + '.') or PACKAGE}: {', '.join(short) or '-'}")
+        print(f"\n{result['modules']} modules in {len(result['packages'])} parts, "
+              f"{result['arrows']} import arrows, "
+              f"{result['imports_inside_functions']} package imports inside functions")
+        for key in ("cycles", "upward", "private", "deferred_outside_cli"):
+            print(f"{key}: {len(result[key])}")
+            for item in result[key]:
+                print(f"  {item}")
+    broken = any(result[k] for k in ("cycles", "upward", "private", "deferred_outside_cli"))
+    return 1 if args.check and broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
