@@ -1,0 +1,87 @@
+"""The package's shape: imports only go down, the top level is lazy, registered names outlive moves."""
+import importlib
+import subprocess
+import sys
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import imports  # noqa: E402  (tools/imports.py)
+
+sys.path.pop(0)
+
+
+def test_import_graph_has_no_cycles_no_upward_and_no_private_imports():
+    result = imports.analyse()
+    assert result["cycles"] == []
+    assert result["upward"] == []
+    assert result["private"] == []
+    assert result["deferred_outside_cli"] == []
+    assert {p.split(".")[1] for p in result["packages"]} == {
+        "core", "weighting", "sparsity", "export", "data", "cli"}
+
+
+def test_the_checker_sees_a_cycle_an_upward_import_and_a_private_name(tmp_path, monkeypatch):
+    pkg = tmp_path / "keras_minmax_mtl"
+    for sub in ("core", "sparsity"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "a.py").write_text(
+        "from keras_minmax_mtl.core import b\n"
+        "def f():\n    from keras_minmax_mtl.sparsity.c import _hidden\n")
+    (pkg / "core" / "b.py").write_text("from keras_minmax_mtl.core import a\n")
+    (pkg / "sparsity" / "c.py").write_text("_hidden = 1\n")
+    monkeypatch.setattr(imports, "ROOT", pkg)
+    result = imports.analyse()
+    assert result["cycles"] == [["keras_minmax_mtl.core.a", "keras_minmax_mtl.core.b"]]
+    assert result["upward"] == ["keras_minmax_mtl.core.a:3 imports keras_minmax_mtl.sparsity.c"]
+    assert result["private"] == ["keras_minmax_mtl.core.a:3 uses keras_minmax_mtl.sparsity.c._hidden"]
+    assert result["deferred_outside_cli"] == [
+        "keras_minmax_mtl.core.a:3 imports keras_minmax_mtl.sparsity.c inside a function"]
+    assert imports.main(["--check"]) == 1
+
+
+def _modules_after(code):
+    """The heavy modules loaded by `code` in a fresh interpreter."""
+    probe = (f"import sys\n{code}\n"
+             "heavy = ['tensorflow', 'tf_keras', 'tensorflow_model_optimization',\n"
+             "         'ai_edge_litert', 'tflite_micro', 'matplotlib', 'sklearn']\n"
+             "print(' '.join(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_top_level_import_is_light_and_the_core_pulls_no_tfmot_or_tflite():
+    assert _modules_after("import keras_minmax_mtl") == set()
+    core = _modules_after("import keras_minmax_mtl as k\nk.MinMaxMultiTask\nk.UncertaintyWeighting\n"
+                          "k.DynamicWeightAverage\nk.TaskWeightHistory")
+    assert {"tensorflow", "tf_keras"} <= core
+    assert not core & {"tensorflow_model_optimization", "ai_edge_litert", "tflite_micro"}
+
+
+def test_every_public_name_resolves_from_its_module():
+    import keras_minmax_mtl as kmm
+
+    assert kmm.__all__ == sorted(kmm.__all__)
+    for name in kmm.__all__:
+        value = getattr(kmm, name)
+        module = importlib.import_module(f"keras_minmax_mtl.{kmm._SOURCES[name]}")
+        assert getattr(module, name) is value
+        assert name in module.__all__, (name, module.__name__)
+    assert set(kmm.__all__) <= set(dir(kmm))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        kmm.nothing  # noqa: B018
+
+
+def test_registered_names_do_not_depend_on_module_paths():
+    from keras_minmax_mtl.core.serialization import custom_objects
+    from keras_minmax_mtl.sparsity import scope  # noqa: F401  (registers the sparsity classes)
+
+    objects = custom_objects()
+    assert objects
+    for name, obj in objects.items():
+        assert name == f"keras_minmax_mtl>{obj.__name__}", name
