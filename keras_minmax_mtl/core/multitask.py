@@ -15,6 +15,7 @@ and its hyper-parameters as constructor arguments.
 """
 import inspect
 import re
+import warnings
 import weakref
 
 import numpy as np
@@ -25,7 +26,16 @@ from keras_minmax_mtl.core.backend import (keras, loss_object, losses_utils, mat
                                      register, require_functional)
 from keras_minmax_mtl.core.task_weighting import EqualWeighting, TaskWeighting, TrainingClock
 
-__all__ = ["MultiTaskModel", "NonFiniteLossError", "GradientRequest"]
+__all__ = ["MultiTaskModel", "NonFiniteLossError", "GradientRequest", "NORMALIZE_LOSSES", "starved_tasks",
+           "AUTO_NORMALIZE_RATIO", "STARVED_WEIGHT"]
+
+#: The values of `normalize_losses`.
+NORMALIZE_LOSSES = (False, True, "auto")
+#: With `normalize_losses="auto"`, the losses are normalised when the largest first-step task
+#: loss is more than this many times the smallest: losses of different units or scales.
+AUTO_NORMALIZE_RATIO = 10.0
+#: A task weight below this, on the simplex, gives the task (almost) no gradient: it is starved.
+STARVED_WEIGHT = 1e-3
 
 _NON_FINITE = "Non-finite loss"
 _NON_FINITE_TARGET = "Non-finite target"
@@ -248,6 +258,47 @@ class _Hooks:
         self.gradient_requests = []
 
 
+def _check_loss_scales(loss_scales, names):
+    if loss_scales is None:
+        return {}
+    if not isinstance(loss_scales, dict):
+        raise ValueError("Argument `loss_scales` must be a dict {task: multiplier > 0} or None. "
+                         f"Received: loss_scales={loss_scales!r}")
+    unknown = sorted(str(k) for k in loss_scales if k not in names)
+    if unknown:
+        raise ValueError(f"Argument `loss_scales` names tasks the model does not have: {unknown}; "
+                         f"its tasks are {names}. Received: loss_scales={loss_scales!r}")
+    bad = {k: v for k, v in loss_scales.items() if not (is_finite_real(v) and v > 0)}
+    if bad:
+        raise ValueError("Argument `loss_scales` must hold finite numbers > 0. "
+                         f"Received: loss_scales={loss_scales!r}")
+    return {k: float(v) for k, v in loss_scales.items()}
+
+
+def starved_tasks(model):
+    """The tasks whose weight on the simplex is below `STARVED_WEIGHT` (they get no gradient).
+
+    Only for weightings whose weights live on the simplex (`on_simplex`,
+    e.g. `MinMaxWeighting`); `[]` otherwise.
+    """
+    if not getattr(model.weighting, "on_simplex", False):
+        return []
+    weights = np.asarray(model.task_weights)
+    return [t for t, w in zip(model.task_names, weights) if w < STARVED_WEIGHT]
+
+
+def _starvation_message(model, starved):
+    weights = {t: round(float(w), 4) for t, w in zip(model.task_names, np.asarray(model.task_weights))}
+    first = {t: round(float(v), 4) for t, v in zip(model.task_names, model.initial_losses.numpy())}
+    known = f" (first-step losses {first})" if any(first.values()) else ""
+    return (
+        f"The task weights have sat at a vertex of the simplex for two epochs: tasks {starved} have "
+        f"weight < {STARVED_WEIGHT} and get no gradient (weights {weights}){known}. Min-max "
+        f"follows the largest loss, so losses of different units or scales starve the others. "
+        f"Fix: `normalize_losses=True` (or 'auto'), fixed `loss_scales={{task: s}}`, or a larger "
+        f"`gamma` (the pull towards uniform weights).")
+
+
 class _EpochClock(keras.callbacks.Callback):
     """Tells the model where each epoch begins (for per-epoch weighting rules).
 
@@ -259,9 +310,19 @@ class _EpochClock(keras.callbacks.Callback):
     def __init__(self, model):
         super().__init__()
         self._owner = model
+        self._starved_before = set()
+        self._warned = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._owner.start_epoch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        starved = set(starved_tasks(self._owner))
+        if starved & self._starved_before and not self._warned:
+            self._warned = True
+            warnings.warn(_starvation_message(self._owner, sorted(starved & self._starved_before)),
+                          UserWarning, stacklevel=2)
+        self._starved_before = starved
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._owner._checks_after_step() or not logs:
@@ -311,7 +372,27 @@ class MultiTaskModel(keras.Model):
             Defaults to `1.0`.
         normalize_losses: divide each task's loss by its value on the first
             train step, so tasks with losses of different units (cross-entropy,
-            depth L1, angles) compete on equal terms. Defaults to `False`.
+            depth L1, angles) compete on equal terms: `True`, `False`, or
+            `"auto"`: normalise when the first-step losses differ in scale,
+            i.e. ``max_i L_i^{(0)} > AUTO_NORMALIZE_RATIO · min_i L_i^{(0)}``
+            (decided once, from the recorded first losses). Defaults to `False`
+            (`MinMaxMultiTask` defaults to `"auto"`).
+        loss_scales: fixed, not learned, multipliers of task losses,
+            `{task: s_t > 0}` (tasks left out keep 1), e.g. the ×1.5 depth and
+            ×3 normal of the NYUv2 reference code. The weighting sees
+            ``s_t · L_t`` (after normalisation); the logged `<task>_loss` stays
+            the plain Keras loss. Defaults to `None` (all 1).
+
+    The weighting therefore sees, per task,
+
+    .. math::
+
+        \tilde L_t = s_t \cdot L_t \,/\, L_t^{(0)} \quad(\text{normalised}), \qquad
+        \tilde L_t = s_t \cdot L_t \quad(\text{otherwise}).
+
+    A min-max weighting whose weights sit at a vertex of the simplex (tasks
+    with weight `< STARVED_WEIGHT` at the end of two epochs in a row) gets a
+    `UserWarning` that names the starved tasks and the fixes.
 
     Example:
 
@@ -321,7 +402,8 @@ class MultiTaskModel(keras.Model):
     >>> model.fit(dataset, epochs=5)
     """
 
-    def __init__(self, base_model, weighting=None, scale=1.0, normalize_losses=False, **kwargs):
+    def __init__(self, base_model, weighting=None, scale=1.0, normalize_losses=False,
+                 loss_scales=None, **kwargs):
         super().__init__(**kwargs)
         require_functional(base_model, "base_model")
         if weighting is None:
@@ -352,7 +434,15 @@ class MultiTaskModel(keras.Model):
             )
         self.scale = scale
         self._scale_value = scale_value
-        self.normalize_losses = bool(normalize_losses)
+        if not any(normalize_losses is v or (isinstance(normalize_losses, str) and normalize_losses == v)
+                   for v in NORMALIZE_LOSSES):
+            raise ValueError(
+                "Argument `normalize_losses` must be True, False or 'auto'. "
+                f"Received: normalize_losses={normalize_losses!r}")
+        self.normalize_losses = normalize_losses
+        self.loss_scales = _check_loss_scales(loss_scales, names)
+        self._loss_scale_vector = tf.constant(
+            [self.loss_scales.get(t, 1.0) for t in names], tf.float32)
         owner = getattr(weighting, "_kmm_owner", None)
         if owner is not None and owner() is not None:
             raise ValueError(
@@ -744,14 +834,34 @@ class MultiTaskModel(keras.Model):
         return (tf.math.divide_no_nan(local_sums[:k], denominators),
                 tf.math.divide_no_nan(global_sums[:k], denominators), count)
 
-    def _normalize(self, local, global_, training):
-        if not self.normalize_losses:
-            return local, global_
-        if training:
-            first = tf.equal(self.train_step_counter, 0)
-            self.initial_losses.assign(tf.where(first, tf.stop_gradient(global_), self.initial_losses))
-        reference = tf.maximum(self.initial_losses, 1e-12)
-        return local / reference, global_ / reference
+    def _weighted_losses(self, local, global_, training):
+        """The losses the weighting sees: normalised (see `normalize_losses`), then `loss_scales`."""
+        if self.normalize_losses is not False:
+            if training:
+                first = tf.equal(self.train_step_counter, 0)
+                self.initial_losses.assign(
+                    tf.where(first, tf.stop_gradient(global_), self.initial_losses))
+            reference = tf.maximum(self.initial_losses, 1e-12)
+            if self.normalize_losses == "auto":
+                reference = tf.where(self.normalizes_losses(), reference, 1.0)
+            local, global_ = local / reference, global_ / reference
+        if self.loss_scales:
+            local, global_ = local * self._loss_scale_vector, global_ * self._loss_scale_vector
+        return local, global_
+
+    def normalizes_losses(self):
+        """Whether the task losses are divided by their first-step values (a boolean tensor).
+
+        `True`/`False` as `normalize_losses` says; with `"auto"`, whether the
+        recorded first-step losses differ by more than `AUTO_NORMALIZE_RATIO`
+        (`False` before the first train step).
+        """
+        if self.normalize_losses != "auto":
+            return tf.constant(bool(self.normalize_losses))
+        first = self.initial_losses
+        recorded = tf.reduce_all(first > 0)
+        ratio = tf.reduce_max(first) / tf.maximum(tf.reduce_min(first), 1e-12)
+        return tf.logical_and(recorded, ratio > AUTO_NORMALIZE_RATIO)
 
     def _clock(self):
         return TrainingClock(step=self.train_step_counter.read_value(),
@@ -811,9 +921,9 @@ class MultiTaskModel(keras.Model):
         replica_fraction = 1.0 / self.distribute_strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            local, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
-            check = tf.no_op() if self._checks_after_step() else self._finite_check(global_, clock.step)
-            local, global_ = self._normalize(local, global_, training=True)
+            local, raw, count = self._compute_task_losses(y, y_pred, sample_weight)
+            check = tf.no_op() if self._checks_after_step() else self._finite_check(raw, clock.step)
+            local, global_ = self._weighted_losses(local, raw, training=True)
             objective = self._scale_value * self.weighting.descent_loss(local, replica_fraction)
             regularization = tf.add_n(self.losses) if self.losses else None
             if regularization is not None:
@@ -831,7 +941,7 @@ class MultiTaskModel(keras.Model):
             self.weighting.on_step_end(tf.stop_gradient(global_), clock)
             self.train_step_counter.assign_add(1)
             self._epoch_start.assign(False)
-        return self._update_metrics(y, y_pred, sample_weight, global_, reported, count,
+        return self._update_metrics(y, y_pred, sample_weight, raw, reported, count,
                                     with_weights=True, regularization=regularization)
 
     def test_step(self, data):
@@ -839,10 +949,10 @@ class MultiTaskModel(keras.Model):
         y = self._targets(y)
         sample_weight = self._as_task_dict(sample_weight, "sample weights")
         y_pred = self(x, training=False)
-        _, global_, count = self._compute_task_losses(y, y_pred, sample_weight)
-        _, global_ = self._normalize(global_, global_, training=False)
+        _, raw, count = self._compute_task_losses(y, y_pred, sample_weight)
+        _, global_ = self._weighted_losses(raw, raw, training=False)
         regularization = tf.add_n(self.losses) if self.losses else None
-        return self._update_metrics(y, y_pred, sample_weight, global_,
+        return self._update_metrics(y, y_pred, sample_weight, raw,
                                     self._global_objective(global_, regularization), count,
                                     with_weights=False, regularization=regularization)
 
@@ -861,9 +971,7 @@ class MultiTaskModel(keras.Model):
         that epoch (and `evaluate`) losses are means over samples, as Keras'
         own loss tracker gives, even with a partial last batch.
         """
-        raw = global_losses
-        if self.normalize_losses:
-            raw = global_losses * tf.maximum(self.initial_losses, 1e-12)
+        raw = global_losses  # the plain Keras losses, before normalisation and `loss_scales`
         trackers = self._compiled.trackers
         trackers["loss"].update_state(objective, sample_weight=count)
         if regularization is not None and "regularization_loss" in trackers:
@@ -966,6 +1074,7 @@ class MultiTaskModel(keras.Model):
             "weighting": keras.saving.serialize_keras_object(self.weighting),
             "scale": self.scale,
             "normalize_losses": self.normalize_losses,
+            "loss_scales": dict(self.loss_scales) or None,
         }
 
     @classmethod

@@ -38,6 +38,10 @@ class TaskWeighting(keras.layers.Layer):
     `super().build(input_shape)` last) and override the hooks they need.
     """
 
+    #: Whether the weights live on the probability simplex and may starve a task (a weight
+    #: near 0); `MultiTaskModel` then warns when a task stays starved (see `starved_tasks`).
+    on_simplex = False
+
     def build(self, input_shape):
         self.num_tasks = int(input_shape[-1])
         super().build(input_shape)

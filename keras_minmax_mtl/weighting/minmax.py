@@ -60,6 +60,9 @@ class MinMaxWeighting(TaskWeighting):
     >>> model = MultiTaskModel(base_model, weighting=weighting)
     """
 
+    #: The weights live on the probability simplex (`MultiTaskModel` watches for starved tasks).
+    on_simplex = True
+
     def __init__(self, step_size=0.02, gamma=5.0, update_every=1, update_on="step",
                  ascent="projected", **kwargs):
         super().__init__(**kwargs)
@@ -148,8 +151,15 @@ class MinMaxMultiTask(MultiTaskModel):
         scale: `1.0` (weights sum to 1, as in the paper) or `"num_tasks"` to
             keep learning rates tuned for the plain sum of the task losses.
             Defaults to `1.0`.
-        normalize_losses: divide each loss by its first-step value (for losses
-            of different units). Defaults to `False`.
+        normalize_losses: divide each loss by its first-step value: `True`,
+            `False` or `"auto"` (normalise when the first-step losses differ by
+            more than `AUTO_NORMALIZE_RATIO`, i.e. are of different units or
+            scales). Defaults to `"auto"`: on raw losses of different scales
+            the ascent would follow the largest one to a vertex of the simplex
+            and starve the other tasks (see docs/concepts.md); losses of one
+            scale (e.g. cross-entropies) are left raw, as in the paper.
+        loss_scales: fixed multipliers `{task: s_t}` of the losses the weights
+            see (see `MultiTaskModel`). Defaults to `None`.
 
     Example:
 
@@ -162,12 +172,13 @@ class MinMaxMultiTask(MultiTaskModel):
     """
 
     def __init__(self, base_model, step_size=0.02, gamma=5.0, update_every=1, update_on="step",
-                 ascent="projected", scale=1.0, normalize_losses=False, **kwargs):
+                 ascent="projected", scale=1.0, normalize_losses="auto", loss_scales=None,
+                 **kwargs):
         kwargs.pop("weighting", None)
         weighting = MinMaxWeighting(step_size=step_size, gamma=gamma, update_every=update_every,
                                     update_on=update_on, ascent=ascent, name="minmax_weighting")
         super().__init__(base_model, weighting=weighting, scale=scale,
-                         normalize_losses=normalize_losses, **kwargs)
+                         normalize_losses=normalize_losses, loss_scales=loss_scales, **kwargs)
 
     def get_config(self):
         w = self.weighting
@@ -181,4 +192,5 @@ class MinMaxMultiTask(MultiTaskModel):
             "ascent": w.ascent,
             "scale": self.scale,
             "normalize_losses": self.normalize_losses,
+            "loss_scales": dict(self.loss_scales) or None,
         }
