@@ -50,7 +50,7 @@ def test_canvases_labels_and_ink_are_those_of_the_two_items(fashion_dir):
     left, right = _sources(x)
     np.testing.assert_array_equal(labels["left"], left % 10)
     np.testing.assert_array_equal(labels["right"], right % 10)
-    np.testing.assert_allclose(labels["ink"], (left + right) * 784 / 255, rtol=1e-6)
+    np.testing.assert_allclose(labels["ink"], (left + right) * 100 / 255, rtol=1e-6)
     # the canvas is the pixelwise maximum of the two items, which overlap
     np.testing.assert_allclose(x[:, 10, 10, 0], np.maximum(left, right) / 255, rtol=1e-6)
     assert x[:, 0, 35, 0].max() == 0  # top-right corner: neither item

@@ -29,7 +29,9 @@ from keras_minmax_mtl.data import (
     cifar100_input_name,
 )
 
-__all__ = ["multi_digits_network", "cifar100_mtl_network", "nyuv2_network"]
+from keras_minmax_mtl.data.fashion import MULTI_FASHION_CANVAS, MULTI_FASHION_TASKS
+
+__all__ = ["multi_digits_network", "multi_fashion_network", "cifar100_mtl_network", "nyuv2_network"]
 
 
 def _check_tasks(tasks):
@@ -189,6 +191,51 @@ def multi_digits_network(
                 n_classes, activation="softmax", kernel_initializer=init(), name=task
             )(z)
         )
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def multi_fashion_network(trunk_filters=(16, 32), trunk_units=64, head_units=32, seed=0,
+                          name="multi_fashion_net"):
+    """The hard-parameter-sharing network of `keras_minmax_mtl.data.fashion.multi_fashion`.
+
+    A trunk of 3x3 convolutions, each followed by 2x2 max pooling, and a shared
+    dense layer; per task a hidden dense layer and an output layer named after
+    the task: a 10-way softmax for `"left"` and `"right"`, one linear unit for
+    the `"ink"` regression (`MULTI_FASHION_TASKS`).
+
+    Args:
+        trunk_filters: positive filter counts, one convolution each. Defaults to `(16, 32)`.
+        trunk_units: width of the shared dense layer. Defaults to `64`.
+        head_units: width of each task's hidden layer. Defaults to `32`.
+        seed: non-negative seed of the initial weights. Defaults to `0`.
+        name: the model's name.
+
+    Example:
+
+    >>> model = multi_fashion_network(seed=0)
+    >>> model.output_names, [tuple(o.shape) for o in model.outputs]
+    (['left', 'right', 'ink'], [(None, 10), (None, 10), (None, 1)])
+    """
+    trunk_filters = _check_filters(trunk_filters)
+    trunk_units = check_positive_int(trunk_units, "trunk_units")
+    head_units = check_positive_int(head_units, "head_units")
+    init = _seeded_initializers(seed, len(trunk_filters) + 1 + 2 * len(MULTI_FASHION_TASKS))
+    inputs = keras.Input(shape=(MULTI_FASHION_CANVAS, MULTI_FASHION_CANVAS, 1), name="image")
+    h = inputs
+    for i, filters in enumerate(trunk_filters):
+        h = keras.layers.Conv2D(filters, 3, activation="relu", padding="same",
+                                kernel_initializer=init(), name=f"trunk_conv{i + 1}")(h)
+        h = keras.layers.MaxPooling2D(2, name=f"trunk_pool{i + 1}")(h)
+    h = keras.layers.Flatten(name="trunk_flatten")(h)
+    shared = keras.layers.Dense(trunk_units, activation="relu", kernel_initializer=init(),
+                                name="trunk_dense")(h)
+    outputs = []
+    for task, classes in MULTI_FASHION_TASKS.items():
+        z = keras.layers.Dense(head_units, activation="relu", kernel_initializer=init(),
+                               name=f"{task}_hidden")(shared)
+        outputs.append(keras.layers.Dense(
+            1 if classes is None else classes, activation=None if classes is None else "softmax",
+            kernel_initializer=init(), name=task)(z))
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
 
 
