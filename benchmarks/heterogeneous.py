@@ -9,7 +9,7 @@ per seed, Adam; only the weighting differs:
 - `minmax_raw`: `MinMaxMultiTask(normalize_losses=False)` (the paper's rule on raw losses);
 - `minmax_normalized`: `normalize_losses=True`;
 - `minmax_auto`: the default, `normalize_losses="auto"`;
-- `minmax_scales`: `normalize_losses=False, loss_scales={"ink": 1/200}` (a fixed
+- `minmax_scales`: `normalize_losses=False, loss_scales={"ink": 1/25}` (a fixed
   multiplier that brings the first L1 near the cross-entropies).
 
 Prints a markdown table (test accuracy of left/right, test MAE of ink, final
