@@ -85,3 +85,8 @@ def test_registered_names_do_not_depend_on_module_paths():
     assert objects
     for name, obj in objects.items():
         assert name == f"keras_minmax_mtl>{obj.__name__}", name
+
+
+def test_docs_layout_is_fresh():
+    assert (ROOT / "docs" / "layout.md").read_text() == imports.layout(), (
+        "docs/layout.md is stale: run `python tools/imports.py --layout > docs/layout.md`")

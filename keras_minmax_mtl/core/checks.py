@@ -1,4 +1,4 @@
-"""Argument checks shared by the package's modules (private; imports nothing of ours)."""
+"""Argument checks with Keras-style messages, shared by every part of the package (imports nothing of ours)."""
 import math
 import numbers
 

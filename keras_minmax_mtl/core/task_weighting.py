@@ -1,5 +1,7 @@
-r"""Task-weighting strategies: the part of multi-task training that only differs
-between min-max, equal weighting, uncertainty weighting and DWA.
+r"""The `TaskWeighting` interface that `MultiTaskModel` is written against, and `EqualWeighting`.
+
+A strategy is the part of multi-task training that only differs between
+min-max, equal weighting, uncertainty weighting and DWA.
 
 Every strategy is a small `tf_keras` layer (so its state is saved, restored and
 mirrored with the model) with three hooks called by `MultiTaskModel.train_step`:
