@@ -90,7 +90,6 @@ __all__ = ["check_wrappers", "wrapped_kernels",
     "initialize_masks",
     "optimizer_slots",
     "set_mask",
-    "CliRun",
 ]
 
 #: `method` names of `DynamicSparseTraining`.
@@ -604,53 +603,3 @@ class DynamicSparseTraining(keras.callbacks.Callback):
     def report(self):
         """The sparsity of the model now (`pruning.sparsity_report`) and the update history."""
         return {"sparsity": sparsity_report(self.model), "updates": self.history}
-
-
-class CliRun:
-    """What `kmm train --pruning dst` adds to a run: wrapped layers, callbacks, a report.
-
-    `--dst-method static` sets the initial masks (same sparsity and densities)
-    and never updates them: the static-mask baseline.
-    """
-
-    def __init__(self, args):
-        self.args = args
-        self.method = args.dst_method
-        self.callback = None
-        if self.method != "static":
-            self.callback = DynamicSparseTraining(
-                sparsity=args.sparsity, method=args.dst_method, density=args.density,
-                update_every=args.dst_update_every, end_step=args.dst_end_step,
-                drop_fraction=args.drop_fraction, grow_ratio=args.grow_ratio, seed=args.seed,
-                verbose=1 if args.verbose else 0)
-
-    def wrap(self, base):
-        """The base model with its hidden layers wrapped (`prune_for_dst`); static masks set now."""
-        wrapped = prune_for_dst(base)
-        if self.method == "static":
-            initialize_masks(wrapped, self.args.sparsity, self.args.density, self.args.seed)
-        return wrapped
-
-    @property
-    def callbacks(self):
-        return [tfmot.sparsity.keras.UpdatePruningStep(), *([self.callback] if self.callback else [])]
-
-    def finish(self, model, out):
-        """Prints and returns the turnover and sparsity report (`out` is not used)."""
-        del out
-        return self.report(model)
-
-    def report(self, model):
-        """Prints the mask turnover per update and the final sparsity per layer; returns both."""
-        history = self.callback.history if self.callback else []
-        report = sparsity_report(model)
-        if history:
-            print("\nmask turnover per update (grown / active):")
-            for record in history:
-                layers = ", ".join(f"{name} {r['turnover']:.3f}" for name, r in record["layers"].items())
-                print(f"  {'epoch' if self.method == 'paper' else 'step'} {record['step']:>6}: {layers}")
-        print("\nfinal sparsity per layer:")
-        for name, r in report["layers"].items():
-            print(f"  {name:<28} {r['sparsity']:.4f}  ({r['size'] - r['zeros']} of {r['size']} kept)")
-        print(f"  {'overall':<28} {report['overall']['sparsity']:.4f}")
-        return {"method": self.method, "sparsity": report, "updates": history}
