@@ -157,6 +157,20 @@ def test_the_benchmark_settings_are_the_command_line_defaults_scaled_to_the_run(
         settings("magnitude")
 
 
+def test_stages_add_up_to_the_epochs_of_fit():
+    assert get_method("reweighted_l1")(retrain_epochs=2).stages() == [
+        ("dense", 10), ("reweighted", 5), ("retrain", 2)]
+    assert get_method("hybrid")(epochs=8, hybrid_prune_epochs=2).stages() == [
+        ("dense", 4), ("prune", 2), ("masked", 2)]
+    assert get_method("hybrid")(epochs=5).stages() == [("dense", 2), ("masked", 3)]
+    assert get_method("task_aware")().stages() == [("grouped", 10)]
+    assert get_method("dst")(epochs=3).stages() == get_method("none")(epochs=3).stages() == [
+        ("train", 3)]
+    for name, method in METHODS.items():
+        instance = method()
+        assert sum(epochs for _, epochs in instance.stages()) == instance.epochs, name
+
+
 def test_the_registry_imports_no_tensorflow():
     code = "import keras_minmax_mtl.sparsity.methods, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -245,6 +245,14 @@ class SparsityMethod:
         """The epochs of `fit` given `--epochs` (`None` when not given)."""
         return self.default_epochs if epochs is None else epochs
 
+    def stages(self):
+        """`[(stage name, epochs)]`: the run's stages in order (the epochs of `fit` add up to `epochs`).
+
+        A plot can mark where each stage ends. Defaults to one stage,
+        ``[("train", epochs)]``.
+        """
+        return [("train", self.epochs)]
+
     def check_options(self):
         """Checks the options that need nothing of the run; may fill in defaults."""
 
@@ -443,6 +451,10 @@ class ReweightedL1(SparsityMethod):
             self.refuse("epochs", "not allowed with --pruning reweighted_l1, whose --dense-epochs, "
                         "--reweighted-epochs and --retrain-epochs set the epochs", epochs)
         return self.dense_epochs + self.reweighted_epochs + self.retrain_epochs
+
+    def stages(self):
+        return [("dense", self.dense_epochs), ("reweighted", self.reweighted_epochs),
+                ("retrain", self.retrain_epochs)]
 
     def check_options(self):
         filter_mode = self.sparsity_type == "filter"
@@ -678,6 +690,10 @@ class TaskAware(SparsityMethod):
                    **{"allocate_every": min(cls.option("allocate_every").default,
                                             max(1, grouped_steps // 4)), **options})
 
+    def stages(self):
+        """The grouped stage only: the warm-up trains in `prepare`, before `fit`."""
+        return [("grouped", self.epochs)]
+
     def check_options(self):
         if not 0.0 <= self.sparsity < 1.0:
             self.refuse("sparsity", "must be in [0, 1) (the fraction of the prunable weights "
@@ -807,6 +823,11 @@ class Hybrid(SparsityMethod):
     def dense_epochs(self):
         """`hybrid_dense_epochs`, or half of the epochs."""
         return self.epochs // 2 if self.hybrid_dense_epochs is None else self.hybrid_dense_epochs
+
+    def stages(self):
+        prune = self.hybrid_prune_epochs
+        return [("dense", self.dense_epochs), *([("prune", prune)] if prune else []),
+                ("masked", self.epochs - self.dense_epochs - prune)]
 
     def check_options(self):
         if not 0.0 <= self.sparsity < 1.0:
