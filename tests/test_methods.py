@@ -51,6 +51,15 @@ def test_an_unknown_method_is_refused_in_one_line(capsys):
         get_method("magnitude")
 
 
+def test_options_with_one_exclusive_key_are_mutually_exclusive_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--pruning", "task_aware", "--groups", "2",
+                  "--similarity-threshold", "0.3"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "kmm: error: argument --similarity-threshold: not allowed with argument --groups"]
+
+
 class _Toy(SparsityMethod):
     """A method for the test: no wrapping; one option with a rule and a library name."""
 
