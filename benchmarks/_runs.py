@@ -9,24 +9,31 @@ scripts (`seeds.py`, `reweighted_l1.py`, `dst.py`):
   compression) differs;
 - min-max uses the paper's β = 50 (step size 0.02), γ = 5 dense and with
   reweighted ℓ1, and β = 10 (step size 0.1), γ = 5 with DST;
+
+Every compression is a method of the registry `keras_minmax_mtl.sparsity.methods`
+(the one `kmm train --pruning` runs) at the command line's defaults, its stages
+scaled to the run's epochs by `SparsityMethod.scaled`:
+
 - reweighted ℓ1: `prune_reweighted_l1(allocation="global", rho=1e-4)`, 10
-  dense + 5 reweighted + 5 retraining epochs (chosen on the validation split,
-  see docs/results.md and keras_minmax_mtl/cli/reweighted.py);
-- filter ℓ1: the same stages with `sparsity_type="filter"` (whole output
-  units; `sparsity` is the fraction of units removed from every trunk and
-  task-hidden layer), `allocation="uniform"`, ρ =
-  `reweighted_cli.DEFAULT_FILTER_RHO` (1e-3, chosen on the validation split);
+  dense + 5 reweighted + 5 retraining epochs scaled to the run (chosen on the
+  validation split, see docs/results.md and `methods.ReweightedL1`);
+- filter ℓ1: the same method and stages with `sparsity_type="filter"` (whole
+  output units; `sparsity` is the fraction of units removed from every trunk
+  and task-hidden layer), `allocation="uniform"`, ρ =
+  `methods.ReweightedL1.FILTER_RHO` (1e-3, chosen on the validation split);
 - DST: `prune_for_dst` + `DynamicSparseTraining(method="rigl", density="erk")`
   with RigL's defaults (update every 100 steps, drop fraction 0.3);
-- task-aware (Choi et al. 2023): `TaskAwareRun` with the settings of
-  `TASK_AWARE`: half the epochs warm up the standard network (with the run's
-  weighting), the rest train the grouped network; `sparsity` is the budget of
-  equal non-zero count to reweighted ℓ1 at the same sparsity.
+- task-aware (Choi et al. 2023): `TaskAwareRun` at the library's defaults:
+  half the epochs warm up the standard network (with the run's weighting),
+  the rest train the grouped network; `sparsity` is the budget of equal
+  non-zero count to reweighted ℓ1 at the same sparsity.
 - hybrid (W_t = W_shared + S_t, `keras_minmax_mtl.sparsity.hybrid`): `sparsity` is the
   equal-non-zero budget (as many non-zero kernel weights as the standard
   network pruned to `sparsity`); the first half of the epochs dense, then the
   prune, then masked training; task share, allocation and prune schedule from
-  `keras_minmax_mtl/cli/hybrid.py` (chosen on the validation split).
+  `methods.Hybrid` (chosen on the validation split).
+
+A method added to the registry is a compression here under its own name.
 
 A dataset plugs in by adding a `Dataset` to `DATASETS`: a function that gives
 the splits, a function that builds the seeded network, the losses, the metric
@@ -40,17 +47,29 @@ import time
 
 import numpy as np
 
-from keras_minmax_mtl.cli.reweighted import DEFAULT_FILTER_RHO
+from keras_minmax_mtl.sparsity.methods import METHODS, get_method
 
 WEIGHTINGS = ("minmax", "ew", "uw", "dwa")
-COMPRESSIONS = ("dense", "reweighted_l1", "dst", "filter_l1", "task_aware", "hybrid")
+#: The benchmarks' names that are not a registered method's own: `{name: (method, options)}`.
+VARIANTS = {"dense": ("none", {}), "filter_l1": ("reweighted_l1", {"sparsity_type": "filter"})}
 
-#: Min-max ascent step (1/β) per compression; γ = 5 everywhere (the paper's values).
+
+def compressions():
+    """Every registered method (`none` as `dense`) and filter ℓ1 after DST, in registry order."""
+    names = ["dense" if name == "none" else name for name in METHODS]
+    after = names.index("dst") + 1
+    return tuple(names[:after] + ["filter_l1"] + names[after:])
+
+
+#: `compressions()` when the benchmarks start: the order `compare.py` trains them in (that of
+#: the earlier tables).
+COMPRESSIONS = compressions()
+
+#: Min-max ascent step (1/β) per compression (0.02 where not listed); γ = 5 everywhere (the
+#: paper's values).
 MINMAX_STEP_SIZE = {"dense": 0.02, "reweighted_l1": 0.02, "dst": 0.1, "filter_l1": 0.02,
                     "task_aware": 0.02, "hybrid": 0.02}
 MINMAX_GAMMA = 5.0
-#: Reweighted-ℓ1 settings chosen on the validation split (keras_minmax_mtl/cli/reweighted.py).
-REWEIGHTED = {"rho": 1e-4, "epsilon": 1e-6, "allocation": "global"}
 #: The exports a run can make (`config["exports"]`): `export_tflite` keyword arguments.
 EXPORTS = {
     "mobile_float": {"target": "mobile", "quantization": "float"},
@@ -61,16 +80,6 @@ EXPORTS = {
 }
 #: Micro invoke latency: blocks × invokes per block, alternating between the micro files.
 MICRO_LATENCY_BLOCKS, MICRO_LATENCY_INVOKES = 7, 100
-#: Reweighted-ℓ1 in filter mode: whole units, the same fraction in every pruned layer.
-FILTER_L1 = {"rho": DEFAULT_FILTER_RHO, "epsilon": 1e-6, "allocation": "uniform",
-             "sparsity_type": "filter"}
-#: DST settings: RigL's published defaults, as in benchmarks/dst.py.
-DST = {"method": "rigl", "density": "erk", "update_every": 100, "drop_fraction": 0.3}
-#: Task-aware settings: the library's defaults (the initial allocation chosen on the validation
-#: split, docs/results.md; the rest not tuned); re-allocation every 100 steps
-#: (fewer on tiny runs: at least four re-allocations).
-TASK_AWARE = {"alpha": 0.5, "similarity_threshold": 0.0, "smoothing": 0.5, "update_every": 100,
-              "density": "global"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +129,7 @@ def build_model(weighting, base, compression="dense"):
     import keras_minmax_mtl as kmm
 
     if weighting == "minmax":
-        return kmm.MinMaxMultiTask(base, step_size=MINMAX_STEP_SIZE[compression],
+        return kmm.MinMaxMultiTask(base, step_size=MINMAX_STEP_SIZE.get(compression, 0.02),
                                    gamma=MINMAX_GAMMA)
     weightings = {"ew": kmm.EqualWeighting, "uw": kmm.UncertaintyWeighting,
                   "dwa": kmm.DynamicWeightAverage}
@@ -130,13 +139,15 @@ def build_model(weighting, base, compression="dense"):
     return kmm.MultiTaskModel(base, weighting=weightings[weighting]())
 
 
+#: The keys of a run's `config["hybrid"]` and the `methods.Hybrid` options they set.
+HYBRID_OPTIONS = {"task_share": "task_share", "allocation": "hybrid_allocation",
+                  "prune_epochs": "hybrid_prune_epochs"}
+
+
 def hybrid_settings(options=None):
     """The hybrid settings: the command line's defaults, updated with `options`."""
-    from keras_minmax_mtl.cli import hybrid as hybrid_cli
-
-    settings = {"task_share": hybrid_cli.DEFAULT_TASK_SHARE,
-                "allocation": hybrid_cli.DEFAULT_ALLOCATION,
-                "prune_epochs": hybrid_cli.DEFAULT_PRUNE_EPOCHS}
+    hybrid = get_method("hybrid")
+    settings = {key: hybrid.option(dest).default for key, dest in HYBRID_OPTIONS.items()}
     unknown = sorted(set(options or {}) - set(settings))
     if unknown:
         raise ValueError(f"Argument `options` must only hold {sorted(settings)}. "
@@ -144,88 +155,25 @@ def hybrid_settings(options=None):
     return {**settings, **(options or {})}
 
 
-def compress(compression, base, sparsity, seed, steps_per_epoch, epochs, options=None):
-    """Wraps `base` for `compression`; returns `(network, callbacks, epochs)`.
+def compression_method(compression, sparsity, seed, steps_per_epoch, epochs, options=None):
+    """The registered method (`SparsityMethod`) of `compression` for a run of `epochs` epochs.
 
-    `epochs` is the length of a dense or DST run; a reweighted-ℓ1 run (either
+    `epochs` is the length of the whole run: a reweighted-ℓ1 run (either
     mode) lasts 10 + 5 + 5 epochs scaled to the same total (`epochs // 2`,
-    `max(1, epochs // 4)`, the rest retraining). With `"filter_l1"`, `sparsity`
+    `max(1, epochs // 4)`, the rest retraining), a task-aware run warms up for
+    `epochs // 2` (`SparsityMethod.scaled`). With `"filter_l1"`, `sparsity`
     is the fraction of output units removed from every pruned layer. A hybrid
     run is dense for `epochs // 2` epochs, then prunes (one-shot, or gradually
     over `prune_epochs`) and trains masked; `options` overrides the hybrid
     settings (`hybrid_settings`).
     """
-    if compression in ("dense", "task_aware"):  # task_aware: see `task_aware_stage`
-        return base, [], epochs
-    if compression in ("reweighted_l1", "filter_l1"):
-        from keras_minmax_mtl.sparsity.reweighted import prune_reweighted_l1
-
-        if epochs < 3:
-            raise ValueError(f"Argument `epochs` must be >= 3 with compression={compression!r} "
-                             f"(dense, reweighted and retraining stages). Received: epochs={epochs}")
-        dense, reweighted = epochs // 2, max(1, epochs // 4)
-        network, callbacks = prune_reweighted_l1(
-            base, sparsity, dense_steps=dense * steps_per_epoch,
-            reweighted_steps=reweighted * steps_per_epoch,
-            **(REWEIGHTED if compression == "reweighted_l1" else FILTER_L1))
-        return network, callbacks, epochs
-    if compression == "dst":
-        import tensorflow_model_optimization as tfmot
-
-        from keras_minmax_mtl.sparsity import dst
-
-        update_every = min(DST["update_every"], max(1, (3 * epochs * steps_per_epoch) // 4))
-        callback = dst.DynamicSparseTraining(
-            sparsity, method=DST["method"], density=DST["density"], update_every=update_every,
-            drop_fraction=DST["drop_fraction"], seed=seed)
-        return (dst.prune_for_dst(base),
-                [tfmot.sparsity.keras.UpdatePruningStep(), callback], epochs)
-    if compression == "hybrid":
-        from keras_minmax_mtl.sparsity.hybrid import hybrid_at_sparsity
-        from keras_minmax_mtl.cli.hybrid import prune_steps
-
-        settings = hybrid_settings(options)
-        prune_step, end_step, frequency = prune_steps(epochs // 2, settings["prune_epochs"],
-                                                      epochs, steps_per_epoch)
-        network, callbacks, _ = hybrid_at_sparsity(
-            base, sparsity, settings["task_share"], prune_step, end_step=end_step,
-            frequency=frequency, allocation=settings["allocation"])
-        return network, callbacks, epochs
-    raise ValueError(f"Argument `compression` must be one of {list(COMPRESSIONS)}. "
-                     f"Received: compression={compression!r}")
-
-
-def task_aware_stage(model, train, sparsity, seed, steps_per_epoch, epochs):
-    """Warms up the compiled `model` for `epochs // 2` epochs and groups the tasks.
-
-    Returns `(grouped_model, callbacks, grouped_epochs, run)`.
-    """
-    from keras_minmax_mtl.sparsity.task_aware import TaskAwareRun
-
-    if epochs < 2:
-        raise ValueError(f"Argument `epochs` must be >= 2 with compression='task_aware' (warm-up "
-                         f"and grouped stages). Received: epochs={epochs}")
-    warmup = epochs // 2
-    grouped_steps = (epochs - warmup) * steps_per_epoch
-    run = TaskAwareRun(sparsity=sparsity, alpha=TASK_AWARE["alpha"],
-                       similarity_threshold=TASK_AWARE["similarity_threshold"],
-                       smoothing=TASK_AWARE["smoothing"], density=TASK_AWARE["density"], seed=seed,
-                       update_every=min(TASK_AWARE["update_every"], max(1, grouped_steps // 4)))
-    grouped = run.prepare(model, train, warmup, verbose=0)
-    return grouped, run.callbacks, epochs - warmup, run
-
-
-def achieved_sparsity(compression, model, base):
-    """The sparsity a run reached: of the pruned kernels, or for hybrid the equal-non-zero one."""
-    from keras_minmax_mtl.sparsity import pruning
-
-    if compression == "dense":
-        return 0.0
-    if compression == "hybrid":
-        from keras_minmax_mtl.sparsity import hybrid
-
-        return hybrid.equivalent_sparsity(base, hybrid.kernel_nonzeros(model)["total"])
-    return pruning.sparsity_report(model)["overall"]["sparsity"]
+    if compression not in compressions():
+        raise ValueError(f"Argument `compression` must be one of {list(compressions())}. "
+                         f"Received: compression={compression!r}")
+    name, settings = VARIANTS.get(compression, (compression, {}))
+    if name == "hybrid":
+        settings = {HYBRID_OPTIONS[key]: value for key, value in hybrid_settings(options).items()}
+    return get_method(name).scaled(epochs, steps_per_epoch, sparsity, seed, **settings)
 
 
 def evaluate(model, dataset, metric="accuracy"):
@@ -323,26 +271,24 @@ def train_run(config, return_model=False):
     splits = data.splits(config["seed"], config["batch_size"], config["train_examples"])
     steps = int(splits["train"].cardinality())
     standard = data.network(config["seed"])
-    base, callbacks, epochs = compress(
-        config["compression"], standard, config["sparsity"], config["seed"], steps,
-        config["epochs"], config.get("hybrid"))
+    method = compression_method(config["compression"], config["sparsity"], config["seed"], steps,
+                                config["epochs"], config.get("hybrid"))
+    base = method.wrap(standard, steps)
     model = build_model(config["weighting"], base, config["compression"])
     tasks = model.task_names
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
                   loss=data.losses(tasks), metrics={t: [data.metric] for t in tasks})
     weights = TaskWeightHistory()
     start = time.perf_counter()
-    task_aware = None
-    if config["compression"] == "task_aware":  # the warm-up counts in the training time
-        model, callbacks, epochs, task_aware = task_aware_stage(
-            model, splits["train"], config["sparsity"], config["seed"], steps, config["epochs"])
-    model.fit(splits["train"], epochs=epochs, callbacks=[weights, *callbacks], verbose=0)
+    model = method.prepare(model, splits["train"])  # task-aware: the warm-up counts in the time
+    model.fit(splits["train"], epochs=method.epochs, callbacks=[weights, *method.callbacks],
+              verbose=0)
     seconds = time.perf_counter() - start
     result = {"config": dict(config), "task_names": tasks, "steps_per_epoch": steps,
               "train_seconds": seconds,
               "validation": evaluate(model, splits["validation"], data.metric),
               "test": evaluate(model, splits["test"], data.metric),
-              "sparsity": achieved_sparsity(config["compression"], model, standard),
+              "sparsity": method.achieved_sparsity(model, standard),
               "nonzero_weights": pruning.nonzero_kernel_count(model),
               "final_task_weights": [float(v) for v in np.asarray(model.task_weights)],
               "task_weight_trajectory": np.round(weights.history, 6).tolist()}
@@ -351,14 +297,7 @@ def train_run(config, return_model=False):
             result["exports"] = export_run(model, splits, config["exports"], work, data.metric)
         for entry in result["exports"].values():
             del entry["path"]
-    if config["compression"] == "filter_l1":
-        from keras_minmax_mtl.sparsity.structured import structured_report
-
-        result["removed_units"] = structured_report(model)["overall"]["fraction"]
-    if task_aware is not None:
-        report = task_aware.report()
-        result["task_aware"] = {"groups": report["groups"], "budget": report["budget"],
-                                "final_density": report["history"][-1]["density"]}
+    result.update(method.extras(model))  # filter ℓ1: removed_units; task-aware: its groups
     if data.reference is not None:
         result["test"]["delta_m"] = delta_m(result["test"]["tasks"], data.reference)
     return (result, model) if return_model else result

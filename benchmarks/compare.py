@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
-from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
+from keras_minmax_mtl.core.arguments import positive_int  # noqa: E402
 
 LABELS = {"dense": "dense", "reweighted_l1": "reweighted ℓ1", "dst": "DST (RigL)",
           "filter_l1": "filter ℓ1 (whole units)", "task_aware": "task-aware",

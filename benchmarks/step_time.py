@@ -128,7 +128,7 @@ from keras_minmax_mtl.data import multi_digits  # noqa: E402
 from keras_minmax_mtl.weighting.minmax import MinMaxWeighting  # noqa: E402
 from keras_minmax_mtl.core.multitask import MultiTaskModel  # noqa: E402
 from keras_minmax_mtl.weighting.minmax import MinMaxMultiTask  # noqa: E402
-from keras_minmax_mtl.cli.arguments import non_negative_int, positive_int  # noqa: E402
+from keras_minmax_mtl.core.arguments import non_negative_int, positive_int  # noqa: E402
 from keras_minmax_mtl.data.networks import multi_digits_network  # noqa: E402
 from keras_minmax_mtl.core.task_weighting import EqualWeighting, TrainingClock  # noqa: E402
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
 import compare  # noqa: E402
-from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
+from keras_minmax_mtl.core.arguments import positive_int  # noqa: E402
 
 
 def build_parser():

@@ -25,13 +25,12 @@ MODULES = [
     "keras_minmax_mtl.sparsity.structured",
     "keras_minmax_mtl.sparsity.dst", "keras_minmax_mtl.sparsity.densities", "keras_minmax_mtl.sparsity.mask_updaters",
     "keras_minmax_mtl.sparsity.task_similarity", "keras_minmax_mtl.sparsity.task_aware",
-    "keras_minmax_mtl.sparsity.hybrid",
+    "keras_minmax_mtl.sparsity.hybrid", "keras_minmax_mtl.sparsity.methods",
     "keras_minmax_mtl.export.tflite", "keras_minmax_mtl.export.targets", "keras_minmax_mtl.export.runtimes",
     "keras_minmax_mtl.export.edgetpu", "keras_minmax_mtl.export.qat", "keras_minmax_mtl.export.logits",
     "keras_minmax_mtl.export.surgery",
     "keras_minmax_mtl.data", "keras_minmax_mtl.data.networks", "keras_minmax_mtl.data.nyuv2_metrics",
-    "keras_minmax_mtl.cli.main", "keras_minmax_mtl.cli.run_folder", "keras_minmax_mtl.cli.reweighted", "keras_minmax_mtl.cli.task_aware",
-    "keras_minmax_mtl.cli.hybrid",
+    "keras_minmax_mtl.cli.main", "keras_minmax_mtl.cli.run_folder",
     "keras_minmax_mtl.cli.export",
 ]
 

@@ -219,6 +219,45 @@ def test_reruns_with_the_same_seed_give_the_same_masks():
     assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2]))
 
 
+class _CountingSET(SETUpdater):
+    """SET that counts its updates (not registered: its config cannot be saved)."""
+
+    calls = 0
+
+    def update(self, *args):
+        type(self).calls += 1
+        return super().update(*args)
+
+
+def test_a_mask_updater_instance_is_the_method():
+    # SETUpdater() gives exactly the masks of method="set"; a subclass is called once per kernel
+    # and update (steps 2, 4, 6, 8, 10 of 12; 4 kernels).
+    masks = []
+    for method in ("set", SETUpdater(), _CountingSET()):
+        model = _model()
+        callback = dst.DynamicSparseTraining(0.5, method=method, update_every=2, end_step=10, seed=3)
+        _fit(model, callback)
+        masks.append(_masks(model))
+    assert all(np.array_equal(a, b) for run in masks[1:] for a, b in zip(masks[0], run))
+    assert _CountingSET.calls == 5 * 4
+
+
+def test_the_config_round_trips_with_a_name_or_a_registered_updater():
+    for method in ("paper", RigLUpdater(), SETUpdater()):
+        callback = dst.DynamicSparseTraining(0.8, method=method, update_every=3, end_step=9,
+                                             seed=2, grow_ratio=0.1 if method == "paper" else None)
+        config = json.loads(json.dumps(callback.get_config()))
+        again = dst.DynamicSparseTraining.from_config(config)
+        assert again.get_config() == config
+        assert type(again.updater) is type(callback.updater)
+        assert (config["sparsity"], config["update_every"], config["end_step"], config["seed"]) == (
+            0.8, 3, 9, 2)
+    assert dst.DynamicSparseTraining.from_config(
+        dst.DynamicSparseTraining(method=SETUpdater()).get_config()).method.__class__ is SETUpdater
+    with pytest.raises(ValueError, match=r"`method` .* _CountingSET, whose class is not registered"):
+        dst.DynamicSparseTraining(method=_CountingSET()).get_config()
+
+
 def test_static_masks_do_not_change_without_the_callback():
     model = _model()
     counts = dst.initialize_masks(model, 0.75, "erk", seed=1)
@@ -264,6 +303,11 @@ def test_prune_for_dst_wraps_hidden_layers_and_leaves_the_model_alone():
     (dict(update_every=0), r"`update_every` must be an integer > 0. Received: update_every=0"),
     (dict(update_every=10, end_step=5), r"`end_step` must be an integer >= update_every \(10\)"),
     (dict(method="snip"), r"`method` must be one of \['rigl', 'set', 'paper'\]"),
+    (dict(method=RigLUpdater), r"`method` must be a `MaskUpdater` instance, not the class: pass "
+                               r"`RigLUpdater\(\)`. Received: method=RigLUpdater"),
+    (dict(method=["rigl"]), r"`method` must be one of \['rigl', 'set', 'paper'\] or a `MaskUpdater` "
+                            r"instance \(e.g. `RigLUpdater\(\)`\). Received: method=\['rigl'\]"),
+    (dict(method=SETUpdater(), grow_ratio=0.2), r"`grow_ratio` is only used by method='paper'"),
     (dict(density="er"), r"`density` must be one of \['uniform', 'erk'\]"),
     (dict(sparsity=1.0), r"`sparsity` must be in \(0, 1\)"),
     (dict(grow_ratio=0.2), r"`grow_ratio` is only used by method='paper'"),

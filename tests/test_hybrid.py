@@ -322,7 +322,9 @@ def test_kmm_train_pruning_hybrid_meets_the_budget_and_saves_the_stripped_model(
 
 
 def test_cli_prune_steps_one_shot_gradual_and_refusal():
-    from keras_minmax_mtl.cli.hybrid import prune_steps
+    from keras_minmax_mtl.sparsity.methods import Hybrid
+
+    prune_steps = Hybrid.prune_steps
 
     assert prune_steps(10, 0, 20, 94) == (941, None, 23)
     assert prune_steps(10, 2, 20, 94) == (941, 941 + 188, 23)

@@ -72,3 +72,35 @@ def test_subclassed_unbuilt_and_keras3_models_are_refused():
     k3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
     with pytest.raises(TypeError, match=r"Keras 3 object.*tf_keras"):
         policy.ensure_model_supports_pruning(k3)
+
+
+def test_policy_and_dst_agree_on_which_layers_are_prunable():
+    # One rule, `policy.is_prunable`: Dense, Conv2D and Conv2DTranspose yes; DepthwiseConv2D (tfmot's registry
+    # gives it no prunable weight) and BatchNormalization no; a nested trunk's layers entered.
+    from keras_minmax_mtl.sparsity.dst import prune_for_dst
+    from keras_minmax_mtl.sparsity.policy import is_prunable
+
+    trunk_in = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, name="conv")(trunk_in)
+    h = keras.layers.DepthwiseConv2D(3, name="depthwise")(h)
+    h = keras.layers.BatchNormalization(name="norm")(h)
+    h = keras.layers.Conv2DTranspose(2, 3, name="upconv")(h)  # DST's own type list missed it
+    trunk = keras.Model(trunk_in, keras.layers.Flatten(name="flat")(h), name="trunk")
+    inputs = keras.Input((6, 6, 2))
+    shared = keras.layers.Dense(4, name="shared")(trunk(inputs))
+    outputs = [keras.layers.Dense(2, name="a")(keras.layers.Dense(3, name="a_hidden")(shared)),
+               keras.layers.Dense(2, name="b")(shared)]
+    model = keras.Model(inputs, outputs)
+
+    prunable = sorted(layer.name for layer in pruning.walk_layers(model) if is_prunable(layer))
+    assert prunable == ["a", "a_hidden", "b", "conv", "shared", "upconv"]
+    policy = MultiTaskPruningPolicy(prune=("trunk", "task_hidden", "task_output"))
+    policy.ensure_model_supports_pruning(model)
+    assert policy.prunable_layer_names(model) == prunable
+    every = prune_for_dst(model, layer_names=prunable)
+    assert sorted(w.layer.name for w in pruning.pruning_wrappers(every)) == prunable
+    # By default both keep the output layers dense and prune the same hidden ones.
+    default = MultiTaskPruningPolicy()
+    default.ensure_model_supports_pruning(model)
+    hidden = sorted(w.layer.name for w in pruning.pruning_wrappers(prune_for_dst(model)))
+    assert hidden == default.prunable_layer_names(model) == ["a_hidden", "conv", "shared", "upconv"]

@@ -279,7 +279,7 @@ def test_stages_refuse_schedules_of_the_other_sparsity_type():
 # ------------------------------------------------------------------ command line
 def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, capsys):
     from keras_minmax_mtl.cli import main as cli
-    from keras_minmax_mtl.cli import reweighted as reweighted_cli
+    from keras_minmax_mtl.sparsity.methods import ReweightedL1
 
     common = ["train", "--pruning", "reweighted_l1", "--sparsity-type", "filter",
               "--dense-epochs", "1", "--reweighted-epochs", "1", "--retrain-epochs", "1",
@@ -303,7 +303,7 @@ def test_cli_filter_mode_prints_removed_units_and_checks_sparsity(tmp_path, caps
     assert {n: (r["units"], r["removed"]) for n, r in units["layers"].items()} == {
         "trunk_conv1": (16, 8), "trunk_conv2": (32, 16), "trunk_dense": (64, 32),
         "left_hidden": (32, 16), "right_hidden": (32, 16), "sum_hidden": (32, 16)}
-    assert metrics["arguments"]["rho"] == reweighted_cli.DEFAULT_FILTER_RHO
+    assert metrics["arguments"]["rho"] == ReweightedL1.FILTER_RHO
     assert metrics["arguments"]["allocation"] == "uniform"
     assert "removed units" in printed and "trunk_dense" in printed
     # --export micro shrinks the filter-pruned model (layer surgery) and says so.

@@ -30,7 +30,14 @@ import time
 
 import numpy as np
 
-from keras_minmax_mtl.cli import arguments
+from keras_minmax_mtl.core import arguments
+from keras_minmax_mtl.sparsity.methods import (
+    DEFAULT_EPOCHS,
+    METHODS,
+    SPARSITY_FLAG,
+    OptionError,
+    get_method,
+)
 
 __all__ = ["main", "build_parser", "check_train_arguments", "default_out", "flag_message",
            "non_finite", "non_finite_weights", "UsageError", "RunFailed", "WEIGHTINGS",
@@ -42,18 +49,6 @@ WEIGHTINGS = {
     "ew": "equal weighting",
     "uw": "uncertainty weighting (Kendall et al. 2018)",
     "dwa": "dynamic weight average (Liu et al. 2019, T=2)",
-}
-#: Epochs of `kmm train` without staged pruning.
-DEFAULT_EPOCHS = 20
-#: `--pruning` names.
-PRUNINGS = {
-    "none": "dense",
-    "reweighted_l1": "dense, reweighted-l1, hard prune, masked retraining (Guo et al. 2025)",
-    "dst": "dynamic sparse training of the hidden layers (prune and grow at constant sparsity)",
-    "task_aware": "warm-up, group similar tasks, re-allocate non-zeros by task difficulty "
-                  "(Choi et al. 2023)",
-    "hybrid": "shared trunk + one sparse kernel per task, W_t = W_shared + S_t, at the "
-              "equal-non-zero budget of --sparsity (Xie et al. 2022)",
 }
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
@@ -73,9 +68,8 @@ def build_parser():
     train.add_argument("--weighting", default="minmax", choices=list(WEIGHTINGS),
                        help="task weighting: " + "; ".join(f"{k}: {v}" for k, v in WEIGHTINGS.items()))
     train.add_argument("--epochs", type=arguments.positive_int, default=None,
-                       help=f"default: {DEFAULT_EPOCHS}; with --pruning reweighted_l1 the stage "
-                            "options set the epochs instead; with --pruning task_aware the "
-                            "epochs of the grouped stage (default 10)")
+                       help="; ".join([f"default: {DEFAULT_EPOCHS}",
+                                       *(m.epochs_help for m in METHODS.values() if m.epochs_help)]))
     train.add_argument("--seed", type=arguments.seed, default=0,
                        help="seed of the data draw, initial weights and shuffling (default: %(default)s)")
     train.add_argument("--out", type=pathlib.Path, default=None,
@@ -103,45 +97,36 @@ def build_parser():
                         help="what --update-every counts (default: %(default)s)")
     minmax.add_argument("--ascent", default="projected", choices=["projected", "exponentiated"],
                         help="ascent rule (default: %(default)s)")
-    # --- sparsity: the logic is in keras_minmax_mtl.cli.reweighted, .dst and .hybrid_cli ---
+    # --- sparsity: the methods and their options come from keras_minmax_mtl.sparsity.methods ---
     sparse = train.add_argument_group("sparsity")
-    sparse.add_argument("--pruning", default="none", choices=list(PRUNINGS),
-                        help="; ".join(f"{k}: {v}" for k, v in PRUNINGS.items())
+    sparse.add_argument("--pruning", default="none", choices=list(METHODS),
+                        help="; ".join(f"{k}: {m.summary}" for k, m in METHODS.items())
                              + " (default: %(default)s)")
-    sparse.add_argument("--sparsity", type=arguments.finite, default=0.9,
+    sparse.add_argument(SPARSITY_FLAG, type=arguments.finite, default=0.9,
                         help="fraction of the prunable weights that are zero (with "
                              "--sparsity-type filter: of the units removed from each pruned "
                              "layer), in [0, 1) (default: %(default)s)")
-    sparse.add_argument("--dst-method", default="rigl", choices=["rigl", "set", "paper", "static"],
-                        help="rigl: grow by |gradient|; set: grow at random; paper: the authors' "
-                             "variant (on epochs); static: initial masks, never updated "
-                             "(default: %(default)s)")
-    sparse.add_argument("--density", default="erk", choices=["erk", "uniform"],
-                        help="layer densities (default: %(default)s)")
-    sparse.add_argument("--dst-update-every", type=arguments.positive_int, default=100,
-                        help="steps (epochs for paper) between mask updates (default: %(default)s)")
-    sparse.add_argument("--dst-end-step", type=arguments.positive_int, default=None,
-                        help="last update step (default: 75%% of training)")
-    sparse.add_argument("--drop-fraction", type=arguments.drop_fraction, default=0.3,
-                        help="initial drop fraction, cosine-decayed (default: %(default)s)")
-    sparse.add_argument("--grow-ratio", type=arguments.drop_fraction, default=None,
-                        help="paper only: constant grow ratio (default: --drop-fraction)")
+    owners = {"sparsity": (SPARSITY_FLAG, 0.9, "pruning",
+                           tuple(name for name, m in METHODS.items() if m.sparse))}
+    for name, method in METHODS.items():
+        if not method.options:
+            continue
+        group = train.add_argument_group(method.group_title())
+        exclusive = {}
+        for option in method.options:
+            target = group
+            if option.exclusive is not None:
+                if option.exclusive not in exclusive:
+                    exclusive[option.exclusive] = group.add_mutually_exclusive_group()
+                target = exclusive[option.exclusive]
+            option.add_to(target)
+            owners[option.dest] = (option.flag, option.default, "pruning", (name,))
     # --- end of sparsity ---
     data = train.add_argument_group("data size")
     data.add_argument("--train-examples", type=arguments.positive_int, default=None,
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=arguments.positive_int, default=None,
                       help="number of validation and test examples (default: the dataset's)")
-    from keras_minmax_mtl.cli import reweighted as reweighted_cli
-
-    reweighted_cli.add_arguments(train, arguments.positive_int, arguments.non_negative_int, arguments.positive_float,
-                                 arguments.non_negative_float)
-    from keras_minmax_mtl.cli import task_aware as taskaware_cli
-
-    taskaware_cli.add_arguments(train, arguments.positive_int, arguments.non_negative_int, arguments.positive_float)
-    from keras_minmax_mtl.cli import hybrid as hybrid_cli
-
-    hybrid_cli.add_arguments(train, arguments.non_negative_int)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/cli/export.py ---
@@ -149,36 +134,12 @@ def build_parser():
     export_commands.add_train_option(train)
     export_commands.add_commands(commands)
     # --- end of TFLite export ---
-    parser.flag_owners = _flag_owners(train)
+    # The flags that mean something with one choice only:
+    # {dest: (flag, default, the deciding flag's dest, the choices that use it)}.
+    owners.update({action.dest: (action.option_strings[-1], action.default, "weighting",
+                                 ("minmax",)) for action in minmax._group_actions})
+    parser.flag_owners = owners
     return parser
-
-
-#: The option groups of `kmm train` whose flags mean something with one choice only:
-#: {group title prefix: (the deciding flag's dest, its value)}.
-_GROUP_OWNERS = {
-    "min-max weighting": ("weighting", "minmax"),
-    "reweighted-l1 pruning": ("pruning", "reweighted_l1"),
-    "task-aware dynamic model optimisation": ("pruning", "task_aware"),
-    "hybrid shared": ("pruning", "hybrid"),
-}
-
-
-def _flag_owners(train):
-    """`{dest: (flag, default, owner dest, owner values)}` for the flags tied to one method."""
-    owners = {}
-    for group in train._action_groups:
-        owner = next((o for title, o in _GROUP_OWNERS.items()
-                      if (group.title or "").startswith(title)), None)
-        for action in group._group_actions:
-            flag = action.option_strings[-1] if action.option_strings else None
-            if owner is not None:
-                owners[action.dest] = (flag, action.default, owner[0], (owner[1],))
-            elif group.title == "sparsity" and action.dest == "sparsity":
-                owners[action.dest] = (flag, action.default, "pruning",
-                                       tuple(p for p in PRUNINGS if p != "none"))
-            elif group.title == "sparsity" and action.dest != "pruning":
-                owners[action.dest] = (flag, action.default, "pruning", ("dst",))
-    return owners
 
 
 def check_flags_are_used(parser, args):
@@ -221,7 +182,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: What the library calls the flags of `kmm train`, per stage of building a run: a library
-#: `ValueError` raised while building it becomes ``kmm: error: argument --flag: ...``.
+#: `ValueError` raised while building it becomes ``kmm: error: argument --flag: ...``. A
+#: compression method's stage is its name; its flags are `SparsityMethod.flags()`.
 _FLAGS = {
     "weighting": {"step_size": "--step-size", "gamma": "--gamma", "update_every": "--update-every",
                   "update_on": "--update-on", "ascent": "--ascent", "scale": "--scale",
@@ -231,41 +193,23 @@ _FLAGS = {
     "test data": {"num_examples": "--test-examples", "batch_size": "--batch-size",
                   "seed": "--seed"},
     "network": {"seed": "--seed"},
-    "reweighted_l1": {"sparsity": "--sparsity", "target_sparsity": "--sparsity", "rho": "--rho",
-                      "epsilon": "--epsilon", "allocation": "--allocation",
-                      "sparsity_type": "--sparsity-type", "dense_steps": "--dense-epochs",
-                      "begin_step": "--dense-epochs", "reweighted_steps": "--reweighted-epochs",
-                      "prune_step": "--reweighted-epochs"},
-    "dst": {"sparsity": "--sparsity", "method": "--dst-method", "density": "--density",
-            "update_every": "--dst-update-every", "end_step": "--dst-end-step",
-            "drop_fraction": "--drop-fraction", "grow_ratio": "--grow-ratio", "seed": "--seed"},
-    "task_aware": {"sparsity": "--sparsity", "budget": "--sparsity",
-                   "alpha": "--similarity-coefficient", "num_groups": "--groups",
-                   "similarity_threshold": "--similarity-threshold",
-                   "update_every": "--allocate-every", "smoothing": "--smoothing",
-                   "density": "--initial-allocation", "measure_samples": "--measure-samples",
-                   "warmup_epochs": "--warmup-epochs", "seed": "--seed"},
-    "hybrid": {"sparsity": "--sparsity", "shared_sparsity": "--sparsity",
-               "task_share": "--task-share", "allocation": "--hybrid-allocation",
-               "prune_step": "--hybrid-dense-epochs", "end_step": "--hybrid-prune-epochs"},
 }
 #: The flag a library error of a stage names when its message names no argument.
 _STAGE_FLAG = {"weighting": "--weighting", "train data": "--train-examples",
-               "test data": "--test-examples", "network": "--dataset",
-               "reweighted_l1": "--sparsity", "dst": "--sparsity", "task_aware": "--sparsity",
-               "hybrid": "--sparsity"}
+               "test data": "--test-examples", "network": "--dataset"}
 
 
 def flag_message(message, stage):
     """A library error message of a `kmm train` stage in terms of its flags: ``argument --flag: ...``.
 
-    The Python argument names of `_FLAGS[stage]` become their flags; the
-    flag of the first one named (else the stage's main flag) leads the line.
+    `stage` is a stage of `_FLAGS` or the name of a compression method. The
+    Python argument names of the stage become their flags; the flag of the
+    first one named (else the stage's main flag) leads the line.
     """
-    flags = _FLAGS[stage]
+    flags = _FLAGS[stage] if stage in _FLAGS else get_method(stage).flags()
     named = [(message.find(f"`{name}`"), flag) for name, flag in flags.items()
              if f"`{name}`" in message]
-    lead = min(named)[1] if named else _STAGE_FLAG[stage]
+    lead = min(named)[1] if named else _STAGE_FLAG.get(stage, SPARSITY_FLAG)
     for name, flag in flags.items():
         message = message.replace(f"`{name}`", flag)
         message = re.sub(rf"(?<![\w`-]){re.escape(name)}(?![\w`])", flag, message)
@@ -288,21 +232,19 @@ class _Flags:
         return False
 
 
-def default_out(args):
+def default_out(args, method=None):
     """The default `--out`: ``runs/<dataset>-<weighting>[-<pruning>...]-e<epochs>-s<seed>``.
 
     It names what tells the README's runs apart: the weighting, the pruning
     method with its kind and `--sparsity`, the epochs (the sum of the stages
     with reweighted ℓ1) and the seed, e.g. ``runs/multi_digits-minmax-e20-s0``,
     ``runs/multi_digits-minmax-reweighted_l1-0.9-e20-s0``,
-    ``runs/multi_digits-minmax-dst-rigl-0.9-e20-s0``.
+    ``runs/multi_digits-minmax-dst-rigl-0.9-e20-s0``; the method's part is
+    its `SparsityMethod.run_name()` (`method`, else the one of `args`).
     """
-    parts = [args.dataset, args.weighting]
-    if args.pruning != "none":
-        kind = {"dst": f"-{args.dst_method}",
-                "reweighted_l1": "-filter" if args.sparsity_type == "filter" else ""}
-        parts.append(f"{args.pruning}{kind.get(args.pruning, '')}-{args.sparsity:g}")
-    parts += [f"e{args.epochs}", f"s{args.seed}"]
+    method = get_method(args.pruning).from_arguments(args) if method is None else method
+    parts = [args.dataset, args.weighting, method.run_name()]
+    parts = [part for part in parts if part] + [f"e{args.epochs}", f"s{args.seed}"]
     return pathlib.Path("runs") / "-".join(parts)
 
 
@@ -313,83 +255,43 @@ def _num_examples(args, split):
     return given if given is not None else DEFAULT_NUM_EXAMPLES[split]
 
 
+class _RunSize:
+    """What a method's `check_run` may ask of the run; each read when asked (they import data)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dataset = args.dataset
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(_num_examples(self.args, "train") / self.args.batch_size)
+
+    @property
+    def num_tasks(self):
+        from keras_minmax_mtl.data import MULTI_DIGITS_TASKS
+
+        return len(MULTI_DIGITS_TASKS)
+
+
 def check_train_arguments(parser, args):
     """Checks every `kmm train` rule that needs no data, fills in the defaults and `--out`.
 
-    Raises `UsageError` (one line, exit 2) for the first broken rule; imports
-    no TensorFlow and writes nothing.
+    Returns the compression method (`keras_minmax_mtl.sparsity.methods`) of
+    `--pruning`; its options with their defaults filled in and its epochs go
+    back into `args`. Raises `UsageError` (one line, exit 2) for the first
+    broken rule; imports no TensorFlow and writes nothing.
     """
     check_flags_are_used(parser, args)
-    if args.pruning == "reweighted_l1" and args.epochs is not None:
-        raise UsageError("argument --epochs: not allowed with --pruning reweighted_l1, whose "
-                         "--dense-epochs, --reweighted-epochs and --retrain-epochs set the "
-                         f"epochs. Received --epochs {args.epochs}")
-    if args.pruning == "reweighted_l1":
-        from keras_minmax_mtl.cli.reweighted import check_arguments
-
-        check_arguments(parser, args)
-        args.epochs = args.dense_epochs + args.reweighted_epochs + args.retrain_epochs
-    if args.epochs is None and args.pruning == "task_aware":
-        from keras_minmax_mtl.cli.task_aware import DEFAULT_EPOCHS as GROUPED_EPOCHS
-
-        args.epochs = GROUPED_EPOCHS
-    if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS
-    if args.pruning == "dst":
-        _check_dst(args)
-    if args.pruning == "task_aware":
-        from keras_minmax_mtl.data import MULTI_DIGITS_TASKS
-
-        if not 0.0 <= args.sparsity < 1.0:
-            raise UsageError(f"argument --sparsity: must be in [0, 1) (the fraction of the "
-                             f"prunable weights removed). Received --sparsity {args.sparsity:g}")
-        tasks = len(MULTI_DIGITS_TASKS)
-        if args.groups is not None and args.groups > tasks:
-            raise UsageError(f"argument --groups: must be in [1, {tasks}] (the number of tasks of "
-                             f"{args.dataset}). Received --groups {args.groups}")
-        if args.measure_samples < 2:
-            raise UsageError(f"argument --measure-samples: must be an integer >= 2. Received "
-                             f"--measure-samples {args.measure_samples}")
-    if args.pruning == "hybrid":
-        if not 0.0 <= args.sparsity < 1.0:
-            raise UsageError(f"argument --sparsity: must be in [0, 1) (the sparsity whose "
-                             f"non-zero count the hybrid network keeps). Received --sparsity "
-                             f"{args.sparsity:g}")
-        dense = args.epochs // 2 if args.hybrid_dense_epochs is None else args.hybrid_dense_epochs
-        if dense + args.hybrid_prune_epochs >= args.epochs:
-            raise UsageError(f"argument --hybrid-dense-epochs: --hybrid-dense-epochs + "
-                             f"--hybrid-prune-epochs must be < --epochs (some masked training "
-                             f"after the prune). Received {dense} + {args.hybrid_prune_epochs} "
-                             f"with --epochs {args.epochs}")
+    try:
+        method = get_method(args.pruning).from_arguments(args)
+        method.check_run(_RunSize(args))
+    except OptionError as error:
+        raise UsageError(str(error)) from None
+    vars(args).update(method.settings)
+    args.epochs = method.epochs
     if args.out is None:
-        args.out = default_out(args)
-
-
-def _check_dst(args):
-    """The `--pruning dst` rules, including that the update schedule fits in the run."""
-    if not 0.0 < args.sparsity < 1.0:
-        raise UsageError(f"argument --sparsity: must be in (0, 1) with --pruning dst (the "
-                         f"fraction of the hidden-layer weights that are zero). Received "
-                         f"--sparsity {args.sparsity:g}")
-    if args.dst_method == "static":
-        return
-    if args.grow_ratio is not None and args.dst_method != "paper":
-        raise UsageError(f"argument --grow-ratio: only used by --dst-method paper. Received "
-                         f"--grow-ratio {args.grow_ratio:g} with --dst-method {args.dst_method}")
-    unit = "epoch" if args.dst_method == "paper" else "step"
-    if args.dst_end_step is not None and args.dst_end_step < args.dst_update_every:
-        raise UsageError(f"argument --dst-end-step: must be >= --dst-update-every "
-                         f"({args.dst_update_every}): the first mask update is at {unit} "
-                         f"{args.dst_update_every}. Received --dst-end-step {args.dst_end_step}")
-    steps = math.ceil(_num_examples(args, "train") / args.batch_size)
-    total = args.epochs if unit == "epoch" else args.epochs * steps
-    end = args.dst_end_step if args.dst_end_step is not None else int(0.75 * total)
-    if end < args.dst_update_every or args.dst_update_every > total:
-        raise UsageError(f"argument --dst-update-every: the first mask update, at {unit} "
-                         f"{args.dst_update_every}, comes after the last one (--dst-end-step, "
-                         f"default 75% of the run's {total} {unit}s: {end}); give a smaller "
-                         f"--dst-update-every or more --epochs. Received --dst-update-every "
-                         f"{args.dst_update_every}")
+        args.out = default_out(args, method)
+    return method
 
 
 def _load_dataset(args):
@@ -435,35 +337,18 @@ def _build_model(args, base):
 
 
 class _Run:
-    """A `kmm train` run built from its flags, before anything is written or trained."""
+    """A `kmm train` run built from its flags and its compression `method`, before anything is written."""
 
-    def __init__(self, args):
+    def __init__(self, args, method):
         from keras_minmax_mtl.core.backend import keras
+        from keras_minmax_mtl.sparsity.methods import steps_per_epoch
 
         self.args = args
+        self.method = method
         keras.utils.set_random_seed(args.seed)
         self.splits, base, losses = _load_dataset(args)
-        self.sparse = None
         with _Flags(args.pruning if args.pruning != "none" else "weighting"):
-            if args.pruning == "reweighted_l1":
-                from keras_minmax_mtl.cli.reweighted import ReweightedL1Run
-
-                self.sparse = ReweightedL1Run(args, base, self.splits["train"])
-                base = self.sparse.model
-            elif args.pruning == "dst":
-                from keras_minmax_mtl.sparsity.dst import CliRun
-
-                self.sparse = CliRun(args)
-                base = self.sparse.wrap(base)
-            elif args.pruning == "task_aware":
-                from keras_minmax_mtl.cli.task_aware import TaskAwareCliRun
-
-                self.sparse = TaskAwareCliRun(args)
-            elif args.pruning == "hybrid":
-                from keras_minmax_mtl.cli.hybrid import HybridRun
-
-                self.sparse = HybridRun(args, base, self.splits["train"])
-                base = self.sparse.model
+            base = method.wrap(base, steps_per_epoch(self.splits["train"]))
         with _Flags("weighting"):
             self.model = _build_model(args, base)
             self.model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
@@ -535,22 +420,25 @@ def _train(run, work):
     """
     from keras_minmax_mtl.core.callbacks import TaskWeightHistory
     from keras_minmax_mtl.core.multitask import NonFiniteLossError
+    from keras_minmax_mtl.cli import plots
     from keras_minmax_mtl.cli.plots import plot_task_weights
 
-    args, model, sparse, splits = run.args, run.model, run.sparse, run.splits
+    args, model, method, splits = run.args, run.model, run.method, run.splits
     out, work = pathlib.Path(args.out), pathlib.Path(work)
     work.mkdir(parents=True, exist_ok=True)
     weights = TaskWeightHistory()
     try:
-        if hasattr(sparse, "prepare"):  # task_aware: warm-up and grouping build a new network
-            model = sparse.prepare(model, splits["train"])
+        line = method.describe()
+        if line:
+            print(line)
+        model = method.prepare(model, splits["train"])  # task_aware: warm-up, grouped network
         tasks = model.task_names
         print(f"kmm train: {args.dataset}, weighting={args.weighting}, tasks={tasks}, "
               f"epochs={args.epochs}, seed={args.seed}")
         start = time.perf_counter()
         history = model.fit(splits["train"], epochs=args.epochs,
                             validation_data=splits["validation"],
-                            callbacks=[weights, *(sparse.callbacks if sparse else [])],
+                            callbacks=[weights, *method.callbacks],
                             verbose=args.verbose)
         train_seconds = time.perf_counter() - start
     except NonFiniteLossError as error:
@@ -586,8 +474,9 @@ def _train(run, work):
         "train_seconds": train_seconds,
         "model": str(out / "model.keras"),
     }
-    if sparse is not None:
-        metrics["pruning"] = _relocate(sparse.finish(model, work), work, out)
+    report = method.finish(model, work, plots)
+    if report is not None:
+        metrics["pruning"] = _relocate(report, work, out)
     _refuse_non_finite("metrics", non_finite(metrics))
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     if getattr(args, "export", None):  # TFLite export (issue 5)
@@ -600,13 +489,13 @@ def _train_command(parser, args):
     """`kmm train`: checks, builds, trains into a locked work folder, publishes; the exit status."""
     from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError, check_destination
 
-    check_train_arguments(parser, args)
+    method = check_train_arguments(parser, args)
     out = args.out
     try:
         check_destination(out, args.overwrite)
     except RunFolderError as error:
         raise UsageError(f"argument --out: {error}") from None
-    run = _Run(args)
+    run = _Run(args, method)
     folder = RunFolder(out, args.overwrite)
     try:
         folder.__enter__()

@@ -9,7 +9,8 @@
 - `serialization`: the registered classes (`custom_objects`, `custom_object_scope`);
 - `backend`: the one import of `tf_keras` in the package, `register` and the
   pieces of Keras' loss machinery that `multitask` reuses;
-- `checks`: argument checks with Keras-style messages.
+- `checks`: argument checks with Keras-style messages;
+- `arguments`: the `argparse` value types of the `kmm` flags (no TensorFlow).
 
 The core imports nothing from the other parts of the package.
 """

@@ -16,7 +16,9 @@ The methods:
 - `structured`: the unit (filter) norms, removal and the zeros it holds;
 - `dst`: dynamic sparse training (`DynamicSparseTraining`);
 - `task_aware`, `task_similarity`: task-aware dynamic sparsity (Choi et al. 2023);
-- `hybrid`: a shared trunk plus sparse per-task kernels (Xie et al. 2022).
+- `hybrid`: a shared trunk plus sparse per-task kernels (Xie et al. 2022);
+- `methods`: the methods behind one interface (`SparsityMethod`) and their
+  registry, which `kmm train` and the benchmarks run (imports no TensorFlow).
 
 Imports the core; never the export part.
 """

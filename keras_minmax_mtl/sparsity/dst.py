@@ -68,8 +68,9 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
 from keras_minmax_mtl.core.checks import is_finite_real
 from keras_minmax_mtl.core.backend import keras, register, require_functional
 from keras_minmax_mtl.sparsity.densities import DISTRIBUTIONS, active_counts
-from keras_minmax_mtl.sparsity.mask_updaters import RigLUpdater, SETUpdater
+from keras_minmax_mtl.sparsity.mask_updaters import MaskUpdater, RigLUpdater, SETUpdater
 from keras_minmax_mtl.core.multitask import MultiTaskModel
+from keras_minmax_mtl.sparsity.policy import is_prunable
 from keras_minmax_mtl.sparsity.pruning import (
     check_single_step_execution,
     clone_nested,
@@ -86,11 +87,9 @@ __all__ = ["check_wrappers", "wrapped_kernels",
     "DECAYS",
     "drop_fraction_at",
     "prune_for_dst",
-    "DST_LAYER_TYPES",
     "initialize_masks",
     "optimizer_slots",
     "set_mask",
-    "CliRun",
 ]
 
 #: `method` names of `DynamicSparseTraining`.
@@ -139,13 +138,6 @@ def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):
     return float(drop_fraction) * 0.5 * (1.0 + math.cos(math.pi * step / end_step))
 
 
-#: The layer types `prune_for_dst` wraps by default (with tfmot `PrunableLayer`s). Not
-#: `DepthwiseConv2D`: tfmot's registry gives it no prunable weight (its wrapper would have
-#: no mask), so a MobileNet trunk's depthwise kernels stay dense.
-DST_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
-                   keras.layers.Conv3D, keras.layers.SeparableConv2D)
-
-
 def _output_layers(model):
     """The layers that produce `model`'s outputs, entering nested models that produce one."""
     found = []
@@ -157,11 +149,6 @@ def _output_layers(model):
             layer = tensor._keras_history.layer
         found.append(layer)
     return found
-
-
-def _is_prunable(layer):
-    return (isinstance(layer, tfmot.sparsity.keras.PrunableLayer)
-            or type(layer) in DST_LAYER_TYPES)
 
 
 def prune_for_dst(model, layer_names=None):
@@ -176,10 +163,11 @@ def prune_for_dst(model, layer_names=None):
         model: a Functional `tf_keras` model.
         layer_names: names of the layers to wrap with
             `prune_low_magnitude(layer, pruning_schedule=HoldMasks())`, at
-            any depth of nesting. Defaults to every layer with a prunable
-            kernel (Dense, convolutions, see `DST_LAYER_TYPES`, and tfmot
-            `PrunableLayer`s) except the layers that produce the model's
-            outputs (the task heads' classifiers stay dense).
+            any depth of nesting. Defaults to every prunable layer
+            (`policy.is_prunable`: Dense, convolutions, tfmot
+            `PrunableLayer`s, ...; not `DepthwiseConv2D`) except the layers
+            that produce the model's outputs (the task heads' classifiers
+            stay dense).
 
     Returns:
         The wrapped copy, with the weights of `model`.
@@ -204,7 +192,7 @@ def prune_for_dst(model, layer_names=None):
     outputs = {id(layer) for layer in _output_layers(model)}
     by_name = {}
     for layer in walk_layers(model):
-        if _is_prunable(layer):
+        if is_prunable(layer):
             by_name.setdefault(layer.name, []).append(layer)
     prunable = list(by_name)
     if layer_names is None:
@@ -357,6 +345,7 @@ def set_mask(weight, mask, new, optimizer=None):
     return grown
 
 
+@register
 class DynamicSparseTraining(keras.callbacks.Callback):
     """Prune-and-grow masks on a model's `HoldMasks` pruning wrappers (RigL, SET, the authors' variant).
 
@@ -368,7 +357,10 @@ class DynamicSparseTraining(keras.callbacks.Callback):
     Args:
         sparsity: target fraction of zero weights over all wrapped kernels, in
             `(0, 1)`. Defaults to `0.9`.
-        method: `"rigl"`, `"set"` or `"paper"` (see `METHODS`). Defaults to `"rigl"`.
+        method: `"rigl"`, `"set"` or `"paper"` (see `METHODS`), or a
+            `MaskUpdater` instance (e.g. `RigLUpdater()` or your own
+            subclass), which then drops and grows ``n_drop`` weights at every
+            update counted in steps. Defaults to `"rigl"`.
         density: layer densities, `"erk"` or `"uniform"`. Defaults to `"erk"`.
         update_every: steps between mask updates (epochs for `"paper"`), `> 0`.
             Defaults to `100`.
@@ -402,8 +394,13 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self._supports_tf_logs = True
         if not is_finite_real(sparsity) or not 0 < sparsity < 1:
             raise ValueError(f"Argument `sparsity` must be in (0, 1). Received: sparsity={sparsity!r}")
-        if method not in METHODS:
-            raise ValueError(f"Argument `method` must be one of {list(METHODS)}. "
+        if isinstance(method, type) and issubclass(method, MaskUpdater):
+            raise ValueError(f"Argument `method` must be a `MaskUpdater` instance, not the class: "
+                             f"pass `{method.__name__}()`. Received: method={method.__name__}")
+        if not isinstance(method, MaskUpdater) and not (isinstance(method, str)
+                                                        and method in METHODS):
+            raise ValueError(f"Argument `method` must be one of {list(METHODS)} or a "
+                             f"`MaskUpdater` instance (e.g. `RigLUpdater()`). "
                              f"Received: method={method!r}")
         if density not in DISTRIBUTIONS:
             raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
@@ -440,10 +437,44 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self.grow_ratio = None if grow_ratio is None else float(grow_ratio)
         self.seed = seed
         self.verbose = verbose
-        self.updater = SETUpdater() if method == "set" else RigLUpdater()
+        if isinstance(method, MaskUpdater):
+            self.updater = method
+        else:
+            self.updater = SETUpdater() if method == "set" else RigLUpdater()
         self.history = []
         self.initial_counts = None
         self._request = None
+
+    def get_config(self):
+        """Every constructor argument; a `MaskUpdater` `method` as its Keras serialization.
+
+        Raises:
+            ValueError: for an updater whose class is not registered for Keras
+                serialization (it could not be rebuilt from the config).
+        """
+        method = self.method
+        if isinstance(method, MaskUpdater):
+            kind = type(method)
+            if keras.saving.get_registered_object(keras.saving.get_registered_name(kind)) is not kind:
+                raise ValueError(
+                    f"Argument `method` of this `DynamicSparseTraining` is a {kind.__name__}, "
+                    f"whose class is not registered for Keras serialization, so the config could "
+                    f"not rebuild it. Register the class with "
+                    f"`@keras.saving.register_keras_serializable()` (and give it `get_config`), "
+                    f"or pass a name of {list(METHODS)}. Received: method={method!r}")
+            method = keras.saving.serialize_keras_object(method)
+        return {"sparsity": self.sparsity, "method": method, "density": self.density,
+                "update_every": self.update_every, "end_step": self.end_step,
+                "drop_fraction": self.drop_fraction, "decay": self.decay,
+                "grow_ratio": self.grow_ratio, "seed": self.seed, "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        """The callback of `get_config()` (the updater rebuilt from its serialization)."""
+        config = dict(config)
+        if isinstance(config.get("method"), dict):
+            config["method"] = keras.saving.deserialize_keras_object(config["method"])
+        return cls(**config)
 
     # ----------------------------------------------------------------- timing
     @property
@@ -572,53 +603,3 @@ class DynamicSparseTraining(keras.callbacks.Callback):
     def report(self):
         """The sparsity of the model now (`pruning.sparsity_report`) and the update history."""
         return {"sparsity": sparsity_report(self.model), "updates": self.history}
-
-
-class CliRun:
-    """What `kmm train --pruning dst` adds to a run: wrapped layers, callbacks, a report.
-
-    `--dst-method static` sets the initial masks (same sparsity and densities)
-    and never updates them: the static-mask baseline.
-    """
-
-    def __init__(self, args):
-        self.args = args
-        self.method = args.dst_method
-        self.callback = None
-        if self.method != "static":
-            self.callback = DynamicSparseTraining(
-                sparsity=args.sparsity, method=args.dst_method, density=args.density,
-                update_every=args.dst_update_every, end_step=args.dst_end_step,
-                drop_fraction=args.drop_fraction, grow_ratio=args.grow_ratio, seed=args.seed,
-                verbose=1 if args.verbose else 0)
-
-    def wrap(self, base):
-        """The base model with its hidden layers wrapped (`prune_for_dst`); static masks set now."""
-        wrapped = prune_for_dst(base)
-        if self.method == "static":
-            initialize_masks(wrapped, self.args.sparsity, self.args.density, self.args.seed)
-        return wrapped
-
-    @property
-    def callbacks(self):
-        return [tfmot.sparsity.keras.UpdatePruningStep(), *([self.callback] if self.callback else [])]
-
-    def finish(self, model, out):
-        """Prints and returns the turnover and sparsity report (`out` is not used)."""
-        del out
-        return self.report(model)
-
-    def report(self, model):
-        """Prints the mask turnover per update and the final sparsity per layer; returns both."""
-        history = self.callback.history if self.callback else []
-        report = sparsity_report(model)
-        if history:
-            print("\nmask turnover per update (grown / active):")
-            for record in history:
-                layers = ", ".join(f"{name} {r['turnover']:.3f}" for name, r in record["layers"].items())
-                print(f"  {'epoch' if self.method == 'paper' else 'step'} {record['step']:>6}: {layers}")
-        print("\nfinal sparsity per layer:")
-        for name, r in report["layers"].items():
-            print(f"  {name:<28} {r['sparsity']:.4f}  ({r['size'] - r['zeros']} of {r['size']} kept)")
-        print(f"  {'overall':<28} {report['overall']['sparsity']:.4f}")
-        return {"method": self.method, "sparsity": report, "updates": history}

@@ -21,6 +21,10 @@ class                   drop score          grow score
 `SETUpdater`            ``|w|``             uniform random
 ======================  ==================  ===========================
 
+`DynamicSparseTraining(method=RigLUpdater())` takes one (or a name). The
+updaters are registered for Keras serialization (`get_config` is their
+constructor arguments; these two have none).
+
 Example:
 
 >>> updater = RigLUpdater()
@@ -28,6 +32,8 @@ Example:
 ...                           rng=np.random.default_rng(0))
 """
 import numpy as np
+
+from keras_minmax_mtl.core.backend import register
 
 __all__ = ["MaskUpdater", "RigLUpdater", "SETUpdater"]
 
@@ -72,6 +78,14 @@ class MaskUpdater:
         """Scores of the weights; the inactive ones with the highest scores are grown."""
         raise NotImplementedError
 
+    def get_config(self):
+        """The constructor arguments (none for the updaters here)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     def update(self, weight, mask, gradient, n_drop, n_grow, rng):
         """The new mask after dropping `n_drop` and growing `n_grow` weights.
 
@@ -99,6 +113,7 @@ class MaskUpdater:
         return kept.reshape(mask.shape).astype(mask.dtype)
 
 
+@register
 class RigLUpdater(MaskUpdater):
     """RigL (Evci et al. 2020): drop by magnitude, grow by the largest gradient magnitude."""
 
@@ -110,6 +125,7 @@ class RigLUpdater(MaskUpdater):
         return np.abs(gradient)
 
 
+@register
 class SETUpdater(MaskUpdater):
     """SET (Mocanu et al. 2018): drop by magnitude, grow at random."""
 

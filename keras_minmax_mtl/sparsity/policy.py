@@ -35,7 +35,8 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_policy imp
 
 from keras_minmax_mtl.core.backend import keras, require_tf_keras_model
 
-__all__ = ["ancestors", "MultiTaskPruningPolicy", "ROLES", "layer_roles", "prunable_kernel_count",
+__all__ = ["ancestors", "is_prunable", "MultiTaskPruningPolicy", "ROLES", "layer_roles",
+           "prunable_kernel_count",
            "head_kernel_count", "refuse_nested_models"]
 
 #: The roles a layer can have in a multi-task graph.
@@ -128,7 +129,27 @@ def _check_model(model):
         )
 
 
-def _has_prunable_weights(layer):
+def is_prunable(layer):
+    """Whether tfmot can wrap `layer` and the wrapper would prune a weight: the package's one rule.
+
+    True for a tfmot `PrunableLayer` (or any layer with `get_prunable_weights`,
+    e.g. the hybrid layers) and for a built layer of tfmot's registry whose
+    entry names prunable weights (Dense, Conv1D/2D/3D and their transposes,
+    SeparableConv1D/2D, Embedding, LocallyConnected, the RNN layers through
+    their cells, MultiHeadAttention). False for nested models (their layers
+    are asked one by one), for layers without weights (pooling, flatten) and
+    for registry entries without prunable weights: `DepthwiseConv2D` and
+    `BatchNormalization`, so a MobileNet trunk's depthwise kernels stay dense.
+    `MultiTaskPruningPolicy` (reweighted ℓ1, task-aware, hybrid) and
+    `dst.prune_for_dst` both decide by it.
+
+    Example:
+
+    >>> dense, depthwise = keras.layers.Dense(2), keras.layers.DepthwiseConv2D(3)
+    >>> dense.build((None, 4)); depthwise.build((None, 8, 8, 4))
+    >>> is_prunable(dense), is_prunable(depthwise)
+    (True, False)
+    """
     if isinstance(layer, PrunableLayer) or hasattr(layer, "get_prunable_weights"):
         return True
     if isinstance(layer, keras.Model) or not PruneRegistry.supports(layer):
@@ -202,7 +223,7 @@ class MultiTaskPruningPolicy(PruningPolicy):
         for layer in list(layers.values()):
             layers.update({inner.name: inner for inner in _inner_layers(layer)})
         return {name: role for name, role in self.roles.items()
-                if name in layers and _has_prunable_weights(layers[name])}
+                if name in layers and is_prunable(layers[name])}
 
     def prunable_layer_names(self, model):
         """The names of the layers of `model` this policy prunes (after `ensure_...`)."""
@@ -224,7 +245,7 @@ class MultiTaskPruningPolicy(PruningPolicy):
             )
         role = self.roles.get(layer.name)
         return (role in self.prune and layer.name not in self.exclude
-                and _has_prunable_weights(layer))
+                and is_prunable(layer))
 
 
 def _kernel_count(model, names):

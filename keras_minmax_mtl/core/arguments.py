@@ -2,7 +2,10 @@
 
 They are `argparse` types: a bad value raises `argparse.ArgumentTypeError`,
 which `kmm` prints as one line ``kmm: error: argument --flag: must be ...``
-(exit status 2). Nothing here imports TensorFlow.
+(exit status 2). Nothing here imports TensorFlow. They live in the core
+because both the command line (`cli`) and the registry of compression methods
+(`keras_minmax_mtl.sparsity.methods`, whose options are flags) use them, and
+imports only go down.
 
 Example:
 
@@ -15,7 +18,8 @@ import argparse
 import math
 
 __all__ = ["number", "finite", "integer", "positive_int", "non_negative_int", "seed",
-           "positive_float", "non_negative_float", "drop_fraction", "scale", "SEED_LIMIT"]
+           "positive_float", "non_negative_float", "drop_fraction", "unit_interval",
+           "signed_unit_interval", "share", "scale", "SEED_LIMIT"]
 
 
 def number(text):
@@ -92,6 +96,33 @@ def drop_fraction(text):
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], received {text}")
     return value
+
+
+def _in_range(text, low, high, rule):
+    """`float(text)` if ``low <= value`` and ``value <op> high`` (`rule` says which), else an error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    inside = low <= value <= high if rule.endswith("]") else low <= value < high
+    if not inside:
+        raise argparse.ArgumentTypeError(f"must be {rule}, received {text}")
+    return value
+
+
+def unit_interval(text):
+    """A number in [0, 1]."""
+    return _in_range(text, 0.0, 1.0, "in [0, 1]")
+
+
+def signed_unit_interval(text):
+    """A number in [-1, 1] (a similarity threshold)."""
+    return _in_range(text, -1.0, 1.0, "a number in [-1, 1]")
+
+
+def share(text):
+    """A number in [0, 1) (a share of a budget)."""
+    return _in_range(text, 0.0, 1.0, "in [0, 1)")
 
 
 def scale(text):
