@@ -30,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from keras_minmax_mtl.cli.arguments import positive_int  # noqa: E402
+from keras_minmax_mtl.core.arguments import positive_int  # noqa: E402
 
 CONFIGS = {
     "ew": dict(weighting="ew"),
