@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -315,3 +316,178 @@ def test_a_flag_of_a_method_the_run_does_not_use_is_refused(argv, flag, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"kmm: error: argument {flag}: only used with")
     assert not out.exists()
+
+
+# --- a fast and quiet command line (issue 14) ---
+
+#: Calls `main` on each argv in one fresh interpreter; prints, per argv, the exit status and
+#: whether TensorFlow was imported by then.
+NO_TENSORFLOW = r"""
+import json, sys
+from keras_minmax_mtl.cli import main as cli
+results = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    results.append([argv, status, "tensorflow" in sys.modules])
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def run_python(code, *args, timeout=300, cwd=None):
+    """`subprocess.run` of `python -c code args` with this checkout on the path."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=cwd)
+
+
+def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\x00" * 64)
+    cases = [
+        (["--help"], 0), (["train", "--help"], 0), (["export", "--help"], 0),
+        (["inspect", "--help"], 0), ([], 2), (["--bogus"], 2), (["train", "--bogus"], 2),
+        (["train", "--epochs", "0"], 2), (["train", "--weighting", "ew", "--gamma", "2"], 2),
+        (["train", "--pruning", "dst", "--dst-update-every", "100000", "--epochs", "1"], 2),
+        (["train", "--pruning", "task_aware", "--groups", "4"], 2),
+        (["train", "--pruning", "hybrid", "--sparsity", "1.5"], 2),
+        (["export", str(tmp_path / "missing")], 2), (["export", str(tmp_path)], 2),
+        (["inspect", str(tmp_path / "missing.tflite")], 2), (["inspect", str(junk)], 2),
+        (["-v", "train", "--epochs", "-1"], 2),
+    ]
+    done = run_python(NO_TENSORFLOW, json.dumps([argv for argv, _ in cases]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.split("RESULTS", 1)[1])
+    assert [[argv, status] for argv, status, _ in results] == [list(c) for c in cases]
+    assert [argv for argv, _, imported in results if imported] == []
+    errors = [line for line in done.stderr.splitlines() if line]
+    assert len(errors) == sum(status == 2 for _, status in cases) - 1  # no command: the help
+    assert all(line.startswith("kmm: error: ") for line in errors), errors
+
+
+def test_dataset_facts_of_the_flag_checks_are_the_datasets():
+    assert cli.DATASET_FACTS["multi_digits"] == {
+        "tasks": tuple(datasets.MULTI_DIGITS_TASKS),
+        "examples": dict(datasets.DEFAULT_NUM_EXAMPLES)}
+    assert set(cli.DATASET_FACTS) == set(cli.DATASETS)
+
+
+@pytest.mark.parametrize("argv, show_logs, verbose, progress", [
+    (["train"], False, 0, "compact"),
+    (["train", "--verbose", "0"], False, 0, "keras"),
+    (["train", "-v"], True, 1, "keras"),
+    (["train", "--verbose", "2"], True, 2, "keras"),
+    (["-v", "train"], True, 1, "keras"),
+    (["-v", "train", "--verbose", "2"], True, 2, "keras"),
+    (["export", "run"], False, None, None),
+    (["export", "run", "-v"], True, None, None),
+    (["-v", "export", "run"], True, None, None),
+    (["inspect", "-v", "f.tflite"], True, None, None),
+])
+def test_verbose_shows_the_logs_before_or_after_the_command(argv, show_logs, verbose, progress,
+                                                            monkeypatch):
+    from keras_minmax_mtl.cli import output
+
+    seen = {}
+
+    def stop(parser, args):
+        seen.update(show_logs=output.show_logs(args), verbose=args.verbose,
+                    progress=args.progress)
+        return 0
+
+    monkeypatch.setattr(cli, "_train_command", stop)
+    args = cli.build_parser().parse_args(argv)
+    if args.command == "train":
+        assert cli.main(argv) == 0
+        assert seen == {"show_logs": show_logs, "verbose": verbose, "progress": progress}
+    else:
+        assert output.show_logs(args) is show_logs
+
+
+def test_captured_output_holds_what_c_code_writes_and_shows_it_on_failure(capsys):
+    import ctypes
+
+    from keras_minmax_mtl.core.logs import captured_output
+
+    libc = ctypes.CDLL(None)
+    with captured_output() as captured:
+        os.write(1, b"fd one\n")
+        os.write(2, b"fd two\n")
+        libc.printf(b"buffered printf\n")  # flushed before the descriptors come back
+    assert captured.text.splitlines() == ["fd one", "fd two", "buffered printf"]
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with captured_output():
+            os.write(2, b"E0000 the real error\n")
+            raise RuntimeError("conversion failed")
+    assert capsys.readouterr().err == "E0000 the real error\n"
+    with captured_output(enabled=False) as shown:
+        pass
+    assert shown.text == ""
+
+
+def test_compact_progress_prints_loss_each_task_s_metric_and_weights():
+    from keras_minmax_mtl.cli.progress import format_epoch, main_metric
+
+    logs = {"loss": 2.46474, "left_loss": 2.2, "right_loss": 2.1, "left_accuracy": 0.18204,
+            "right_accuracy": 0.21151, "worst_loss": 2.2, "worst_accuracy": 0.18,
+            "left_weight": 0.29149, "right_weight": 0.70851, "val_loss": 2.4,
+            "val_left_accuracy": 0.2705, "val_right_accuracy": 0.369}
+    assert main_metric(logs, "left") == "accuracy"
+    line = format_epoch(3, 20, logs, ["left", "right"], seconds=1.234)
+    assert line == ("epoch  3/20  1.2s  loss 2.4647  accuracy train/val  left 0.182/0.271  "
+                    "right 0.212/0.369  weights  left 0.291  right 0.709")
+    assert format_epoch(1, 1, {"loss": 1.0, "a_loss": 0.5}, ["a"]) == "epoch 1/1  loss 1.0000  loss  a 0.500"
+
+
+#: TensorFlow's, absl's, LiteRT's and the TFLite converter's log lines.
+LOG_LINE = re.compile(r"^[IWEF]\d{4} |^WARNING: All log messages|cuda|oneDNN|absl|XNNPACK|"
+                      r"fully_quantize|^INFO: |^WARNING:tensorflow|tensorflow/|\.cc:\d+\]")
+
+#: One `kmm train --export edgetpu`, then `kmm export --target mobile` and `kmm inspect` of it,
+#: in one fresh interpreter (the train command imports TensorFlow, the export converts).
+TRAIN_EXPORT_INSPECT = r"""
+import sys
+from keras_minmax_mtl.cli import main as cli
+out, deploy = sys.argv[1], sys.argv[2]
+status = [cli.main(["train", "--epochs", "2", "--train-examples", "64", "--test-examples", "32",
+                    "--batch-size", "32", "--out", out, "--export", "edgetpu"]),
+          cli.main(["export", out, "--target", "mobile", "--quantization", "int8",
+                    "--samples", "16", "--out", deploy]),
+          cli.main(["inspect", deploy + "/model_mobile.tflite"])]
+print("STATUS", status)
+"""
+
+
+@pytest.fixture(scope="module")
+def quiet_run(tmp_path_factory):
+    """Output of TRAIN_EXPORT_INSPECT: (completed process, run folder, deploy folder)."""
+    root = tmp_path_factory.mktemp("quiet")
+    done = run_python(TRAIN_EXPORT_INSPECT, str(root / "run"), str(root / "deploy"), cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, root / "run", root / "deploy"
+
+
+def test_train_export_and_inspect_print_no_tensorflow_log_line(quiet_run):
+    done, _, _ = quiet_run
+    assert "STATUS [0, 0, 0]" in done.stdout
+    logs = [line for line in (done.stdout + done.stderr).splitlines() if LOG_LINE.search(line)]
+    assert logs == []
+    assert done.stderr == ""
+
+
+def test_train_prints_one_compact_line_per_epoch(quiet_run):
+    done, _, _ = quiet_run
+    epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    pattern = (r"epoch [12]/2  \d+\.\ds  loss \d\.\d{4}  accuracy train/val  "
+               r"left \d\.\d{3}/\d\.\d{3}  right \d\.\d{3}/\d\.\d{3}  sum \d\.\d{3}/\d\.\d{3}  "
+               r"weights  left \d\.\d{3}  right \d\.\d{3}  sum \d\.\d{3}")
+    assert len(epochs) == 2 and all(re.fullmatch(pattern, line) for line in epochs), epochs
+    assert max(len(line) for line in done.stdout.splitlines()) < 200

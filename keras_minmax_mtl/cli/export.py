@@ -20,6 +20,8 @@ import json
 import pathlib
 import sys
 
+from keras_minmax_mtl.cli.output import add_verbose_flag, import_tensorflow, show_logs
+
 __all__ = ["add_commands", "add_train_option", "run_command", "export_after_training", "fail"]
 
 #: `--structured` values and the `export_tflite(structured=...)` each stands for.
@@ -60,6 +62,8 @@ def add_commands(commands):
     inspect = commands.add_parser("inspect", help="size, sparsity, ops, inputs and outputs of a "
                                                   ".tflite file")
     inspect.add_argument("file", type=pathlib.Path, metavar="FILE.tflite")
+    for command in (export, inspect):
+        add_verbose_flag(command)
 
 
 def add_train_option(train_parser):
@@ -109,10 +113,11 @@ def _summary(path, report):
 
 
 def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
-                          outputs=None, structured="auto"):
+                          outputs=None, structured="auto", verbose=False):
     """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
 
-    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`). A
+    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`), and
+    `verbose` (show the converter's log). A
     failed verification (`ExportVerificationError`, `MicroOpError`) prints one
     line ``kmm: error: ...`` and exits with status 1, a refused argument
     (`ValueError`) with status 2; nothing is written either way.
@@ -124,7 +129,7 @@ def export_after_training(model, out, target, dataset, seed, samples=256, quanti
     try:
         report = export_tflite(model, path, target=target, quantization=quantization,
                                representative_data=_training_inputs(dataset, seed, samples),
-                               outputs=outputs, structured=structured)
+                               outputs=outputs, structured=structured, verbose=verbose)
     except (ExportVerificationError, MicroOpError) as error:
         fail(f"the export failed its verification, nothing was written: {error}", status=1)
     except ValueError as error:
@@ -195,12 +200,14 @@ def run_command(args):
     Errors print one line ``kmm: error: ...`` and raise `SystemExit` (2 for bad
     arguments and files, 1 for a failed verification); nothing is written.
     """
-    from keras_minmax_mtl.export.runtimes import TFLiteFileError
+    from keras_minmax_mtl.export.runtimes import TFLiteFileError, read_tflite
 
     if args.command == "inspect":
-        from keras_minmax_mtl.export.tflite import inspect_tflite
-
         try:
+            read_tflite(args.file)  # a missing or foreign file is refused before TensorFlow loads
+            import_tensorflow(show_logs(args))
+            from keras_minmax_mtl.export.tflite import inspect_tflite
+
             report = inspect_tflite(args.file)
         except TFLiteFileError as error:
             fail(f"argument FILE.tflite: {error}")
@@ -209,10 +216,11 @@ def run_command(args):
     from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 
     metrics, path = _check_export_arguments(args)
+    import_tensorflow(show_logs(args))
     try:
         model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
     except (UntrustedModelError, ModelFileError) as error:
         fail(error)
     return export_after_training(model, path.parent, args.target, metrics["dataset"],
                                  metrics["seed"], args.samples, args.quantization, args.outputs,
-                                 _STRUCTURED[args.structured])
+                                 _STRUCTURED[args.structured], verbose=show_logs(args))

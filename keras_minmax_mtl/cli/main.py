@@ -30,11 +30,11 @@ import time
 
 import numpy as np
 
-from keras_minmax_mtl.cli import arguments
+from keras_minmax_mtl.cli import arguments, output
 
 __all__ = ["main", "build_parser", "check_train_arguments", "default_out", "flag_message",
            "non_finite", "non_finite_weights", "UsageError", "RunFailed", "WEIGHTINGS",
-           "DATASETS"]
+           "DATASETS", "DATASET_FACTS"]
 
 #: `--weighting` names and what they build.
 WEIGHTINGS = {
@@ -57,12 +57,18 @@ PRUNINGS = {
 }
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
+#: What the flag checks need of each `--dataset` without importing it (its loader imports
+#: TensorFlow): the task names and the number of examples of each split by default.
+#: tests/test_cli.py checks them against `keras_minmax_mtl.data`.
+DATASET_FACTS = {"multi_digits": {"tasks": ("left", "right", "sum"),
+                                  "examples": {"train": 6000, "validation": 1000, "test": 2000}}}
 
 
 def build_parser():
     """The `kmm` argument parser: `train`, `export` and `inspect`."""
     parser = _Parser(
         prog="kmm", description="Compressed multi-task learning with min-max task weighting.")
+    output.add_verbose_flag(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train a multi-task model and report per-task test accuracy",
@@ -142,8 +148,7 @@ def build_parser():
     from keras_minmax_mtl.cli import hybrid as hybrid_cli
 
     hybrid_cli.add_arguments(train, arguments.non_negative_int)
-    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                       help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    output.add_train_verbose(train)
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/cli/export.py ---
     from keras_minmax_mtl.cli import export as export_commands
     export_commands.add_train_option(train)
@@ -307,10 +312,8 @@ def default_out(args):
 
 
 def _num_examples(args, split):
-    from keras_minmax_mtl.data import DEFAULT_NUM_EXAMPLES
-
     given = args.train_examples if split == "train" else args.test_examples
-    return given if given is not None else DEFAULT_NUM_EXAMPLES[split]
+    return given if given is not None else DATASET_FACTS[args.dataset]["examples"][split]
 
 
 def check_train_arguments(parser, args):
@@ -338,12 +341,10 @@ def check_train_arguments(parser, args):
     if args.pruning == "dst":
         _check_dst(args)
     if args.pruning == "task_aware":
-        from keras_minmax_mtl.data import MULTI_DIGITS_TASKS
-
         if not 0.0 <= args.sparsity < 1.0:
             raise UsageError(f"argument --sparsity: must be in [0, 1) (the fraction of the "
                              f"prunable weights removed). Received --sparsity {args.sparsity:g}")
-        tasks = len(MULTI_DIGITS_TASKS)
+        tasks = len(DATASET_FACTS[args.dataset]["tasks"])
         if args.groups is not None and args.groups > tasks:
             raise UsageError(f"argument --groups: must be in [1, {tasks}] (the number of tasks of "
                              f"{args.dataset}). Received --groups {args.groups}")
@@ -547,10 +548,15 @@ def _train(run, work):
         tasks = model.task_names
         print(f"kmm train: {args.dataset}, weighting={args.weighting}, tasks={tasks}, "
               f"epochs={args.epochs}, seed={args.seed}")
+        progress = []
+        if getattr(args, "progress", None) == "compact":
+            from keras_minmax_mtl.cli.progress import CompactProgress
+
+            progress = [CompactProgress(tasks, args.epochs)]
         start = time.perf_counter()
         history = model.fit(splits["train"], epochs=args.epochs,
                             validation_data=splits["validation"],
-                            callbacks=[weights, *(sparse.callbacks if sparse else [])],
+                            callbacks=[weights, *(sparse.callbacks if sparse else []), *progress],
                             verbose=args.verbose)
         train_seconds = time.perf_counter() - start
     except NonFiniteLossError as error:
@@ -592,7 +598,8 @@ def _train(run, work):
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     if getattr(args, "export", None):  # TFLite export (issue 5)
         from keras_minmax_mtl.cli.export import export_after_training
-        export_after_training(model, work, args.export, args.dataset, args.seed)
+        export_after_training(model, work, args.export, args.dataset, args.seed,
+                              verbose=output.show_logs(args))
     return metrics
 
 
@@ -606,6 +613,7 @@ def _train_command(parser, args):
         check_destination(out, args.overwrite)
     except RunFolderError as error:
         raise UsageError(f"argument --out: {error}") from None
+    output.import_tensorflow(output.show_logs(args))
     run = _Run(args)
     folder = RunFolder(out, args.overwrite)
     try:
@@ -630,24 +638,32 @@ def _train_command(parser, args):
 
 
 def main(argv=None):
-    """Entry point of the `kmm` console script; returns the exit status (2: bad flags, 1: failed run)."""
-    # The command line (not the library) quiets TensorFlow's C++ start-up log,
-    # unless the user chose a level; TensorFlow is imported after this point.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Entry point of the `kmm` console script; returns the exit status (2: bad flags, 1: failed run).
+
+    Nothing imports TensorFlow before the arguments are valid (`--help` and a
+    bad flag take a fraction of a second), and TensorFlow's logs are hidden
+    unless `-v` is given (`keras_minmax_mtl.cli.output`).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "train":
-            return _train_command(parser, args)
+        with output.quiet_tensorflow(output.show_logs(args)):
+            if args.command == "train":
+                # Without --verbose: Keras prints nothing, CompactProgress one line per epoch.
+                if args.verbose is None and args.show_logs:
+                    args.verbose = 1
+                args.progress = "compact" if args.verbose is None else "keras"
+                args.verbose = 0 if args.verbose is None else args.verbose
+                return _train_command(parser, args)
+            if args.command in ("export", "inspect"):  # TFLite export (issue 5)
+                from keras_minmax_mtl.cli.export import run_command
+                run_command(args)
     except UsageError as error:
         print(f"kmm: error: {' '.join(error.message.split())}", file=sys.stderr)
         raise
-    if args.command in ("export", "inspect"):  # TFLite export (issue 5)
-        from keras_minmax_mtl.cli.export import run_command
-        run_command(args)
     return 0
 
 
