@@ -459,8 +459,7 @@ from keras_minmax_mtl.cli import main as cli
 out, deploy = sys.argv[1], sys.argv[2]
 status = [cli.main(["train", "--epochs", "2", "--train-examples", "64", "--test-examples", "32",
                     "--batch-size", "32", "--out", out, "--export", "edgetpu"]),
-          cli.main(["export", out, "--target", "mobile", "--quantization", "int8",
-                    "--samples", "16", "--out", deploy]),
+          cli.main(["export", out, "--target", "mobile", "--samples", "16", "--out", deploy]),
           cli.main(["inspect", deploy + "/model_mobile.tflite"])]
 print("STATUS", status)
 """
@@ -490,4 +489,73 @@ def test_train_prints_one_compact_line_per_epoch(quiet_run):
                r"left \d\.\d{3}/\d\.\d{3}  right \d\.\d{3}/\d\.\d{3}  sum \d\.\d{3}/\d\.\d{3}  "
                r"weights  left \d\.\d{3}  right \d\.\d{3}  sum \d\.\d{3}")
     assert len(epochs) == 2 and all(re.fullmatch(pattern, line) for line in epochs), epochs
-    assert max(len(line) for line in done.stdout.splitlines()) < 200
+    assert max(len(line) for line in epochs) < 160  # Keras: 540-620 characters
+
+
+def test_export_prints_the_output_mapping_and_inspect_shows_it(quiet_run):
+    done, run, deploy = quiet_run
+    report = json.loads((run / "model_edgetpu_uncompiled.json").read_text())
+    outputs = report["outputs"]
+    assert sorted(outputs) == ["left", "right", "sum"]
+    assert sorted(o["position"] for o in outputs.values()) == [0, 1, 2]
+    assert [report["output_forms"][t] for t in outputs] == ["logits_above_floor"] * 3
+    for task, tensor in outputs.items():
+        zero = tensor["quantization"]["zero_point"][0]
+        floor = report["logit_floors"][task]
+        line = (f"    {task}: output {tensor['position']}, tensor {tensor['tensor']!r} (index "
+                f"{tensor['index']}), int8 {tensor['shape']}, logits above the floor "
+                f"t={floor:.4g}, max(z - t, 0) (the final softmax dropped: the same top-1 where "
+                f"max z > t); value = {tensor['quantization']['scale']:.6g} * (q "
+                f"{'+' if zero < 0 else '-'} {abs(zero)})")
+        assert line in done.stdout.splitlines(), (line, done.stdout)
+    assert "    left: output " in done.stdout.split("model_mobile.tflite", 1)[1]  # kmm export too
+    # kmm inspect (the JSON after the export's lines): the same mapping and every op's layer.
+    inspected = json.loads(done.stdout[done.stdout.index("\n{") + 1:done.stdout.index("STATUS")])
+    mobile = json.loads((deploy / "model_mobile.json").read_text())
+    assert inspected["outputs"] == mobile["outputs"]
+    assert {o["op"] for o in inspected["outputs"].values()} == {"SOFTMAX"}
+    layers = [op["layer"] for op in inspected["op_list"]]
+    assert layers == [op["layer"] for op in mobile["op_list"]]  # as export_tflite names them
+    assert None not in layers and {"trunk_conv1", "left", "right", "sum"} <= set(layers)
+
+
+def test_edgetpu_export_says_the_compiler_was_not_run_and_names_the_file_uncompiled(quiet_run):
+    import shutil
+
+    done, run, _ = quiet_run
+    assert shutil.which("edgetpu_compiler") is None  # this machine has no compiler
+    assert (run / "model_edgetpu_uncompiled.tflite").is_file()
+    assert not (run / "model_edgetpu.tflite").exists()
+    assert ("  Edge TPU: edgetpu_compiler was not found on PATH, so "
+            "model_edgetpu_uncompiled.tflite is not compiled") in done.stdout
+    assert "checked instead: the compiler's documented rules" in done.stdout
+    ops = len(json.loads((run / "model_edgetpu_uncompiled.json").read_text())["edgetpu"]["rules"]["ops"])
+    assert f"  Edge TPU rules: all {ops} ops would map to the Edge TPU" in done.stdout
+    assert "Edge TPU rules: all ops map" not in done.stdout
+
+
+def test_a_compiled_edgetpu_file_is_named_model_edgetpu(quiet_run, tmp_path):
+    from keras_minmax_mtl.cli.export import edgetpu_summary, export_name
+    from keras_minmax_mtl.export.targets import EdgeTPUTarget, compiled_name
+
+    assert export_name("edgetpu") == "model_edgetpu_uncompiled.tflite"
+    assert export_name("micro") == "model_micro.tflite"
+    assert compiled_name("model_edgetpu_uncompiled") == "model_edgetpu.tflite"
+    assert compiled_name("net") == "net_edgetpu.tflite"
+    compiler = tmp_path / "edgetpu_compiler"  # the real one's command line: -s -o DIR FILE
+    compiler.write_text('#!/bin/sh\ncp "$4" "$3/$(basename "$4" .tflite)_edgetpu.tflite"\n'
+                        'echo "Edge TPU Compiler version 16.0"\n')
+    compiler.chmod(0o755)
+    source = quiet_run[1] / "model_edgetpu_uncompiled.tflite"
+    work = tmp_path / "work"
+    work.mkdir()
+    staged = work / source.name
+    staged.write_bytes(source.read_bytes())
+    entries, files = EdgeTPUTarget(compiler=str(compiler)).extra_files(
+        staged, staged.read_bytes(), [], work)
+    assert sorted(files) == ["edgetpu_compiler.log", "model_edgetpu.tflite"]
+    assert files["model_edgetpu.tflite"].read_bytes() == source.read_bytes()
+    assert entries["edgetpu"]["compiler"]["compiled"] == "model_edgetpu.tflite"
+    lines = edgetpu_summary(staged, entries["edgetpu"])
+    assert lines[0] == ("  Edge TPU: compiled by edgetpu_compiler into model_edgetpu.tflite "
+                        "(log: edgetpu_compiler.log)")

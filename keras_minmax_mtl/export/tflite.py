@@ -585,14 +585,21 @@ def inspect_tflite(model, layer_names=()):
     Args:
         model: a path or the bytes of a `.tflite` file.
         layer_names: Keras layer names, to name the layer of each op.
-            Defaults to `()`.
+            Defaults to `()`: the layers are read from the file's tensor
+            names (`keras_minmax_mtl.export.edgetpu.op_layers`; `None` for an
+            op whose tensors do not name one).
 
     Returns:
         `{"bytes", "gzip_bytes", "sparse_tensors", "ops" (counts by op),
-        "op_list" ([{"op", "layer"}]), "inputs", "outputs" (keyed by signature
-        name: the task names for files written by `export_tflite`),
+        "op_list" ([{"op", "layer"}]), "inputs", "outputs",
         "tflite_kernel_sparsity" (zeros of the dense constant kernels, per
-        op and overall)}`.
+        op and overall)}`. `outputs` is keyed by signature name (the task
+        names for files written by `export_tflite`) and maps each to its
+        tensor: `tensor` (the file's opaque name, e.g.
+        ``"StatefulPartitionedCall:1"``), `index`, `position` (its place in
+        the subgraph's outputs, the order a runtime that reads outputs by
+        position sees: not the Keras order), `op` (the op that computes it:
+        `SOFTMAX` for probabilities), `shape`, `dtype` and `quantization`.
 
     Raises:
         keras_minmax_mtl.export.runtimes.TFLiteFileError: the file is missing, damaged,
@@ -600,7 +607,7 @@ def inspect_tflite(model, layer_names=()):
     """
     content = runtimes.read_tflite(model)
     details = runtimes.model_details(model)
-    layers = op_layers(details, layer_names) if layer_names else [None] * len(details["ops"])
+    layers = op_layers(details, layer_names)
     counts = {}
     for op in details["ops"]:
         counts[op["op"]] = counts.get(op["op"], 0) + 1
@@ -608,6 +615,13 @@ def inspect_tflite(model, layer_names=()):
     def describe(index):
         t = details["tensors"][index]
         return {"shape": t["shape"], "dtype": t["dtype"], "quantization": t["quantization"]}
+
+    producers = {o: op["op"] for op in details["ops"] for o in op["outputs"]}
+
+    def describe_output(index):
+        return {"tensor": details["tensors"][index]["name"], "index": index,
+                "position": details["outputs"].index(index) if index in details["outputs"] else None,
+                "op": producers.get(index), **describe(index)}
 
     signature = details["signature"] or {"inputs": {}, "outputs": {}}
     kernels = _kernel_zeros(content, details, layers)
@@ -618,7 +632,7 @@ def inspect_tflite(model, layer_names=()):
         "ops": counts,
         "op_list": [{"op": op["op"], "layer": layer} for op, layer in zip(details["ops"], layers)],
         "inputs": {name: describe(i) for name, i in signature["inputs"].items()},
-        "outputs": {name: describe(i) for name, i in signature["outputs"].items()},
+        "outputs": {name: describe_output(i) for name, i in signature["outputs"].items()},
         "tflite_kernel_sparsity": kernels,
     }
 
