@@ -559,3 +559,71 @@ def test_a_compiled_edgetpu_file_is_named_model_edgetpu(quiet_run, tmp_path):
     lines = edgetpu_summary(staged, entries["edgetpu"])
     assert lines[0] == ("  Edge TPU: compiled by edgetpu_compiler into model_edgetpu.tflite "
                         "(log: edgetpu_compiler.log)")
+
+
+# --- plots: each method's title, its prune step or mask updates, nothing cut off (issue 14) ---
+
+def test_task_weight_plot_titles_the_method_and_marks_its_events():
+    from argparse import Namespace
+
+    from keras_minmax_mtl.cli.plots import run_events, run_title, task_weights_figure, texts_outside
+
+    common = dict(dataset="multi_digits", weighting="minmax", seed=3, sparsity=0.9)
+    reweighted = Namespace(**common, pruning="reweighted_l1", sparsity_type="weight",
+                           dense_epochs=1, reweighted_epochs=2, retrain_epochs=1, epochs=4)
+    assert run_title(reweighted) == ("multi_digits: minmax task weights, seed 3\n"
+                                     "reweighted l1 (weight), 90% sparse")
+    assert run_events(reweighted, {}, 8) == [{"step": 9, "label": "reweighted l1 begins"},
+                                              {"step": 25, "label": "hard prune"}]
+    dst = Namespace(**common, pruning="dst", dst_method="rigl", epochs=3)
+    assert run_title(dst) == "multi_digits: minmax task weights, seed 3\nDST (rigl), 90% sparse"
+    updates = {"updates": [{"step": 4}, {"step": 8}, {"step": 12}]}
+    assert run_events(dst, updates, 8) == [{"step": s, "label": "DST mask update"} for s in (4, 8, 12)]
+    paper = Namespace(**{**vars(dst), "dst_method": "paper"})
+    assert [e["step"] for e in run_events(paper, {"updates": [{"step": 1}]}, 8)] == [8]
+    hybrid = Namespace(**common, pruning="hybrid", epochs=4, hybrid_dense_epochs=None,
+                       hybrid_prune_epochs=1)
+    assert run_events(hybrid, {}, 8) == [{"step": 17, "label": "prune"},
+                                          {"step": 25, "label": "prune ends"}]
+    task_aware = Namespace(**common, pruning="task_aware", epochs=2)
+    history = {"report": {"history": [{"step": 0}, {"step": 5}, {"step": 10}]}}
+    assert run_events(task_aware, history, 8) == [
+        {"step": s, "label": "task-aware re-allocation"} for s in (5, 10)]
+    dense = Namespace(**common, pruning="none", epochs=2)
+    assert run_title(dense) == "multi_digits: minmax task weights, seed 3\ndense"
+    assert run_events(dense, None, 8) == []
+
+    history = np.full((32, 3), 1 / 3)
+    long = ("multi_digits: minmax task weights, seed 0 -- reweighted l1 (unstructured), 80% sparse "
+            "with the global allocation")  # one line: cut off on both sides before
+    assert texts_outside(task_weights_figure(history, ["left", "right", "sum"], long)) == []
+    figure = task_weights_figure(history, ["left", "right", "sum"], run_title(reweighted), 8,
+                                 run_events(reweighted, {}, 8) + run_events(dst, updates, 8))
+    axes = figure.axes[0]
+    assert axes.get_title() == run_title(reweighted)
+    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert legend == ["left", "right", "sum", "uniform 1/K", "DST mask update (3x, steps 4-12)",
+                      "reweighted l1 begins (step 9)", "hard prune (step 25)"]
+    marked = {(line.get_xdata()[0], line.get_color()) for line in axes.get_lines()
+              if line.get_label() and list(line.get_xdata()) == [line.get_xdata()[0]] * 2}
+    assert {x for x, color in marked if color != "0.85"} == {4, 8, 12, 9, 25}
+    assert texts_outside(figure) == []
+
+
+def test_task_aware_allocation_panel_draws_a_single_allocation():
+    from keras_minmax_mtl.cli.plots import task_aware_figure, texts_outside
+
+    report = {"measurement": {"task_names": ["left", "right", "sum"],
+                              "similarity": np.eye(3).tolist()},
+              "groups": [["left", "right"], ["sum"]],
+              "history": [{"step": 0, "density": {"branch0": 0.2, "branch1": 0.05}}]}
+    figure = task_aware_figure(report, title="task-aware", last_step=48)
+    panel = figure.axes[-1]
+    assert panel.get_title() == "dynamic allocation (1 allocation)"
+    steps = [line for line in panel.get_lines() if line.get_label().startswith("branch")]
+    assert [list(line.get_xdata()) for line in steps] == [[0, 48], [0, 48]]
+    assert [list(line.get_ydata()) for line in steps] == [[0.2, 0.2], [0.05, 0.05]]
+    assert panel.get_xlim()[1] > panel.get_xlim()[0] and texts_outside(figure) == []
+    short = task_aware_figure(report)  # without the run's length: one step to the right
+    assert [list(line.get_xdata()) for line in short.axes[-1].get_lines()
+            if line.get_label().startswith("branch")] == [[0, 1], [0, 1]]

@@ -536,7 +536,7 @@ def _train(run, work):
     """
     from keras_minmax_mtl.core.callbacks import TaskWeightHistory
     from keras_minmax_mtl.core.multitask import NonFiniteLossError
-    from keras_minmax_mtl.cli.plots import plot_task_weights
+    from keras_minmax_mtl.cli.plots import plot_task_weights, run_events, run_title
 
     args, model, sparse, splits = run.args, run.model, run.sparse, run.splits
     out, work = pathlib.Path(args.out), pathlib.Path(work)
@@ -571,9 +571,6 @@ def _train(run, work):
 
     model.save(work / "model.keras")
     steps_per_epoch = len(weights.history) // args.epochs if args.epochs else None
-    plot_task_weights(weights.history, tasks, work / "task_weights.png",
-                      title=f"{args.dataset}: {args.weighting} task weights (seed {args.seed})",
-                      steps_per_epoch=steps_per_epoch)
     metrics = {
         "dataset": args.dataset,
         "weighting": args.weighting,
@@ -594,6 +591,9 @@ def _train(run, work):
     }
     if sparse is not None:
         metrics["pruning"] = _relocate(sparse.finish(model, work), work, out)
+    plot_task_weights(weights.history, tasks, work / "task_weights.png", title=run_title(args),
+                      steps_per_epoch=steps_per_epoch,
+                      events=run_events(args, metrics.get("pruning"), steps_per_epoch))
     _refuse_non_finite("metrics", non_finite(metrics))
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     if getattr(args, "export", None):  # TFLite export (issue 5)

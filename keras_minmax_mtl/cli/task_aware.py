@@ -124,6 +124,7 @@ class TaskAwareCliRun:
         stripped.save(path)
         (out / "task_aware.json").write_text(json.dumps(report, indent=2))
         plot_task_aware(report, out / "task_aware.png",
-                        title=f"task-aware, sparsity {self.args.sparsity} (seed {self.args.seed})")
+                        title=f"task-aware, sparsity {self.args.sparsity} (seed {self.args.seed})",
+                        last_step=int(model.optimizer.iterations.numpy()))
         print(f"wrote {path.name} (without pruning wrappers), task_aware.json, task_aware.png")
         return {"report": report, "stripped_model": str(path)}
