@@ -231,9 +231,6 @@ def _p(p):
 
 def plot(args, results, summary):
     """Writes the task-weight and the worst-vs-sparsity PNGs; returns their paths."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from keras_minmax_mtl.cli.plots import plot_task_weights
 
     paths = []
@@ -247,7 +244,19 @@ def plot(args, results, summary):
                               title=f"{args.dataset}, {LABELS[c]}: min-max task weights "
                                     f"(seed {seed})", steps_per_epoch=run["steps_per_epoch"])
             paths.append(path)
-    figure = Figure(figsize=(6.4, 4.0), dpi=90)
+    figure = worst_vs_sparsity_figure(args, summary)
+    path = args.out / "worst_vs_sparsity.png"
+    figure.savefig(path)
+    paths.append(path)
+    return paths
+
+
+def worst_vs_sparsity_figure(args, summary):
+    """The worst-task accuracy against sparsity, one marker per weighting and compression."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), dpi=90)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     markers = dict(zip(_runs.COMPRESSIONS, "os^Dvx<>p*"))
@@ -258,17 +267,15 @@ def plot(args, results, summary):
             axes.errorbar(x, cell["worst"]["mean"] * 100, yerr=cell["worst"]["std"] * 100,
                           fmt=markers[c], color=f"C{i}", capsize=3,
                           label=f"{w}, {LABELS[c]}")
-    axes.set_xlabel("sparsity of the prunable weights (%; hybrid: same non-zero count), "
-                   "weightings offset for legibility")
+    axes.set_xlabel("sparsity of the prunable weights (%; hybrid: same non-zero count)\n"
+                    "weightings offset for legibility", fontsize="small")
     axes.set_ylabel("worst-task test accuracy (%)")
-    axes.set_title(f"{args.dataset}: worst task vs sparsity (mean ± std, {len(args.seed_list)} seeds)")
+    axes.set_title(f"{args.dataset}: worst task vs sparsity\n(mean ± std, "
+                   f"{len(args.seed_list)} seeds)", fontsize="medium")
     axes.legend(fontsize=7, ncol=2)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    path = args.out / "worst_vs_sparsity.png"
-    figure.savefig(path)
-    paths.append(path)
-    return paths
+    return figure
 
 
 def build_parser():

@@ -95,3 +95,20 @@ def test_compare_exports_every_run_and_scores_the_files(compare, tmp_path):
     table = (tmp_path / "compare.md").read_text()
     assert (f"| dense | minmax | micro_int8 | {micro['bytes']} ± 0 | "
             f"{cell['worst']['mean'] * 100:.2f} ± 0.00 |") in table
+
+
+def test_worst_vs_sparsity_fits_its_labels_in_the_figure(compare):
+    """Every label of the plot is inside the PNG (the x label used to run off both sides)."""
+    from argparse import Namespace
+
+    from keras_minmax_mtl.cli.plots import texts_outside
+
+    compressions = list(compare["_runs"].COMPRESSIONS)
+    args = Namespace(weightings=["minmax", "ew", "uw", "dwa"], compressions=compressions,
+                     dataset="multi_digits", seed_list=[0, 1, 2])
+    summary = {c: {w: {"sparsity": 0.0 if c == "dense" else 0.9,
+                       "worst": {"mean": 0.5 + 0.01 * i, "std": 0.02}}
+                   for i, w in enumerate(args.weightings)} for c in compressions}
+    figure = compare["worst_vs_sparsity_figure"](args, summary)
+    assert "hybrid: same non-zero count" in figure.axes[0].get_xlabel()
+    assert texts_outside(figure) == []

@@ -20,7 +20,12 @@ import json
 import pathlib
 import sys
 
-__all__ = ["add_commands", "add_train_option", "run_command", "export_after_training", "fail"]
+import numpy as np
+
+from keras_minmax_mtl.cli.output import add_verbose_flag, import_tensorflow, show_logs
+
+__all__ = ["add_commands", "add_train_option", "run_command", "export_after_training", "fail",
+           "export_name", "output_mapping", "edgetpu_summary"]
 
 #: `--structured` values and the `export_tflite(structured=...)` each stands for.
 _STRUCTURED = {"auto": "auto", "on": True, "off": False}
@@ -60,6 +65,8 @@ def add_commands(commands):
     inspect = commands.add_parser("inspect", help="size, sparsity, ops, inputs and outputs of a "
                                                   ".tflite file")
     inspect.add_argument("file", type=pathlib.Path, metavar="FILE.tflite")
+    for command in (export, inspect):
+        add_verbose_flag(command)
 
 
 def add_train_option(train_parser):
@@ -90,6 +97,7 @@ def _summary(path, report):
                         f"{result['top1_tie_fraction']:.4f}" if agreement is not None else ""))
     lines.append(f"  verified in {report['verification']['runtime']} on "
                  f"{report['verification']['samples']} samples")
+    lines.extend(output_mapping(report))
     structured = report["structured"]
     if structured["applied"]:
         lines.append(f"  units removed (structured): weights {structured['params']['dense']} -> "
@@ -101,18 +109,75 @@ def _summary(path, report):
         lines.append(f"  TFLite Micro arena: {report['arena_bytes']} bytes; C array: "
                      f"{report['c_array']['source']}, {report['c_array']['header']}")
     if "edgetpu" in report:
-        rules = report["edgetpu"]["rules"]
-        lines.append(f"  Edge TPU rules: {'all ops map' if rules['all_on_edgetpu'] else 'CPU ops: '}"
-                     + ", ".join(f"{o['op']} ({o['layer']}): {o['reasons'][0]}"
-                                 for o in rules["cpu_ops"]))
+        lines.extend(edgetpu_summary(path, report["edgetpu"]))
     return "\n".join(lines)
 
 
+#: How each `output_forms` value of the report reads on the console.
+_FORMS = {"probabilities": "probabilities (the model's softmax)",
+          "logits": "logits (the final softmax dropped: the same top-1)",
+          "logits_above_floor": "logits above the floor t={floor:.4g}, max(z - t, 0) (the final "
+                                "softmax dropped: the same top-1 where max z > t)",
+          "as_model": "as the model computes it (no final softmax)"}
+
+
+def output_mapping(report):
+    """Console lines mapping each task to its output tensor in the file, and what it holds.
+
+    A `.tflite` file's outputs are not in the Keras order and have opaque
+    names (``StatefulPartitionedCall:1``); int8 files hold logits (or
+    logits above a floor), quantized. One line per task, from the report of
+    `export_tflite`: the position among the file's outputs, the tensor's
+    name and index, dtype and shape, its form and, when quantized, how to
+    dequantize it.
+    """
+    lines = ["  outputs by task (read them by signature name, not by position):"]
+    for task, tensor in report["outputs"].items():
+        form = report["output_forms"].get(task, "as_model")
+        floor = report.get("logit_floors", {}).get(task)
+        text = _FORMS.get(form, form).format(floor=floor if floor is not None else float("nan"))
+        line = (f"    {task}: output {tensor['position']}, tensor {tensor['tensor']!r} (index "
+                f"{tensor['index']}), {tensor['dtype']} {tensor['shape']}, {text}")
+        quantization = tensor.get("quantization")
+        if quantization and tensor["dtype"] in ("int8", "uint8"):
+            zero = np.ravel(quantization["zero_point"])[0]
+            line += (f"; value = {quantization['scale']:.6g} * (q {'+' if zero < 0 else '-'} "
+                     f"{abs(int(zero))})")
+        lines.append(line)
+    return lines
+
+
+def edgetpu_summary(path, edgetpu):
+    """What the Edge TPU export did: whether `edgetpu_compiler` ran, and what the rules check found."""
+    rules, compiler = edgetpu["rules"], edgetpu["compiler"]
+    ops = len(rules["ops"])
+    if not compiler.get("found"):
+        lines = [f"  Edge TPU: edgetpu_compiler was not found on PATH, so {path.name} is not "
+                 "compiled (an Edge TPU runs only a compiled file: run `edgetpu_compiler "
+                 f"{path.name}` where it is installed); checked instead: the compiler's "
+                 "documented rules (int8 ops it supports, static shapes, tensors <= 3-D), "
+                 "op by op"]
+    elif compiler.get("compiled") and compiler.get("returncode") == 0:
+        lines = [f"  Edge TPU: compiled by edgetpu_compiler into {compiler['compiled']} "
+                 f"(log: {compiler['log']})"]
+    else:
+        lines = [f"  Edge TPU: edgetpu_compiler failed (exit status {compiler.get('returncode')}, "
+                 f"no compiled file; log: {compiler['log']}); {path.name} is not compiled"]
+    if rules["all_on_edgetpu"]:
+        lines.append(f"  Edge TPU rules: all {ops} ops would map to the Edge TPU")
+    else:
+        lines.append(f"  Edge TPU rules: {len(rules['cpu_ops'])} of {ops} ops would run on the CPU: "
+                     + ", ".join(f"{o['op']} ({o['layer']}): {o['reasons'][0]}"
+                                 for o in rules["cpu_ops"]))
+    return lines
+
+
 def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
-                          outputs=None, structured="auto"):
+                          outputs=None, structured="auto", verbose=False):
     """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
 
-    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`). A
+    `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`), and
+    `verbose` (show the converter's log). A
     failed verification (`ExportVerificationError`, `MicroOpError`) prints one
     line ``kmm: error: ...`` and exits with status 1, a refused argument
     (`ValueError`) with status 2; nothing is written either way.
@@ -120,17 +185,28 @@ def export_after_training(model, out, target, dataset, seed, samples=256, quanti
     from keras_minmax_mtl.export.tflite import ExportVerificationError, export_tflite
     from keras_minmax_mtl.export.runtimes import MicroOpError
 
-    path = pathlib.Path(out) / f"model_{target}.tflite"
+    path = pathlib.Path(out) / export_name(target)
     try:
         report = export_tflite(model, path, target=target, quantization=quantization,
                                representative_data=_training_inputs(dataset, seed, samples),
-                               outputs=outputs, structured=structured)
+                               outputs=outputs, structured=structured, verbose=verbose)
     except (ExportVerificationError, MicroOpError) as error:
         fail(f"the export failed its verification, nothing was written: {error}", status=1)
     except ValueError as error:
         fail(error)
     print(_summary(path, report))
     return report
+
+
+def export_name(target):
+    """The file name `kmm export` writes for `target`: ``model_<target>.tflite``.
+
+    For `edgetpu` it is ``model_edgetpu_uncompiled.tflite``: the converted
+    full-int8 file, which an Edge TPU runs only once `edgetpu_compiler` has
+    compiled it (into ``model_edgetpu.tflite``, written beside it when the
+    compiler is installed; `keras_minmax_mtl.export.targets.compiled_name`).
+    """
+    return "model_edgetpu_uncompiled.tflite" if target == "edgetpu" else f"model_{target}.tflite"
 
 
 def fail(message, status=2):
@@ -182,7 +258,7 @@ def _check_export_arguments(args):
     blocking = _existing_file_above(out)
     if blocking is not None:
         fail(f"--out {str(out)!r} must be a folder, but {str(blocking)!r} is a file")
-    path = out / f"model_{args.target}.tflite"
+    path = out / export_name(args.target)
     for existing in (path, path.with_suffix(".json")):
         if existing.is_dir():
             fail(f"--out {str(out)!r}: {str(existing)!r} is a folder; the export would replace it")
@@ -195,12 +271,14 @@ def run_command(args):
     Errors print one line ``kmm: error: ...`` and raise `SystemExit` (2 for bad
     arguments and files, 1 for a failed verification); nothing is written.
     """
-    from keras_minmax_mtl.export.runtimes import TFLiteFileError
+    from keras_minmax_mtl.export.runtimes import TFLiteFileError, read_tflite
 
     if args.command == "inspect":
-        from keras_minmax_mtl.export.tflite import inspect_tflite
-
         try:
+            read_tflite(args.file)  # a missing or foreign file is refused before TensorFlow loads
+            import_tensorflow(show_logs(args))
+            from keras_minmax_mtl.export.tflite import inspect_tflite
+
             report = inspect_tflite(args.file)
         except TFLiteFileError as error:
             fail(f"argument FILE.tflite: {error}")
@@ -209,10 +287,11 @@ def run_command(args):
     from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 
     metrics, path = _check_export_arguments(args)
+    import_tensorflow(show_logs(args))
     try:
         model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
     except (UntrustedModelError, ModelFileError) as error:
         fail(error)
     return export_after_training(model, path.parent, args.target, metrics["dataset"],
                                  metrics["seed"], args.samples, args.quantization, args.outputs,
-                                 _STRUCTURED[args.structured])
+                                 _STRUCTURED[args.structured], verbose=show_logs(args))

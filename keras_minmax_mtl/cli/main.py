@@ -38,10 +38,11 @@ from keras_minmax_mtl.sparsity.methods import (
     OptionError,
     get_method,
 )
+from keras_minmax_mtl.cli import output
 
 __all__ = ["main", "build_parser", "check_train_arguments", "default_out", "flag_message",
            "non_finite", "non_finite_weights", "UsageError", "RunFailed", "WEIGHTINGS",
-           "DATASETS"]
+           "DATASETS", "DATASET_FACTS"]
 
 #: `--weighting` names and what they build.
 WEIGHTINGS = {
@@ -52,12 +53,18 @@ WEIGHTINGS = {
 }
 #: `--dataset` names.
 DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
+#: What the flag checks need of each `--dataset` without importing it (its loader imports
+#: TensorFlow): the task names and the number of examples of each split by default.
+#: tests/test_cli.py checks them against `keras_minmax_mtl.data`.
+DATASET_FACTS = {"multi_digits": {"tasks": ("left", "right", "sum"),
+                                  "examples": {"train": 6000, "validation": 1000, "test": 2000}}}
 
 
 def build_parser():
     """The `kmm` argument parser: `train`, `export` and `inspect`."""
     parser = _Parser(
         prog="kmm", description="Compressed multi-task learning with min-max task weighting.")
+    output.add_verbose_flag(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train", help="train a multi-task model and report per-task test accuracy",
@@ -127,8 +134,7 @@ def build_parser():
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=arguments.positive_int, default=None,
                       help="number of validation and test examples (default: the dataset's)")
-    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                       help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    output.add_train_verbose(train)
     # --- TFLite export (issue 5): logic in keras_minmax_mtl/cli/export.py ---
     from keras_minmax_mtl.cli import export as export_commands
     export_commands.add_train_option(train)
@@ -249,14 +255,12 @@ def default_out(args, method=None):
 
 
 def _num_examples(args, split):
-    from keras_minmax_mtl.data import DEFAULT_NUM_EXAMPLES
-
     given = args.train_examples if split == "train" else args.test_examples
-    return given if given is not None else DEFAULT_NUM_EXAMPLES[split]
+    return given if given is not None else DATASET_FACTS[args.dataset]["examples"][split]
 
 
 class _RunSize:
-    """What a method's `check_run` may ask of the run; each read when asked (they import data)."""
+    """What a method's `check_run` may ask of the run, from `DATASET_FACTS` (no TensorFlow)."""
 
     def __init__(self, args):
         self.args = args
@@ -268,9 +272,7 @@ class _RunSize:
 
     @property
     def num_tasks(self):
-        from keras_minmax_mtl.data import MULTI_DIGITS_TASKS
-
-        return len(MULTI_DIGITS_TASKS)
+        return len(DATASET_FACTS[self.dataset]["tasks"])
 
 
 def check_train_arguments(parser, args):
@@ -421,7 +423,7 @@ def _train(run, work):
     from keras_minmax_mtl.core.callbacks import TaskWeightHistory
     from keras_minmax_mtl.core.multitask import NonFiniteLossError
     from keras_minmax_mtl.cli import plots
-    from keras_minmax_mtl.cli.plots import plot_task_weights
+    from keras_minmax_mtl.cli.plots import plot_task_weights, run_events, run_title
 
     args, model, method, splits = run.args, run.model, run.method, run.splits
     out, work = pathlib.Path(args.out), pathlib.Path(work)
@@ -435,10 +437,15 @@ def _train(run, work):
         tasks = model.task_names
         print(f"kmm train: {args.dataset}, weighting={args.weighting}, tasks={tasks}, "
               f"epochs={args.epochs}, seed={args.seed}")
+        progress = []
+        if getattr(args, "progress", None) == "compact":
+            from keras_minmax_mtl.cli.progress import CompactProgress
+
+            progress = [CompactProgress(tasks, args.epochs)]
         start = time.perf_counter()
         history = model.fit(splits["train"], epochs=args.epochs,
                             validation_data=splits["validation"],
-                            callbacks=[weights, *method.callbacks],
+                            callbacks=[weights, *method.callbacks, *progress],
                             verbose=args.verbose)
         train_seconds = time.perf_counter() - start
     except NonFiniteLossError as error:
@@ -453,9 +460,6 @@ def _train(run, work):
 
     model.save(work / "model.keras")
     steps_per_epoch = len(weights.history) // args.epochs if args.epochs else None
-    plot_task_weights(weights.history, tasks, work / "task_weights.png",
-                      title=f"{args.dataset}: {args.weighting} task weights (seed {args.seed})",
-                      steps_per_epoch=steps_per_epoch)
     metrics = {
         "dataset": args.dataset,
         "weighting": args.weighting,
@@ -477,11 +481,15 @@ def _train(run, work):
     report = method.finish(model, work, plots)
     if report is not None:
         metrics["pruning"] = _relocate(report, work, out)
+    plot_task_weights(weights.history, tasks, work / "task_weights.png", title=run_title(args),
+                      steps_per_epoch=steps_per_epoch,
+                      events=run_events(args, metrics.get("pruning"), steps_per_epoch))
     _refuse_non_finite("metrics", non_finite(metrics))
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     if getattr(args, "export", None):  # TFLite export (issue 5)
         from keras_minmax_mtl.cli.export import export_after_training
-        export_after_training(model, work, args.export, args.dataset, args.seed)
+        export_after_training(model, work, args.export, args.dataset, args.seed,
+                              verbose=output.show_logs(args))
     return metrics
 
 
@@ -495,6 +503,7 @@ def _train_command(parser, args):
         check_destination(out, args.overwrite)
     except RunFolderError as error:
         raise UsageError(f"argument --out: {error}") from None
+    output.import_tensorflow(output.show_logs(args))
     run = _Run(args, method)
     folder = RunFolder(out, args.overwrite)
     try:
@@ -519,24 +528,32 @@ def _train_command(parser, args):
 
 
 def main(argv=None):
-    """Entry point of the `kmm` console script; returns the exit status (2: bad flags, 1: failed run)."""
-    # The command line (not the library) quiets TensorFlow's C++ start-up log,
-    # unless the user chose a level; TensorFlow is imported after this point.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Entry point of the `kmm` console script; returns the exit status (2: bad flags, 1: failed run).
+
+    Nothing imports TensorFlow before the arguments are valid (`--help` and a
+    bad flag take a fraction of a second), and TensorFlow's logs are hidden
+    unless `-v` is given (`keras_minmax_mtl.cli.output`).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "train":
-            return _train_command(parser, args)
+        with output.quiet_tensorflow(output.show_logs(args)):
+            if args.command == "train":
+                # Without --verbose: Keras prints nothing, CompactProgress one line per epoch.
+                if args.verbose is None and args.show_logs:
+                    args.verbose = 1
+                args.progress = "compact" if args.verbose is None else "keras"
+                args.verbose = 0 if args.verbose is None else args.verbose
+                return _train_command(parser, args)
+            if args.command in ("export", "inspect"):  # TFLite export (issue 5)
+                from keras_minmax_mtl.cli.export import run_command
+                run_command(args)
     except UsageError as error:
         print(f"kmm: error: {' '.join(error.message.split())}", file=sys.stderr)
         raise
-    if args.command in ("export", "inspect"):  # TFLite export (issue 5)
-        from keras_minmax_mtl.cli.export import run_command
-        run_command(args)
     return 0
 
 

@@ -46,19 +46,32 @@ EDGETPU_OPS = frozenset({
 _EIGHT_BIT = {"int8", "uint8"}
 
 
-def op_layers(details, layer_names):
+def op_layers(details, layer_names=None):
     """For each op of `model_details(...)`, the Keras layer it comes from (or `None`).
 
     TFLite names tensors after the TensorFlow ops that made them
     (`"model/left_hidden/MatMul;..."`); the layer is the first path segment
     that is a name in `layer_names`, looked up on the op's outputs first,
-    then on its inputs (the outputs of the last ops carry signature names).
+    then on its inputs (the outputs of the last ops carry signature names,
+    `"StatefulPartitionedCall:0"`, but their weights the layer's).
+
+    Without `layer_names` (a file read on its own) the layer is the second
+    segment of the first name of the form ``model/layer/op``: right for the
+    files `export_tflite` writes from a Functional model; `None` where no
+    tensor of the op is named that way (a file from elsewhere may name its
+    tensors otherwise, and a layer of a nested model is named by the nested
+    model's name).
     """
-    names = set(layer_names)
+    names = set(layer_names or ())
 
     def layer_of(tensor_index):
         for part in details["tensors"][tensor_index]["name"].split(";"):
-            for segment in part.split("/"):
+            segments = part.split("/")
+            if not names:
+                if len(segments) >= 3 and all(segments[:2]):
+                    return segments[1]
+                continue
+            for segment in segments:
                 if segment in names:
                     return segment
         return None

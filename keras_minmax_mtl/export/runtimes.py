@@ -24,7 +24,9 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["inspect_interpreter", 
+from keras_minmax_mtl.core.logs import captured_output
+
+__all__ = ["inspect_interpreter",
     "load_interpreter",
     "litert_package",
     "is_sparse_model",
@@ -216,7 +218,9 @@ def load_interpreter(model, num_threads=None, default_delegates=None):
             for dense ones.
 
     Returns:
-        An interpreter with its tensors allocated.
+        An interpreter with its tensors allocated. LiteRT's log lines while
+        it loads (``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``)
+        are captured, and shown only if loading fails.
 
     Raises:
         TFLiteFileError: the file is missing, empty, damaged, truncated or not
@@ -236,8 +240,9 @@ def load_interpreter(model, num_threads=None, default_delegates=None):
         default_delegates = not _is_sparse(_details(content, model))
     if not default_delegates:
         kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = _interpreter(model, content, **kwargs)
-    interpreter.allocate_tensors()
+    with captured_output():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = _interpreter(model, content, **kwargs)
+        interpreter.allocate_tensors()
     return interpreter
 
 

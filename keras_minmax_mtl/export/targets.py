@@ -19,7 +19,8 @@ import numpy as np
 from keras_minmax_mtl.export import runtimes
 from keras_minmax_mtl.export.edgetpu import check_edgetpu, op_layers, run_edgetpu_compiler
 
-__all__ = ["ExportTarget", "MobileTarget", "MicroTarget", "EdgeTPUTarget", "TARGETS", "get_target"]
+__all__ = ["ExportTarget", "MobileTarget", "MicroTarget", "EdgeTPUTarget", "TARGETS", "get_target",
+           "compiled_name"]
 
 QUANTIZATIONS = ("float", "dynamic", "int8")
 
@@ -151,6 +152,14 @@ class MicroTarget(ExportTarget):
 class EdgeTPUTarget(ExportTarget):
     """Coral Edge TPU: dense full-int8, batch 1, static shapes, checked against the compiler's rules.
 
+    The file written is the converted full-int8 model, which the Edge TPU
+    runs only once `edgetpu_compiler` has compiled it. When the compiler is
+    on `PATH` it is run and its output is written beside the file under
+    `compiled_name` (`x_uncompiled.tflite` -> `x.tflite`, else
+    `x_edgetpu.tflite`, the compiler's own naming); the report's
+    `edgetpu["compiler"]` says whether it was found, and `edgetpu["rules"]`
+    what the Python check of the compiler's rules found.
+
     Args:
         io_dtype: `"int8"` or `"uint8"` inputs and outputs. Defaults to `"int8"`.
         compiler: the `edgetpu_compiler` executable, run if found on `PATH`
@@ -179,13 +188,25 @@ class EdgeTPUTarget(ExportTarget):
             compiled["log"] = "edgetpu_compiler.log"
             if compiled.get("compiled"):
                 import pathlib
-                name = pathlib.Path(compiled["compiled"]).name
+                name = compiled_name(pathlib.Path(path).stem)
                 files[name] = pathlib.Path(compiled["compiled"])
                 compiled["compiled"] = name
         return {"edgetpu": {"rules": check, "compiler": compiled}}, files
 
     def get_config(self):
         return {"io_dtype": self.io_dtype, "compiler": self.compiler}
+
+
+def compiled_name(stem):
+    """The name of the compiled Edge TPU file made from the file `<stem>.tflite`.
+
+    ``"model_edgetpu_uncompiled"`` -> ``"model_edgetpu.tflite"`` (the name
+    `kmm export` gives the uncompiled file); any other stem `x` ->
+    ``"x_edgetpu.tflite"``, as `edgetpu_compiler` names its output.
+    """
+    suffix = "_uncompiled"
+    return (stem[:-len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix)
+            else stem + "_edgetpu") + ".tflite"
 
 
 #: Target names and classes.

@@ -45,6 +45,7 @@ from keras_minmax_mtl.export import surgery
 from keras_minmax_mtl.export.deployable import deployable_model, output_tasks
 from keras_minmax_mtl.export.edgetpu import op_layers
 from keras_minmax_mtl.core.checks import is_real
+from keras_minmax_mtl.core.logs import captured_output
 from keras_minmax_mtl.export.logits import (OUTPUT_FORMS, unwrapped, floorable_outputs, logit_floors,
                                      softmax_outputs, without_softmax)
 from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_keras_model
@@ -149,7 +150,7 @@ def _samples(representative_data, model, num_samples):
     return data
 
 
-def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype):
+def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype, verbose=False):
     output_names = list(model.output_names)
 
     @tf.function(input_signature=specs)
@@ -177,7 +178,8 @@ def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.as_dtype(io_dtype)
         converter.inference_output_type = tf.as_dtype(io_dtype)
-    return converter.convert()
+    with captured_output(enabled=not verbose):
+        return converter.convert()
 
 
 def _keras_outputs(model, tasks, samples, what="the Keras model"):
@@ -300,7 +302,8 @@ def _check_shrunk(reference, got, tolerance):
 
 def export_tflite(model, path, target="mobile", representative_data=None, quantization=None,
                   sparse_storage="auto", num_samples=256, float_tolerance=1e-4,
-                  min_top1_agreement=None, outputs=None, structured="auto", floor_margin=0.1):
+                  min_top1_agreement=None, outputs=None, structured="auto", floor_margin=0.1,
+                  verbose=False):
     r"""Exports `model` to a `.tflite` file for `target`, verified by running it.
 
     Args:
@@ -366,11 +369,16 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             The shrunk model's outputs are checked against the original's
             (within ``float_tolerance·(1 + |y|)``), and the file is verified
             against the original model. Defaults to `"auto"`.
-
         floor_margin: how far below the smallest top logit of the samples
             the int8 logit floor goes, as a fraction of their spread (the
             `margin` of `logits.logit_floors`), a number `>= 0`. Defaults to
             `0.1` (checked on the validation split: `benchmarks/floor_margin.py`).
+        verbose: let the TFLite converter print its log (its MLIR passes and
+            ``fully_quantize: ...`` lines, written from C++ to the process's
+            stdout and stderr). Defaults to `False`: the log is captured
+            (`keras_minmax_mtl.core.logs.captured_output`) and printed only
+            if the conversion fails.
+
     Returns:
         The report (also written as JSON): `bytes`, `gzip_bytes`, `storage`,
         `sparsity` (per-layer and overall, of the Keras kernels), `ops`,
@@ -418,6 +426,8 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
         raise ValueError(f"Argument `num_samples` must be an integer > 0. "
                          f"Received: num_samples={num_samples!r}")
 
+    if not isinstance(verbose, bool):
+        raise ValueError(f"Argument `verbose` must be True or False. Received: verbose={verbose!r}")
     base, tasks = deployable_model(model)
     stripped = base  # its kernels and layer names; the copies below have the same names
     shrunk, structured_report = _structured(base, structured, target)
@@ -458,10 +468,10 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
     candidates = {}
     if sparse_storage in ("auto", False):
         candidates["dense"] = _convert(converted, tasks, specs, quantization, False, samples,
-                                       target.io_dtype)
+                                       target.io_dtype, verbose)
     if sparse_storage in ("auto", True):
         candidates["sparse"] = _convert(converted, tasks, specs, quantization, True, samples,
-                                        target.io_dtype)
+                                        target.io_dtype, verbose)
     storage = min(candidates, key=lambda k: len(candidates[k]))
     content = candidates[storage]
     if storage == "sparse" and not runtimes.is_sparse_model(content):
@@ -575,14 +585,21 @@ def inspect_tflite(model, layer_names=()):
     Args:
         model: a path or the bytes of a `.tflite` file.
         layer_names: Keras layer names, to name the layer of each op.
-            Defaults to `()`.
+            Defaults to `()`: the layers are read from the file's tensor
+            names (`keras_minmax_mtl.export.edgetpu.op_layers`; `None` for an
+            op whose tensors do not name one).
 
     Returns:
         `{"bytes", "gzip_bytes", "sparse_tensors", "ops" (counts by op),
-        "op_list" ([{"op", "layer"}]), "inputs", "outputs" (keyed by signature
-        name: the task names for files written by `export_tflite`),
+        "op_list" ([{"op", "layer"}]), "inputs", "outputs",
         "tflite_kernel_sparsity" (zeros of the dense constant kernels, per
-        op and overall)}`.
+        op and overall)}`. `outputs` is keyed by signature name (the task
+        names for files written by `export_tflite`) and maps each to its
+        tensor: `tensor` (the file's opaque name, e.g.
+        ``"StatefulPartitionedCall:1"``), `index`, `position` (its place in
+        the subgraph's outputs, the order a runtime that reads outputs by
+        position sees: not the Keras order), `op` (the op that computes it:
+        `SOFTMAX` for probabilities), `shape`, `dtype` and `quantization`.
 
     Raises:
         keras_minmax_mtl.export.runtimes.TFLiteFileError: the file is missing, damaged,
@@ -590,7 +607,7 @@ def inspect_tflite(model, layer_names=()):
     """
     content = runtimes.read_tflite(model)
     details = runtimes.model_details(model)
-    layers = op_layers(details, layer_names) if layer_names else [None] * len(details["ops"])
+    layers = op_layers(details, layer_names)
     counts = {}
     for op in details["ops"]:
         counts[op["op"]] = counts.get(op["op"], 0) + 1
@@ -598,6 +615,13 @@ def inspect_tflite(model, layer_names=()):
     def describe(index):
         t = details["tensors"][index]
         return {"shape": t["shape"], "dtype": t["dtype"], "quantization": t["quantization"]}
+
+    producers = {o: op["op"] for op in details["ops"] for o in op["outputs"]}
+
+    def describe_output(index):
+        return {"tensor": details["tensors"][index]["name"], "index": index,
+                "position": details["outputs"].index(index) if index in details["outputs"] else None,
+                "op": producers.get(index), **describe(index)}
 
     signature = details["signature"] or {"inputs": {}, "outputs": {}}
     kernels = _kernel_zeros(content, details, layers)
@@ -608,7 +632,7 @@ def inspect_tflite(model, layer_names=()):
         "ops": counts,
         "op_list": [{"op": op["op"], "layer": layer} for op, layer in zip(details["ops"], layers)],
         "inputs": {name: describe(i) for name, i in signature["inputs"].items()},
-        "outputs": {name: describe(i) for name, i in signature["outputs"].items()},
+        "outputs": {name: describe_output(i) for name, i in signature["outputs"].items()},
         "tflite_kernel_sparsity": kernels,
     }
 
