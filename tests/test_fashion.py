@@ -130,3 +130,45 @@ def test_missing_copy_says_how_to_get_it(tmp_path, fashion_dir):
         load_multi_fashion("val", data_dir=fashion_dir)
     with pytest.raises(ValueError, match="Received: num_examples=0"):
         load_multi_fashion("test", num_examples=0, data_dir=fashion_dir)
+
+
+def test_kmm_train_on_multi_fashion_reports_accuracies_and_the_regression(fashion_dir, tmp_path,
+                                                                          capsys):
+    import json
+
+    from keras_minmax_mtl.cli import main as cli
+    from keras_minmax_mtl.data import fashion
+
+    assert cli.DATASET_FACTS["multi_fashion"] == {
+        "tasks": tuple(fashion.MULTI_FASHION_TASKS),
+        "examples": dict(fashion.MULTI_FASHION_DEFAULT_EXAMPLES)}
+    assert cli.DATA_DIRS["multi_fashion"] == (fashion.DEFAULT_DATA_DIR, tuple(sorted(
+        fashion.FASHION_FILES.values())))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "multi_fashion", "--data-dir", str(fashion_dir),
+                     "--epochs", "1", "--train-examples", "64", "--test-examples", "32",
+                     "--batch-size", "32", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ink    test MAE" in printed and "(a regression)" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["test_accuracy"]) == ["left", "right"]
+    assert sorted(metrics["test_mae"]) == ["ink"]
+    assert metrics["worst_task"] in ("left", "right")
+    assert metrics["arguments"]["data_dir"] == str(fashion_dir)
+
+
+def test_kmm_train_refuses_a_data_dir_without_the_files_before_tensorflow(tmp_path, capsys):
+    from keras_minmax_mtl.cli import main as cli
+
+    for argv, message in [
+        (["--dataset", "multi_fashion", "--data-dir", str(tmp_path)],
+         f"argument --data-dir: '{tmp_path}' lacks t10k-images-idx3-ubyte.gz"),
+        (["--data-dir", str(tmp_path)], "argument --data-dir: only used with --dataset multi_fashion"),
+        (["--normalize-losses", "maybe"], "argument --normalize-losses: invalid choice: 'maybe'"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", *argv, "--out", str(tmp_path / "run")])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()

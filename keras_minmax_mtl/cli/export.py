@@ -77,13 +77,20 @@ def add_train_option(train_parser):
                               help="after training, export the model for this target into --out")
 
 
-def _training_inputs(dataset, seed, samples):
-    from keras_minmax_mtl import data as datasets
+#: The datasets `kmm export` takes representative samples from (their training split).
+DATASETS = ("multi_digits", "multi_fashion")
 
-    if dataset != "multi_digits":
-        raise ValueError(f"No representative data for dataset {dataset!r}.")
-    x, _ = datasets.load_multi_digits("train", seed=seed, num_examples=samples)
-    return x
+
+def _training_inputs(dataset, seed, samples, data_dir=None):
+    if dataset == "multi_digits":
+        from keras_minmax_mtl.data.digits import load_multi_digits
+
+        return load_multi_digits("train", seed=seed, num_examples=samples)[0]
+    if dataset == "multi_fashion":
+        from keras_minmax_mtl.data.fashion import load_multi_fashion
+
+        return load_multi_fashion("train", seed=seed, num_examples=samples, data_dir=data_dir)[0]
+    raise ValueError(f"No representative data for dataset {dataset!r}.")
 
 
 def _summary(path, report):
@@ -173,7 +180,7 @@ def edgetpu_summary(path, edgetpu):
 
 
 def export_after_training(model, out, target, dataset, seed, samples=256, quantization=None,
-                          outputs=None, structured="auto", verbose=False):
+                          outputs=None, structured="auto", verbose=False, data_dir=None):
     """Exports a trained model into `out` (the `--export` of `kmm train`); returns the report.
 
     `structured` is passed to `export_tflite` (`"auto"`, `True` or `False`), and
@@ -188,7 +195,8 @@ def export_after_training(model, out, target, dataset, seed, samples=256, quanti
     path = pathlib.Path(out) / export_name(target)
     try:
         report = export_tflite(model, path, target=target, quantization=quantization,
-                               representative_data=_training_inputs(dataset, seed, samples),
+                               representative_data=_training_inputs(dataset, seed, samples,
+                                                                    data_dir),
                                outputs=outputs, structured=structured, verbose=verbose)
     except (ExportVerificationError, MicroOpError) as error:
         fail(f"the export failed its verification, nothing was written: {error}", status=1)
@@ -244,10 +252,10 @@ def _check_export_arguments(args):
     if not isinstance(metrics, dict) or not all(k in metrics for k in ("dataset", "seed")):
         fail(f"argument MODEL_DIR: {str(model_dir / 'metrics.json')!r} lacks the keys 'dataset' "
              "and 'seed' that `kmm train` writes")
-    if metrics["dataset"] != "multi_digits":
+    if metrics["dataset"] not in DATASETS:
         fail(f"argument MODEL_DIR: {str(model_dir / 'metrics.json')!r} names the dataset "
              f"{metrics['dataset']!r}, for which `kmm export` has no representative data "
-             "(it has for: multi_digits)")
+             f"(it has for: {', '.join(DATASETS)})")
     if args.samples <= 0:
         fail(f"--samples must be an integer > 0, received {args.samples}")
     allowed = TARGETS[args.target].quantizations
@@ -294,4 +302,5 @@ def run_command(args):
         fail(error)
     return export_after_training(model, path.parent, args.target, metrics["dataset"],
                                  metrics["seed"], args.samples, args.quantization, args.outputs,
-                                 _STRUCTURED[args.structured], verbose=show_logs(args))
+                                 _STRUCTURED[args.structured], verbose=show_logs(args),
+                                 data_dir=(metrics.get("arguments") or {}).get("data_dir"))

@@ -52,12 +52,24 @@ WEIGHTINGS = {
     "dwa": "dynamic weight average (Liu et al. 2019, T=2)",
 }
 #: `--dataset` names.
-DATASETS = {"multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)"}
+DATASETS = {
+    "multi_digits": "two handwritten digits per canvas; tasks left, right, sum (shipped)",
+    "multi_fashion": "two Fashion-MNIST items per canvas; tasks left, right (10-way) and ink "
+                     "(a regression, L1), from a local copy (--data-dir)",
+}
 #: What the flag checks need of each `--dataset` without importing it (its loader imports
 #: TensorFlow): the task names and the number of examples of each split by default.
 #: tests/test_cli.py checks them against `keras_minmax_mtl.data`.
 DATASET_FACTS = {"multi_digits": {"tasks": ("left", "right", "sum"),
-                                  "examples": {"train": 6000, "validation": 1000, "test": 2000}}}
+                                  "examples": {"train": 6000, "validation": 1000, "test": 2000}},
+                 "multi_fashion": {"tasks": ("left", "right", "ink"),
+                                   "examples": {"train": 20000, "validation": 5000, "test": 10000}}}
+#: The datasets read from a folder (`--data-dir`): its default and the files it must hold.
+DATA_DIRS = {"multi_fashion": ("/usr/share/datasets/fashion-mnist",
+                               ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                                "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"))}
+#: `--normalize-losses` values and the library's `normalize_losses`.
+NORMALIZE = {"auto": "auto", "on": True, "off": False}
 
 
 def build_parser():
@@ -91,8 +103,12 @@ def build_parser():
                        help="Adam learning rate (default: %(default)s)")
     train.add_argument("--scale", type=arguments.scale, default=1.0,
                        help="multiplies the weighted loss: a number > 0 or 'num_tasks' (default: 1)")
-    train.add_argument("--normalize-losses", action="store_true",
-                       help="divide each task loss by its first-step value")
+    train.add_argument("--normalize-losses", nargs="?", const="on", default=None,
+                       choices=sorted(NORMALIZE),
+                       help="divide each task loss by its first-step value: on (the bare flag), "
+                            "off, or auto (when the first losses differ more than 10x, i.e. are "
+                            "of different scales). Default: the library's: auto for minmax, off "
+                            "for the others")
     minmax = train.add_argument_group("min-max weighting")
     minmax.add_argument("--step-size", type=arguments.positive_float, default=0.02,
                         help="ascent step 1/beta (default: %(default)s)")
@@ -129,7 +145,12 @@ def build_parser():
             option.add_to(target)
             owners[option.dest] = (option.flag, option.default, "pruning", (name,))
     # --- end of sparsity ---
-    data = train.add_argument_group("data size")
+    data = train.add_argument_group("data")
+    data.add_argument("--data-dir", type=pathlib.Path, default=None,
+                      help="the folder of the dataset's files, for --dataset multi_fashion: "
+                           "Fashion-MNIST's four idx .gz files (default: "
+                           f"{DATA_DIRS['multi_fashion'][0]}, where Debian's "
+                           "dataset-fashion-mnist puts them)")
     data.add_argument("--train-examples", type=arguments.positive_int, default=None,
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=arguments.positive_int, default=None,
@@ -144,6 +165,7 @@ def build_parser():
     # {dest: (flag, default, the deciding flag's dest, the choices that use it)}.
     owners.update({action.dest: (action.option_strings[-1], action.default, "weighting",
                                  ("minmax",)) for action in minmax._group_actions})
+    owners["data_dir"] = ("--data-dir", None, "dataset", tuple(DATA_DIRS))
     parser.flag_owners = owners
     return parser
 
@@ -291,41 +313,65 @@ def check_train_arguments(parser, args):
         raise UsageError(str(error)) from None
     vars(args).update(method.settings)
     args.epochs = method.epochs
+    _check_data_dir(args)
     if args.out is None:
         args.out = default_out(args, method)
     return method
 
 
+def _check_data_dir(args):
+    """`--data-dir` holds the dataset's files (checked before TensorFlow is imported)."""
+    if args.dataset not in DATA_DIRS:
+        return
+    default, files = DATA_DIRS[args.dataset]
+    folder = args.data_dir if args.data_dir is not None else pathlib.Path(default)
+    missing = [name for name in files if not (folder / name).is_file()]
+    if missing:
+        where = "" if args.data_dir is not None else " (the default)"
+        raise UsageError(
+            f"argument --data-dir: {str(folder)!r}{where} lacks {', '.join(missing)}; "
+            f"--dataset {args.dataset} reads a local copy of Fashion-MNIST (nothing is "
+            f"downloaded): `apt-get install dataset-fashion-mnist` puts the files in {default}, "
+            f"or pass the folder that holds them. Received --data-dir {args.data_dir}")
+    args.data_dir = folder
+
+
 def _load_dataset(args):
-    from keras_minmax_mtl import data as datasets
+    """`(splits, base model, losses, metrics)` of `--dataset`, each task's metric its main one."""
     from keras_minmax_mtl.data import networks
 
     if args.dataset == "multi_digits":
-        with _Flags("train data"):
-            train = datasets.multi_digits("train", seed=args.seed,
-                                          num_examples=args.train_examples,
-                                          batch_size=args.batch_size)
-        with _Flags("test data"):
-            splits = {
-                "train": train,
-                "validation": datasets.multi_digits("validation", seed=args.seed,
-                                                    num_examples=args.test_examples,
-                                                    batch_size=args.batch_size),
-                "test": datasets.multi_digits("test", seed=args.seed,
-                                              num_examples=args.test_examples,
-                                              batch_size=args.batch_size),
-            }
-        with _Flags("network"):
-            base = networks.multi_digits_network(seed=args.seed)
-        losses = {task: "sparse_categorical_crossentropy" for task in base.output_names}
-        return splits, base, losses
-    raise AssertionError(args.dataset)  # argparse restricts the choices
+        from keras_minmax_mtl.data.digits import multi_digits as load
+        network, extra = networks.multi_digits_network, {}
+    else:
+        from keras_minmax_mtl.data.fashion import multi_fashion as load
+        network, extra = networks.multi_fashion_network, {"data_dir": args.data_dir}
+    with _Flags("train data"):
+        train = load("train", seed=args.seed, num_examples=args.train_examples,
+                     batch_size=args.batch_size, **extra)
+    with _Flags("test data"):
+        splits = {
+            "train": train,
+            "validation": load("validation", seed=args.seed, num_examples=args.test_examples,
+                               batch_size=args.batch_size, **extra),
+            "test": load("test", seed=args.seed, num_examples=args.test_examples,
+                         batch_size=args.batch_size, **extra),
+        }
+    with _Flags("network"):
+        base = network(seed=args.seed)
+    regression = {"ink"} if args.dataset == "multi_fashion" else set()
+    losses = {task: "mae" if task in regression else "sparse_categorical_crossentropy"
+              for task in base.output_names}
+    metrics = {task: ["mae" if task in regression else "accuracy"] for task in base.output_names}
+    return splits, base, losses, metrics
 
 
 def _build_model(args, base):
     import keras_minmax_mtl as kmm
 
-    common = dict(scale=args.scale, normalize_losses=args.normalize_losses)
+    common = dict(scale=args.scale)
+    if args.normalize_losses is not None:
+        common["normalize_losses"] = NORMALIZE[args.normalize_losses]
     if args.weighting == "minmax":
         return kmm.MinMaxMultiTask(base, step_size=args.step_size, gamma=args.gamma,
                                    update_every=args.update_every, update_on=args.update_on,
@@ -348,13 +394,13 @@ class _Run:
         self.args = args
         self.method = method
         keras.utils.set_random_seed(args.seed)
-        self.splits, base, losses = _load_dataset(args)
+        self.splits, base, losses, metrics = _load_dataset(args)
         with _Flags(args.pruning if args.pruning != "none" else "weighting"):
             base = method.wrap(base, steps_per_epoch(self.splits["train"]))
         with _Flags("weighting"):
             self.model = _build_model(args, base)
             self.model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
-                               metrics={task: ["accuracy"] for task in self.model.task_names})
+                               metrics=metrics)
 
 
 def non_finite(value, path=""):
@@ -400,14 +446,23 @@ def _relocate(value, work, out):
     return value
 
 
-def format_table(task_names, accuracies, worst_task):
-    """The per-task accuracy table printed at the end of `kmm train`."""
+def format_table(task_names, accuracies, worst_task, errors=None):
+    """The per-task table printed at the end of `kmm train`.
+
+    `accuracies` holds the classification tasks (the worst and the mean are
+    over them); `errors` the regression tasks' test mean absolute error.
+    """
+    errors = errors or {}
     width = max(len("mean"), *(len(t) for t in task_names))
     lines = [f"{'task':<{width}}  test accuracy"]
     for task in task_names:
-        mark = "  <- worst" if task == worst_task else ""
-        lines.append(f"{task:<{width}}  {accuracies[task]:13.4f}{mark}")
-    lines.append(f"{'mean':<{width}}  {np.mean([accuracies[t] for t in task_names]):13.4f}")
+        if task in accuracies:
+            mark = "  <- worst" if task == worst_task else ""
+            lines.append(f"{task:<{width}}  {accuracies[task]:13.4f}{mark}")
+    lines.append(f"{'mean':<{width}}  {np.mean([accuracies[t] for t in accuracies]):13.4f}")
+    for task in task_names:
+        if task in errors:
+            lines.append(f"{task:<{width}}  test MAE {errors[task]:.4f} (a regression)")
     return "\n".join(lines)
 
 
@@ -453,10 +508,11 @@ def _train(run, work):
     test = model.evaluate(splits["test"], verbose=0, return_dict=True)
     _refuse_non_finite("weights", non_finite_weights(model))
     _refuse_non_finite("test metrics", non_finite({k: float(v) for k, v in test.items()}))
-    accuracy = {task: float(test[f"{task}_accuracy"]) for task in tasks}
-    worst_task = min(tasks, key=accuracy.get)
+    accuracy = {task: float(test[f"{task}_accuracy"]) for task in tasks if f"{task}_accuracy" in test}
+    errors = {task: float(test[f"{task}_mae"]) for task in tasks if f"{task}_mae" in test}
+    worst_task = min(accuracy, key=accuracy.get)
     print()
-    print(format_table(tasks, accuracy, worst_task))
+    print(format_table(tasks, accuracy, worst_task, errors))
 
     model.save(work / "model.keras")
     steps_per_epoch = len(weights.history) // args.epochs if args.epochs else None
@@ -469,6 +525,7 @@ def _train(run, work):
         "tasks": tasks,
         "test_accuracy": accuracy,
         "test_loss": {task: float(test[f"{task}_loss"]) for task in tasks},
+        **({"test_mae": errors} if errors else {}),
         "worst_task": worst_task,
         "worst_accuracy": accuracy[worst_task],
         "mean_accuracy": float(np.mean(list(accuracy.values()))),
@@ -489,7 +546,7 @@ def _train(run, work):
     if getattr(args, "export", None):  # TFLite export (issue 5)
         from keras_minmax_mtl.cli.export import export_after_training
         export_after_training(model, work, args.export, args.dataset, args.seed,
-                              verbose=output.show_logs(args))
+                              verbose=output.show_logs(args), data_dir=args.data_dir)
     return metrics
 
 

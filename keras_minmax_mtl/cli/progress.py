@@ -60,18 +60,22 @@ def format_epoch(epoch, epochs, logs, tasks, seconds=None):
         parts.append(f"loss {logs['loss']:.4f}")
     metric = main_metric(logs, tasks[0]) if tasks else "loss"
     validation = any(f"val_{task}_{metric}" in logs for task in tasks)
-    values = []
+    values, others = [], []
     for task in tasks:
-        train = logs.get(f"{task}_{metric}")
+        own = metric if f"{task}_{metric}" in logs else main_metric(logs, task)
+        train = logs.get(f"{task}_{own}")
         if train is None:
             continue
         value = f"{train:.3f}"
-        if validation and f"val_{task}_{metric}" in logs:
-            value += f"/{logs[f'val_{task}_{metric}']:.3f}"
-        values.append(f"{task} {value}")
+        if validation and f"val_{task}_{own}" in logs:
+            value += f"/{logs[f'val_{task}_{own}']:.3f}"
+        # a task whose main metric is another one (a regression's mae) names it
+        (values if own == metric else others).append(
+            f"{task} {value}" if own == metric else f"{task} {own} {value}")
     if values:
         parts.append(f"{metric} train/val" if validation else metric)
         parts.extend(values)
+    parts.extend(others)
     weights = [f"{task} {logs[f'{task}_weight']:.3f}" for task in tasks
                if f"{task}_weight" in logs]
     if weights:
