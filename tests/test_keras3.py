@@ -80,6 +80,7 @@ def test_frozen_network_weights_reach_the_closed_form(runs, backend):
     np.testing.assert_allclose(
         run["weights"], iterate(kmm.ProjectedGradientAscent(0.2, 2.0), run["losses"], 40), atol=1e-6)
     assert run["logged_weights"] == run["weights"]
+    assert run["evaluate_keys"] == ["alpha_loss", "alpha_weight", "loss", "zeta_loss", "zeta_weight"]
     assert abs(sum(run["weights"]) - 1) < 1e-6 and min(run["weights"]) >= 0
 
 

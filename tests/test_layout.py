@@ -116,3 +116,14 @@ def test_registered_names_do_not_depend_on_module_paths():
 def test_docs_layout_is_fresh():
     assert (ROOT / "docs" / "layout.md").read_text() == imports.layout(), (
         "docs/layout.md is stale: run `python tools/imports.py --layout > docs/layout.md`")
+
+
+def test_pyproject_installs_every_subpackage():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found = sorted("keras_minmax_mtl" + ("." + p.parent.relative_to(ROOT / "keras_minmax_mtl").as_posix()
+                                         if p.parent != ROOT / "keras_minmax_mtl" else "")
+                   for p in (ROOT / "keras_minmax_mtl").rglob("__init__.py"))
+    assert sorted(config["tool"]["setuptools"]["packages"]) == [f.replace("/", ".") for f in found]
+    assert "jax==0.10.2" in config["project"]["optional-dependencies"]["keras3"]
