@@ -104,9 +104,15 @@ def list_outputs_match_plain_keras():
     before_plain = plain.evaluate(x, targets, batch_size=16, verbose=0, return_dict=True)
     before_ours = ours.evaluate(x, {"out_b": y["out_b"], "out_a": y["out_a"]}, batch_size=16,
                                 verbose=0, return_dict=True)
+    weights = np.linspace(0.0, 2.0, len(x)).astype("float32")  # one sample weight for every task
+    weighted_plain = plain.evaluate(x, targets, sample_weight=weights, batch_size=16, verbose=0,
+                                    return_dict=True)
+    weighted_ours = ours.evaluate(x, targets, sample_weight=weights, batch_size=16, verbose=0,
+                                  return_dict=True)
     plain.fit(x, targets, batch_size=8, epochs=2, shuffle=False, verbose=0)
     history = ours.fit(x, targets, batch_size=8, epochs=2, shuffle=False, verbose=0)
     return {"tasks": list(ours.task_names), "plain": before_plain, "ours": before_ours,
+            "weighted_plain": weighted_plain, "weighted_ours": weighted_ours,
             "history_keys": sorted(history.history),
             "max_weight_difference": max(float(np.max(np.abs(a - b))) for a, b in
                                          zip(plain.get_weights(), ours_base.get_weights())),
@@ -174,6 +180,15 @@ def bad_inputs():
     again = MinMaxWeighting.from_config(weighting.get_config())
     messages["round_trip"] = [again.get_config()[k] == weighting.get_config()[k]
                               for k in ("step_size", "gamma", "update_every", "ascent")]
+    from keras_minmax_mtl.keras3 import EqualWeighting, LatestValue
+    wrapped = MultiTaskModel(list_model(), weighting=MinMaxWeighting(0.3, 1.5, 3, "exponentiated"),
+                             scale="num_tasks")
+    copy = MultiTaskModel.from_config(wrapped.get_config())
+    messages["model_round_trip"] = [type(copy.weighting).__name__, copy.weighting.get_config()["ascent"],
+                                    copy.weighting.update_every, copy.scale, list(copy.task_names)]
+    messages["other_round_trips"] = [
+        type(EqualWeighting.from_config(EqualWeighting().get_config())).__name__,
+        LatestValue.from_config(LatestValue("a_weight").get_config()).name]
     return messages
 
 

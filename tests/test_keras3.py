@@ -105,6 +105,8 @@ def test_list_outputs_losses_and_an_equal_weighting_step_equal_plain_keras(runs,
     assert run["tasks"] == ["out_a", "out_b"]  # list outputs: the output layers' names
     for key in ("loss", "out_a_loss", "out_b_loss"):
         assert run["ours"][key] == run["plain"][key], key
+        assert run["weighted_ours"][key] == run["weighted_plain"][key], key
+    assert run["weighted_ours"]["out_a_loss"] != run["ours"]["out_a_loss"]  # the weights mattered
     assert run["ours"]["out_a_weight"] == run["ours"]["out_b_weight"] == 0.5
     # EW with scale="num_tasks" is the plain sum: four SGD steps give the same network.
     assert run["max_weight_difference"] == 0.0
@@ -146,6 +148,9 @@ def test_bad_arguments_are_refused_with_their_names(runs, backend):
     for name, message in expected.items():
         assert message in errors[name], (name, errors[name])
     assert errors["round_trip"] == [True] * 4
+    assert errors["model_round_trip"] == ["MinMaxWeighting", "exponentiated", 3, "num_tasks",
+                                          ["out_a", "out_b"]]
+    assert errors["other_round_trips"] == ["EqualWeighting", "a_weight"]
 
 
 def test_the_path_imports_neither_tf_keras_nor_tfmot_and_jax_runs_without_tensorflow(runs):
