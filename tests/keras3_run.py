@@ -213,7 +213,29 @@ def legacy(messages):
             "weights": numpy(model.task_weights), "tf_keras_class": type(legacy_model).__module__}
 
 
+def mirrored(messages):
+    """Training under a two-replica `tf.distribute.MirroredStrategy` is refused, naming why."""
+    import tensorflow as tf
+    keras, _ = _keras()
+    from keras_minmax_mtl.keras3 import MinMaxMultiTask
+    x, y = data()
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = MinMaxMultiTask(dict_model(), step_size=0.2, gamma=2.0)
+        model.compile(keras.optimizers.SGD(0.0), loss={"zeta": "mse", "alpha": "mae"})
+    try:
+        model.fit(x, {"zeta": y["zeta"], "alpha": y["alpha"]}, batch_size=16, epochs=1, verbose=0)
+        messages["mirrored"] = "accepted"
+    except NotImplementedError as error:
+        messages["mirrored"] = str(error)
+    messages["mirrored_steps"] = int(numpy(model.train_step_counter))
+
+
 def main(out):
+    if os.environ.get("KERAS_BACKEND") == "tensorflow":
+        # Two logical CPUs for `mirrored`, set before TensorFlow initialises.
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     keras, _ = _keras()
     result = {"backend": keras.backend.backend()}
     result["frozen_projected"] = frozen("projected", 0.2, 2.0, steps=40)
@@ -229,6 +251,7 @@ def main(out):
     with tempfile.TemporaryDirectory() as folder:
         result["save_load"] = save_load_continue(os.path.join(folder, "model.keras"))
     if result["backend"] == "tensorflow":
+        mirrored(result["errors"])
         result["legacy"] = legacy(result["errors"])
     with open(out, "w") as f:
         json.dump(result, f, indent=1, default=float)

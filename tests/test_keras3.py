@@ -167,3 +167,11 @@ def test_it_trains_after_tfmot_set_legacy_keras_and_refuses_tf_keras_models_nami
     assert "Received a tf_keras (Keras 2) model" in message
     assert "TF_USE_LEGACY_KERAS=1 (tensorflow_model_optimization sets it" in message
     assert "`keras_minmax_mtl.MinMaxMultiTask`" in message
+
+
+def test_training_under_tf_distribute_is_refused_not_silently_wrong(runs):
+    errors = runs["tensorflow"]["errors"]
+    assert errors["mirrored"].startswith(
+        "keras_minmax_mtl.keras3 does not support `tf.distribute` yet: this model trains under "
+        "MirroredStrategy with 2 replicas")
+    assert errors["mirrored_steps"] == 0  # refused before any step

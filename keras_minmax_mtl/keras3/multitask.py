@@ -55,6 +55,28 @@ def _check_loss_spec(task, spec):
                          f"`keras.losses.Loss`. Received: {spec!r}")
 
 
+def _refuse_tf_distribute():
+    """Raises under a `tf.distribute` strategy of more than one replica (TensorFlow back-end).
+
+    There Keras 3 scales each replica's loss by ``1/replicas`` and the replicas would climb
+    their weights from their own batches: the task weights would silently differ from a
+    single-device run (checked: 0.478 against 0.427 after one step on two CPU replicas).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf  # the TensorFlow back-end is running: already imported
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        raise NotImplementedError(
+            f"keras_minmax_mtl.keras3 does not support `tf.distribute` yet: this model trains "
+            f"under {type(tf.distribute.get_strategy()).__name__} with {replicas} replicas, whose "
+            f"per-replica losses would give each replica its own task weights. Train on one "
+            f"device, or use the tf_keras path (`keras_minmax_mtl.MinMaxMultiTask`), which "
+            f"all-reduces the losses."
+        )
+
+
 @register
 class MultiTaskModel(keras.Model):
     r"""A multi-output Keras 3 model trained on a weighted sum of its task losses.
@@ -228,6 +250,8 @@ class MultiTaskModel(keras.Model):
         the objective has read the current ones.
         """
         del x
+        if training:
+            _refuse_tf_distribute()
         losses = self.task_losses(y, y_pred, sample_weight)
         objective = self._scale_value * self.weighting.descent_loss(losses)
         for extra in self.losses:
