@@ -158,7 +158,7 @@ def bad_inputs():
     def refused(name, make):
         try:
             make()
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RuntimeError) as error:
             messages[name] = f"{type(error).__name__}: {error}"
         else:
             messages[name] = "accepted"
@@ -176,6 +176,10 @@ def bad_inputs():
     refused("loss_missing", lambda: model.compile("sgd", loss={"zeta": "mse"}))
     refused("loss_unknown_name", lambda: model.compile("sgd", loss={"zeta": "mse", "alpha": "msee"}))
     refused("loss_list_length", lambda: model.compile("sgd", loss=["mse"]))
+    refused("not_compiled", lambda: model.task_losses({"zeta": np.zeros((2, 1))}, {}))
+    model.compile("sgd", loss="mse")
+    refused("targets", lambda: model.task_losses(
+        {"zeta": np.zeros((2, 1)), "beta": np.zeros((2, 2))}, {}))
     weighting = MinMaxWeighting(step_size=0.3, gamma=1.5, update_every=3, ascent="exponentiated")
     again = MinMaxWeighting.from_config(weighting.get_config())
     messages["round_trip"] = [again.get_config()[k] == weighting.get_config()[k]

@@ -144,6 +144,9 @@ def test_bad_arguments_are_refused_with_their_names(runs, backend):
                         "Received: missing ['alpha'], unknown []",
         "loss_unknown_name": "Argument `loss` for task 'alpha': Could not interpret loss identifier: msee",
         "loss_list_length": "Argument `loss` as a list must hold one loss per task ['alpha', 'zeta']",
+        "not_compiled": "RuntimeError: The model must be compiled (with a loss per task)",
+        "targets": "ValueError: Argument `y` must hold the targets of exactly the tasks ['alpha', 'zeta'] "
+                   "(a dict by task, or a list in task order). Received: ['beta', 'zeta']",
     }
     for name, message in expected.items():
         assert message in errors[name], (name, errors[name])
