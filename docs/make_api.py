@@ -18,6 +18,7 @@ OUT = ROOT / "docs" / "api.md"
 #: Modules in reading order: the core first, then sparsity, export, data, tools.
 MODULES = [
     "keras_minmax_mtl", "keras_minmax_mtl.weighting.simplex", "keras_minmax_mtl.weighting.ascent",
+    "keras_minmax_mtl.weighting.maths",
     "keras_minmax_mtl.core.task_weighting", "keras_minmax_mtl.weighting.minmax", "keras_minmax_mtl.weighting.uncertainty",
     "keras_minmax_mtl.weighting.dwa", "keras_minmax_mtl.core.multitask", "keras_minmax_mtl.core.callbacks",
     "keras_minmax_mtl.cli.plots", "keras_minmax_mtl.core.serialization", "keras_minmax_mtl.core.logs", "keras_minmax_mtl.loading",
@@ -32,6 +33,7 @@ MODULES = [
     "keras_minmax_mtl.data", "keras_minmax_mtl.data.networks", "keras_minmax_mtl.data.nyuv2_metrics",
     "keras_minmax_mtl.cli.main", "keras_minmax_mtl.cli.run_folder",
     "keras_minmax_mtl.cli.export", "keras_minmax_mtl.cli.output", "keras_minmax_mtl.cli.progress",
+    "keras_minmax_mtl.keras3.multitask", "keras_minmax_mtl.keras3.weighting",
 ]
 
 

@@ -20,7 +20,31 @@ def test_import_graph_has_no_cycles_no_upward_and_no_private_imports():
     assert result["private"] == []
     assert result["deferred_outside_cli"] == []
     assert {p.split(".")[1] for p in result["packages"]} == {
-        "core", "weighting", "sparsity", "export", "data", "cli"}
+        "core", "weighting", "sparsity", "export", "data", "cli", "keras3"}
+    # The Keras 3 path takes only the argument checks and the shared maths from the rest.
+    assert {t for name, targets in result["edges"].items() if name.startswith("keras_minmax_mtl.keras3")
+            for t in targets if not t.startswith("keras_minmax_mtl.keras3")} == {
+        "keras_minmax_mtl.core.checks", "keras_minmax_mtl.weighting.maths"}
+
+
+def test_the_checker_keeps_keras3_to_its_modules_and_out_of_the_other_parts(tmp_path, monkeypatch):
+    pkg = tmp_path / "keras_minmax_mtl"
+    for sub in ("core", "weighting", "keras3"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "checks.py").write_text("")
+    (pkg / "core" / "backend.py").write_text("")
+    (pkg / "weighting" / "maths.py").write_text("from keras_minmax_mtl.core import checks\n")
+    (pkg / "weighting" / "ascent.py").write_text("from keras_minmax_mtl.core import backend\n")
+    (pkg / "keras3" / "ok.py").write_text(
+        "from keras_minmax_mtl.core import checks\nfrom keras_minmax_mtl.weighting import maths\n")
+    (pkg / "keras3" / "bad.py").write_text("from keras_minmax_mtl.weighting import ascent\n")
+    (pkg / "core" / "up.py").write_text("from keras_minmax_mtl.keras3 import ok\n")
+    monkeypatch.setattr(imports, "ROOT", pkg)
+    assert sorted(imports.analyse()["upward"]) == [
+        "keras_minmax_mtl.core.up:1 imports keras_minmax_mtl.keras3.ok",
+        "keras_minmax_mtl.keras3.bad:1 imports keras_minmax_mtl.weighting.ascent"]
 
 
 def test_the_checker_sees_a_cycle_an_upward_import_and_a_private_name(tmp_path, monkeypatch):
@@ -48,7 +72,8 @@ def _modules_after(code):
     """The heavy modules loaded by `code` in a fresh interpreter."""
     probe = (f"import sys\n{code}\n"
              "heavy = ['tensorflow', 'tf_keras', 'tensorflow_model_optimization',\n"
-             "         'ai_edge_litert', 'tflite_micro', 'matplotlib', 'sklearn']\n"
+             "         'ai_edge_litert', 'tflite_micro', 'matplotlib', 'sklearn',\n"
+             "         'keras_minmax_mtl.keras3']\n"
              "print(' '.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=ROOT)
@@ -60,7 +85,8 @@ def test_top_level_import_is_light_and_the_core_pulls_no_tfmot_or_tflite():
     core = _modules_after("import keras_minmax_mtl as k\nk.MinMaxMultiTask\nk.UncertaintyWeighting\n"
                           "k.DynamicWeightAverage\nk.TaskWeightHistory")
     assert {"tensorflow", "tf_keras"} <= core
-    assert not core & {"tensorflow_model_optimization", "ai_edge_litert", "tflite_micro"}
+    assert not core & {"tensorflow_model_optimization", "ai_edge_litert", "tflite_micro",
+                       "keras_minmax_mtl.keras3"}
 
 
 def test_every_public_name_resolves_from_its_module():
@@ -90,3 +116,14 @@ def test_registered_names_do_not_depend_on_module_paths():
 def test_docs_layout_is_fresh():
     assert (ROOT / "docs" / "layout.md").read_text() == imports.layout(), (
         "docs/layout.md is stale: run `python tools/imports.py --layout > docs/layout.md`")
+
+
+def test_pyproject_installs_every_subpackage():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found = sorted("keras_minmax_mtl" + ("." + p.parent.relative_to(ROOT / "keras_minmax_mtl").as_posix()
+                                         if p.parent != ROOT / "keras_minmax_mtl" else "")
+                   for p in (ROOT / "keras_minmax_mtl").rglob("__init__.py"))
+    assert sorted(config["tool"]["setuptools"]["packages"]) == [f.replace("/", ".") for f in found]
+    assert "jax==0.10.2" in config["project"]["optional-dependencies"]["keras3"]

@@ -8,25 +8,18 @@ The inner problem of the min-max objective is, for fixed per-task losses
     \max_{w \in \Delta_K}\ f(w) = w^\top L - \frac{\gamma}{2}\|w - \tfrac{1}{K}\mathbf{1}\|^2 ,
 
 whose gradient is ``G = L − γ (w − 1/K)``. An ascent rule maps the current
-weights and losses to the next weights; each rule is one small class.
+weights and losses to the next weights; each rule is one small class. The
+maths of every rule is in `keras_minmax_mtl.weighting.maths` (one
+implementation, shared with the Keras 3 path); the classes here run it with
+TensorFlow ops and carry the hyper-parameters for `tf_keras` serialization.
 """
 import tensorflow as tf
 
-from keras_minmax_mtl.core.checks import check_finite_real
 from keras_minmax_mtl.core.backend import register
-from keras_minmax_mtl.weighting.simplex import project_to_simplex
+from keras_minmax_mtl.weighting import maths
+from keras_minmax_mtl.weighting.simplex import TENSORFLOW_OPS
 
 __all__ = ["AscentRule", "ProjectedGradientAscent", "ExponentiatedGradientAscent", "closed_form_weights"]
-
-
-def _check_hyper_parameters(step_size, gamma):
-    step_size = check_finite_real(step_size, "step_size")
-    gamma = check_finite_real(gamma, "gamma")
-    if not step_size > 0:
-        raise ValueError(f"Argument `step_size` must be > 0. Received: step_size={step_size}")
-    if not gamma >= 0:
-        raise ValueError(f"Argument `gamma` must be >= 0. Received: gamma={gamma}")
-    return step_size, gamma
 
 
 def closed_form_weights(losses, gamma):
@@ -45,14 +38,9 @@ def closed_form_weights(losses, gamma):
     >>> closed_form_weights([1.0, 2.0, 3.0], gamma=5.0).numpy()
     array([0.13333333, 0.3333333 , 0.53333336], dtype=float32)
     """
-    gamma = check_finite_real(gamma, "gamma")
-    if not gamma > 0:
-        raise ValueError(
-            f"Argument `gamma` must be > 0 for the closed form to exist. Received: gamma={gamma}"
-        )
+    gamma = maths.check_closed_form_gamma(gamma)
     losses = tf.convert_to_tensor(losses, tf.float32)
-    k = tf.cast(tf.shape(losses)[-1], losses.dtype)
-    return project_to_simplex(1.0 / k + losses / gamma)
+    return maths.closed_form_weights(losses, gamma, TENSORFLOW_OPS)
 
 
 class AscentRule:
@@ -72,12 +60,11 @@ class AscentRule:
     """
 
     def __init__(self, step_size=0.02, gamma=5.0):
-        self.step_size, self.gamma = _check_hyper_parameters(step_size, gamma)
+        self.step_size, self.gamma = maths.check_ascent_hyper_parameters(step_size, gamma)
 
     def gradient(self, weights, losses):
         """``G = L − γ (w − 1/K)``, the gradient of the inner objective."""
-        k = tf.cast(tf.shape(weights)[-1], weights.dtype)
-        return losses - self.gamma * (weights - 1.0 / k)
+        return maths.ascent_gradient(weights, losses, self.gamma, TENSORFLOW_OPS)
 
     def __call__(self, weights, losses):
         raise NotImplementedError
@@ -118,7 +105,8 @@ class ProjectedGradientAscent(AscentRule):
     """
 
     def __call__(self, weights, losses):
-        return project_to_simplex(weights + self.step_size * self.gradient(weights, losses))
+        return maths.projected_gradient_step(weights, losses, self.step_size, self.gamma,
+                                             TENSORFLOW_OPS)
 
 
 @register
@@ -147,5 +135,5 @@ class ExponentiatedGradientAscent(AscentRule):
     """
 
     def __call__(self, weights, losses):
-        logits = tf.math.log(weights) + self.step_size * self.gradient(weights, losses)
-        return tf.nn.softmax(logits, axis=-1)
+        return maths.exponentiated_gradient_step(weights, losses, self.step_size, self.gamma,
+                                                 TENSORFLOW_OPS)

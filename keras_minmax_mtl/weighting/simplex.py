@@ -6,7 +6,44 @@ projection back onto it.
 """
 import tensorflow as tf
 
-__all__ = ["project_to_simplex", "uniform_weights"]
+from keras_minmax_mtl.weighting import maths
+
+__all__ = ["project_to_simplex", "uniform_weights", "TENSORFLOW_OPS"]
+
+
+class _TensorFlowOps:
+    """The names of `keras.ops` that `keras_minmax_mtl.weighting.maths` uses, in TensorFlow ops."""
+
+    max = staticmethod(tf.reduce_max)
+    sum = staticmethod(tf.reduce_sum)
+    sort = staticmethod(tf.sort)  # ascending, as `keras.ops.sort`
+    cumsum = staticmethod(tf.cumsum)
+    maximum = staticmethod(tf.maximum)
+    cast = staticmethod(tf.cast)
+    log = staticmethod(tf.math.log)
+    softmax = staticmethod(tf.nn.softmax)
+
+    @staticmethod
+    def flip(x, axis):
+        return tf.reverse(x, [axis])
+
+    @staticmethod
+    def shape(x):
+        return tf.shape(x)  # dynamic, so that K may be unknown inside `tf.function`
+
+    @staticmethod
+    def arange(start, stop):
+        return tf.range(start, stop)
+
+    @staticmethod
+    def take_along_axis(x, indices, axis):
+        if axis not in (-1, x.shape.rank - 1):
+            raise ValueError(f"Only the last axis is supported. Received: axis={axis}")
+        return tf.gather(x, indices, batch_dims=x.shape.rank - 1)
+
+
+#: The array namespace of `keras_minmax_mtl.weighting.maths` in TensorFlow ops (the `tf_keras` path).
+TENSORFLOW_OPS = _TensorFlowOps()
 
 
 def project_to_simplex(v):
@@ -25,8 +62,10 @@ def project_to_simplex(v):
 
     The projection is invariant to adding a constant to every entry, so `v` is
     first shifted by its maximum: huge values cannot overflow the cumulative
-    sums and tiny differences are kept. It is made of TensorFlow ops only, so
-    it runs eagerly and inside `tf.function`, under `tf.distribute`, for
+    sums and tiny differences are kept. The maths is
+    `keras_minmax_mtl.weighting.maths.project_to_simplex`, the one
+    implementation that the Keras 3 path runs too, here with TensorFlow ops
+    (`TENSORFLOW_OPS`), so it runs eagerly and inside `tf.function`, under `tf.distribute`, for
     `K = 1` (the answer is ``[1.]``) and for ties. It is not meant to be
     differentiated (the ascent step treats it as an operator). A NaN anywhere
     in `v` makes the whole output NaN rather than a valid-looking weight.
@@ -56,16 +95,7 @@ def project_to_simplex(v):
         raise ValueError(
             f"Argument `v` must have K >= 1 entries on its last axis. Received shape {v.shape}."
         )
-    v = v - tf.reduce_max(v, axis=-1, keepdims=True)
-    u = tf.sort(v, axis=-1, direction="DESCENDING")
-    cumulative = tf.cumsum(u, axis=-1) - 1.0
-    k = tf.shape(v)[-1]
-    j = tf.cast(tf.range(1, k + 1), v.dtype)
-    # Holds for j = 1..ρ and fails after (u_1 = 0 after the shift, so ρ >= 1).
-    support = tf.cast(u - cumulative / j > 0, tf.int32)
-    rho = tf.maximum(tf.reduce_sum(support, axis=-1, keepdims=True), 1)
-    theta = tf.gather(cumulative, rho - 1, batch_dims=v.shape.rank - 1) / tf.cast(rho, v.dtype)
-    return tf.maximum(v - theta, 0.0)
+    return maths.project_to_simplex(v, TENSORFLOW_OPS)
 
 
 def uniform_weights(num_tasks, dtype=tf.float32):

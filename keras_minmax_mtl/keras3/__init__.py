@@ -1,0 +1,28 @@
+"""The Keras 3 path: min-max multi-task training for `import keras` models (TensorFlow and JAX back-ends).
+
+Imported only when asked for (`import keras_minmax_mtl.keras3`): `import
+keras_minmax_mtl` and the tf_keras path never import Keras 3, and this path
+imports neither `tf_keras` nor tfmot. It shares the maths of the task weights
+with the tf_keras path (`keras_minmax_mtl.weighting.maths`: one
+implementation, run here with `keras.ops`).
+
+- `multitask`: `MultiTaskModel` (override of `Model.compute_loss`) and `MinMaxMultiTask`;
+- `weighting`: `TaskWeighting`, `EqualWeighting`, `MinMaxWeighting` (projected and
+  exponentiated ascent);
+- `backend`: the one `import keras`, `register` and the model checks.
+
+Not yet on this path: pruning, dynamic sparse training and TFLite export
+(tfmot supports only tf_keras), uncertainty weighting and DWA, `update_on="epoch"`,
+loss normalisation and `loss_scales`. See docs/keras3.md.
+
+Example:
+
+>>> import keras
+>>> from keras_minmax_mtl.keras3 import MinMaxMultiTask
+>>> model = MinMaxMultiTask(base_model, step_size=0.02, gamma=5.0)
+"""
+from keras_minmax_mtl.keras3.multitask import LatestValue, MinMaxMultiTask, MultiTaskModel
+from keras_minmax_mtl.keras3.weighting import EqualWeighting, MinMaxWeighting, TaskWeighting
+
+__all__ = ["MultiTaskModel", "MinMaxMultiTask", "TaskWeighting", "EqualWeighting",
+           "MinMaxWeighting", "LatestValue"]
