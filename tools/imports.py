@@ -30,7 +30,7 @@ ALLOWED = {
     "sparsity": {"core"},
     "export": {"core", "sparsity"},
     "data": {"core"},
-    "loading": {"core", "weighting", "sparsity", "export"},
+    "loading": {"core", "weighting", "sparsity", "export", "data"},  # registers every class
     "cli": {"core", "weighting", "sparsity", "export", "data", "loading"},
     "": {"core", "weighting", "sparsity", "export", "data", "loading"},  # the top-level facade
 }

@@ -150,7 +150,8 @@ def steps_per_epoch(train_dataset):
 def save_stripped(model, out, extra_report=None):
     """Prints `model`'s sparsity per layer and overall; writes the stripped model and the report.
 
-    Writes `out/model_stripped.keras` (without pruning wrappers) and
+    Writes `out/model_stripped.keras` (without pruning wrappers, compiled
+    with `model`'s loss, metrics and optimizer settings) and
     `out/sparsity.json`; returns `{"report", "stripped_model"}`. Shared by the
     `--pruning` methods of `kmm train` that end with a pruned model.
     `extra_report(model)`, if given, prints more and returns what goes into the
@@ -169,6 +170,7 @@ def save_stripped(model, out, extra_report=None):
     if extra_report is not None:
         report["units"] = extra_report(model)
     stripped = strip_pruning(model)
+    stripped.compile_from_config(model.get_compile_config())  # loads ready to evaluate
     path = out / "model_stripped.keras"
     stripped.save(path)
     (out / "sparsity.json").write_text(json.dumps(report, indent=2))

@@ -120,6 +120,7 @@ class TaskAwareCliRun:
         print("final branch densities: " + ", ".join(f"{k} {v:.3f}"
                                                      for k, v in last["density"].items()))
         stripped = strip_pruning(model)
+        stripped.compile_from_config(model.get_compile_config())  # loads ready to evaluate
         path = out / "model_stripped.keras"
         stripped.save(path)
         (out / "task_aware.json").write_text(json.dumps(report, indent=2))
