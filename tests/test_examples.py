@@ -5,9 +5,11 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 
-def test_minmax_example_runs_and_reports_every_task():
+def test_minmax_example_smoke_runs_and_reports_every_task(capsys):
     module = runpy.run_path(str(REPO_ROOT / "examples" / "minmax_multi_digits.py"))
-    results = module["main"](["--epochs", "1", "--train-examples", "256"])
+    results = module["main"](["--smoke"])
+    printed = capsys.readouterr().out
+    assert "Epoch 1/1" in printed and "Epoch 2/" not in printed
     assert set(results) == {"minmax", "ew"}
     for result in results.values():
         assert result["worst_accuracy"] == pytest.approx(
