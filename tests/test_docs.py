@@ -9,7 +9,9 @@ page, so its source shows what the test does with each block):
   ``&&`` separates commands): ``kmm ...`` runs the command line in this
   process (`keras_minmax_mtl.cli.main.main`) and must exit 0. Every page
   runs in its own empty folder, shared by its blocks, so a later block uses
-  the run an earlier one wrote. ```` ```text ```` and ```` ```json ```` blocks
+  the run an earlier one wrote; a ``kmm train`` command line identical to
+  one of an earlier page (the quick start, in README.md and
+  docs/quickstart.md) copies that run's folder instead of training again. ```` ```text ```` and ```` ```json ```` blocks
   are not code; a text block that holds a ``kmm`` or ``python`` command must
   be marked ``not run`` or ``synopsis``.
 - HTML comments right above a fence change what runs, visibly in the page source:
@@ -33,6 +35,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import textwrap
 
 import pytest
@@ -85,9 +88,9 @@ def _dict_outputs_prints(printed):
 PRINTS = {"dict outputs": _dict_outputs_prints}
 
 
-def blocks(page):
-    """The fenced blocks of `page` (a path relative to the repository), in order."""
-    source = (REPO_ROOT / page).read_text()
+def blocks(page, source=None):
+    """The fenced blocks of `page` (a path relative to the repository, or `source`), in order."""
+    source = (REPO_ROOT / page).read_text() if source is None else source
     found = []
     for match in _FENCE.finditer(source):
         line = source.count("\n", 0, match.start()) + 1
@@ -119,6 +122,24 @@ def commands(text):
     return found
 
 
+#: `kmm train` command lines run by an earlier page -> the folder they wrote.
+_TRAINED = {}
+
+
+def _reuse_training(command):
+    """Copies the run of the same `kmm train` command line from an earlier page, if any.
+
+    The README and docs/quickstart.md share the quick start: it trains once.
+    """
+    earlier = _TRAINED.get(tuple(command))
+    if earlier is None or not earlier.is_dir():
+        return False
+    out = pathlib.Path.cwd() / command[command.index("--out") + 1]
+    assert not out.exists(), f"`{' '.join(command)}`: {out} exists already"
+    shutil.copytree(earlier, out)
+    return True
+
+
 def run_shell(block, ran):
     """Runs the `kmm` commands of a bash block in the current folder; skips marked prefixes."""
     from keras_minmax_mtl.cli.main import main
@@ -135,10 +156,18 @@ def run_shell(block, ran):
         assert command[0] == "kmm", (
             f"{block}: `{line}` is not a kmm command; mark the block `not run` or the "
             "command `skip` with the reason")
+        if _reuse_training(command):
+            ran.append(("reused", line))
+            continue
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            status = main(command[1:])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                status = main(command[1:])
+            except SystemExit as error:  # argparse's and kmm's usage errors
+                status = error.code
         assert status == 0, f"{block}: `{line}` exited {status}:\n{out.getvalue()[-2000:]}"
+        if command[1] == "train" and "--out" in command:
+            _TRAINED[tuple(command)] = pathlib.Path.cwd() / command[command.index("--out") + 1]
         ran.append(("ran", line))
     assert used == set(skips), f"{block}: skip rules matching no command: {set(skips) - used}"
 
@@ -217,13 +246,11 @@ def test_every_block_of_every_page_has_a_language_and_a_rule(capsys):
     assert counts["run"] >= 15
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_the_blocks_of_a_page_run_as_written_smoke_sized(page, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+def run_page(page, source=None):
+    """Runs the blocks of `page` in the current folder; returns `[(what, command or block)]`."""
     namespace = {"__name__": f"docs:{page}"}
     ran = []
-    for block in blocks(page):
+    for block in blocks(page, source):
         kind = _classify(block)
         if kind == "synopsis":
             check_synopsis(block)
@@ -236,8 +263,61 @@ def test_the_blocks_of_a_page_run_as_written_smoke_sized(page, tmp_path, monkeyp
             ran.append(("ran", f"python block at line {block.line}"))
         elif kind == "run":
             run_shell(block, ran)
+        elif kind == "not run":
+            ran.append(("not run", f"{block.language} block at line {block.line}"))
+    return ran
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_the_blocks_of_a_page_run_as_written_smoke_sized(page, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    ran = run_page(page)
     with capsys.disabled():
         print(f"\n{page}: " + "; ".join(f"{what} {line}" for what, line in ran))
+
+
+BROKEN = {
+    "no language": ("```\nkmm train\n```\n", "every fence names its language"),
+    "unpaired fence": ("```bash\nkmm --help\n", "does not pair up"),
+    "command in text": ("```text\nkmm train --epochs 1\n```\n", "holds commands"),
+    "stale smoke rule": ("<!-- smoke: --epochs 20 => --epochs 1 -->\n```bash\nkmm train --epochs 2\n```\n",
+                         "matches nothing"),
+    "unmarked benchmark": ("```bash\npython benchmarks/compare.py\n```\n", "is not a kmm command"),
+    "stale skip rule": ("<!-- skip: pip install (x) -->\n```bash\nkmm --help\n```\n",
+                        "skip rules matching no command: {'pip install'}"),
+    "bad flag value": ("```bash\nkmm train --epochs 0\n```\n", "exited 2"),
+    "python error": ("```python\nundefined_name\n```\n", "undefined_name"),
+    "synopsis choices": ("<!-- synopsis -->\n```text\nkmm train [--pruning none|dst]\n```\n",
+                         "--pruning of `kmm train` takes"),
+    "synopsis required": ("<!-- synopsis -->\n```text\nkmm export RUN [--target micro] --out DIR\n```\n",
+                          "--out of `kmm export` is optional"),
+    "synopsis unknown": ("<!-- synopsis -->\n```text\nkmm train [--epoch N]\n```\n", "no option --epoch"),
+    "not run without a reason": ("<!-- not run: -->\n```bash\nkmm train\n```\n", "needs its reason"),
+    # The deploy step docs/quickstart.md had (kmm export writes deploy/model_<target>.tflite).
+    "missing file": ("```bash\nkmm inspect deploy/model.tflite\n```\n",
+                     "argument FILE.tflite: TFLite file 'deploy/model.tflite' does not exist."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_page_with_a_broken_or_unmarked_block_fails(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source, message = BROKEN[case]
+    with pytest.raises((AssertionError, NameError), match=re.escape(message)):
+        run_page(f"{case}.md", source)
+
+
+def test_not_run_blocks_are_not_run_and_skipped_commands_are_counted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = ("<!-- not run: needs the CIFAR-100 copy -->\n```python\nraise SystemExit(1)\n```\n"
+              "<!-- skip: python3 -m pip install (not here) -->\n"
+              "```bash\npython3 -m pip install . && python3 -m pip install x\n```\n"
+              "```python\nvalue = 6 * 7\n```\n```python\nassert value == 42\n```\n")
+    assert run_page("page.md", source) == [
+        ("not run", "python block at line 2"), ("skipped", "python3 -m pip install ."),
+        ("skipped", "python3 -m pip install x"), ("ran", "python block at line 9"),
+        ("ran", "python block at line 12")]
 
 
 def test_api_reference_lists_every_public_name_and_is_up_to_date():
