@@ -238,7 +238,13 @@ heavy = sorted(m for m in sys.modules
                if m.startswith(("tensorflow_model_optimization", "ai_edge_litert", "tflite_micro")))
 from keras_minmax_mtl.data import multi_digits
 test = multi_digits("test", seed=3, num_examples=32, batch_size=64)
-results = {"heavy_modules_after_import": heavy}
+results = {"heavy_modules_after_import": heavy, "registered_before_loading": sorted(
+    n for n in tf_keras.saving.get_custom_objects() if n.endswith(("MultiTask", "Schedule")))}
+for path in sys.argv[2:]:  # first: nothing of the package is registered yet
+    model = tf_keras.models.load_model(path)
+    results[path] = {"class": type(model).__name__,
+                     "metrics": model.evaluate(test, verbose=0, return_dict=True),
+                     "task_weights": model.task_weights.numpy().tolist()}
 import numpy as np
 before = np.load(sys.argv[1])
 for name in ("minmax", "reweighted"):  # saved before the layout move, module paths of then
@@ -247,11 +253,6 @@ for name in ("minmax", "reweighted"):  # saved before the layout move, module pa
     out = model.predict(before["x"], verbose=0)
     results[name] = {"a": out["a"].tolist(), "b": out["b"].tolist(),
                      "w": model.task_weights.numpy().tolist()}
-for path in sys.argv[2:]:
-    model = tf_keras.models.load_model(path)
-    results[path] = {"class": type(model).__name__,
-                     "metrics": model.evaluate(test, verbose=0, return_dict=True),
-                     "task_weights": model.task_weights.numpy().tolist()}
 print("RESULTS" + json.dumps(results))
 """
 
@@ -281,11 +282,14 @@ def test_every_file_kmm_train_writes_loads_with_plain_tf_keras_ready_to_evaluate
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.split("RESULTS", 1)[1])
     assert results.pop("heavy_modules_after_import") == []
+    assert results.pop("registered_before_loading") == []  # so the module paths were used
     expected = np.load(before)
     for name, prefix in (("minmax", "minmax"), ("reweighted", "pruned")):
         got = results.pop(name)
         np.testing.assert_allclose(got["a"], expected[f"{prefix}_a"], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(got["b"], expected[f"{prefix}_b"], rtol=1e-6, atol=1e-7)
+        if prefix == "minmax":
+            np.testing.assert_array_equal(got["w"], expected["minmax_w"])
     for name in runs:
         reported = json.loads((tmp_path / name / "metrics.json").read_text())
         for path in files[name]:
@@ -338,3 +342,20 @@ def test_register_all_imports_every_module_that_registers_a_class():
         if (decorated or called) and path.name != "backend.py":
             registering.add(".".join(path.relative_to(REPO_ROOT).with_suffix("").parts))
     assert registering == {m.__name__ for m in register_all()}
+
+
+def test_tf_keras_minmax_mtl_is_the_module_path_tf_keras_imports_for_the_packages_classes():
+    import importlib
+
+    import tf_keras_minmax_mtl
+    from keras_minmax_mtl.weighting import minmax
+
+    # tf_keras/src/saving/serialization_lib.py: `if module.startswith("keras"): module = "tf_" + module`
+    assert importlib.import_module("tf_keras_minmax_mtl.weighting.minmax") is minmax
+    legacy = importlib.import_module("tf_keras_minmax_mtl.multitask")  # the layout before the move
+    assert legacy.MinMaxMultiTask is kmm.MinMaxMultiTask
+    assert legacy.MultiTaskModel is kmm.MultiTaskModel
+    assert legacy.ReweightedL1Schedule is kmm.ReweightedL1Schedule
+    assert set(tf_keras_minmax_mtl.LEGACY_MODULES) >= {"multitask", "dwa", "reweighted"}
+    assert keras.saving.get_custom_objects()["PruneLowMagnitude"] is \
+        importlib.import_module("keras_minmax_mtl.sparsity.pruning").PruneLowMagnitude
