@@ -85,11 +85,11 @@ def register_all():
     """
     from keras_minmax_mtl.core import multitask, task_weighting
     from keras_minmax_mtl.data import nyuv2_metrics
-    from keras_minmax_mtl.sparsity import dst, hybrid, reweighted
+    from keras_minmax_mtl.sparsity import dst, hybrid, mask_updaters, reweighted
     from keras_minmax_mtl.weighting import ascent, dwa, minmax, uncertainty
 
-    return (multitask, task_weighting, ascent, minmax, uncertainty, dwa, reweighted, dst, hybrid,
-            nyuv2_metrics)
+    return (multitask, task_weighting, ascent, minmax, uncertainty, dwa, mask_updaters, reweighted,
+            dst, hybrid, nyuv2_metrics)
 
 
 def _package(module):
