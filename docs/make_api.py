@@ -15,26 +15,66 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "api.md"
 
-#: Modules in reading order: the core first, then sparsity, export, data, tools.
+#: The reading order, by part in the order of the imports (core, weighting, sparsity,
+#: export, data, loading, cli; then the Keras 3 path), each subpackage first. Names that are not (or no longer)
+#: modules are passed over; a module missing here comes after the listed ones of its part
+#: (`ordered_modules`), so every module of the package is in docs/api.md.
 MODULES = [
-    "keras_minmax_mtl", "keras_minmax_mtl.weighting.simplex", "keras_minmax_mtl.weighting.ascent",
-    "keras_minmax_mtl.weighting.maths",
-    "keras_minmax_mtl.core.task_weighting", "keras_minmax_mtl.weighting.minmax", "keras_minmax_mtl.weighting.uncertainty",
-    "keras_minmax_mtl.weighting.dwa", "keras_minmax_mtl.core.multitask", "keras_minmax_mtl.core.callbacks",
-    "keras_minmax_mtl.cli.plots", "keras_minmax_mtl.core.serialization", "keras_minmax_mtl.core.logs", "keras_minmax_mtl.loading",
-    "keras_minmax_mtl.sparsity.pruning", "keras_minmax_mtl.sparsity.policy", "keras_minmax_mtl.sparsity.reweighted",
-    "keras_minmax_mtl.sparsity.structured",
-    "keras_minmax_mtl.sparsity.dst", "keras_minmax_mtl.sparsity.densities", "keras_minmax_mtl.sparsity.mask_updaters",
+    "keras_minmax_mtl",
+    "keras_minmax_mtl.core", "keras_minmax_mtl.core.backend", "keras_minmax_mtl.core.checks",
+    "keras_minmax_mtl.core.arguments", "keras_minmax_mtl.core.task_weighting",
+    "keras_minmax_mtl.core.multitask", "keras_minmax_mtl.core.callbacks",
+    "keras_minmax_mtl.core.logs", "keras_minmax_mtl.core.serialization",
+    "keras_minmax_mtl.weighting", "keras_minmax_mtl.weighting.simplex",
+    "keras_minmax_mtl.weighting.maths", "keras_minmax_mtl.weighting.ascent",
+    "keras_minmax_mtl.weighting.minmax",
+    "keras_minmax_mtl.weighting.uncertainty", "keras_minmax_mtl.weighting.dwa",
+    "keras_minmax_mtl.sparsity", "keras_minmax_mtl.sparsity.methods",
+    "keras_minmax_mtl.sparsity.pruning", "keras_minmax_mtl.sparsity.scope",
+    "keras_minmax_mtl.sparsity.policy", "keras_minmax_mtl.sparsity.densities",
+    "keras_minmax_mtl.sparsity.mask_updaters", "keras_minmax_mtl.sparsity.reweighted",
+    "keras_minmax_mtl.sparsity.structured", "keras_minmax_mtl.sparsity.dst",
     "keras_minmax_mtl.sparsity.task_similarity", "keras_minmax_mtl.sparsity.task_aware",
-    "keras_minmax_mtl.sparsity.hybrid", "keras_minmax_mtl.sparsity.methods",
-    "keras_minmax_mtl.export.tflite", "keras_minmax_mtl.export.targets", "keras_minmax_mtl.export.runtimes",
-    "keras_minmax_mtl.export.edgetpu", "keras_minmax_mtl.export.qat", "keras_minmax_mtl.export.logits",
-    "keras_minmax_mtl.export.surgery",
-    "keras_minmax_mtl.data", "keras_minmax_mtl.data.networks", "keras_minmax_mtl.data.nyuv2_metrics",
-    "keras_minmax_mtl.cli.main", "keras_minmax_mtl.cli.run_folder",
-    "keras_minmax_mtl.cli.export", "keras_minmax_mtl.cli.output", "keras_minmax_mtl.cli.progress",
-    "keras_minmax_mtl.keras3.multitask", "keras_minmax_mtl.keras3.weighting",
+    "keras_minmax_mtl.sparsity.hybrid",
+    "keras_minmax_mtl.export", "keras_minmax_mtl.export.tflite",
+    "keras_minmax_mtl.export.deployable", "keras_minmax_mtl.export.targets",
+    "keras_minmax_mtl.export.runtimes", "keras_minmax_mtl.export.edgetpu",
+    "keras_minmax_mtl.export.logits", "keras_minmax_mtl.export.surgery",
+    "keras_minmax_mtl.export.qat",
+    "keras_minmax_mtl.data", "keras_minmax_mtl.data.digits", "keras_minmax_mtl.data.fashion",
+    "keras_minmax_mtl.data.cifar100", "keras_minmax_mtl.data.nyuv2_loader",
+    "keras_minmax_mtl.data.nyuv2_metrics", "keras_minmax_mtl.data.networks",
+    "keras_minmax_mtl.data.common",
+    "keras_minmax_mtl.loading",
+    "keras_minmax_mtl.cli", "keras_minmax_mtl.cli.main",
+    "keras_minmax_mtl.cli.run_folder", "keras_minmax_mtl.cli.output",
+    "keras_minmax_mtl.cli.progress", "keras_minmax_mtl.cli.plots", "keras_minmax_mtl.cli.export",
+    "keras_minmax_mtl.keras3", "keras_minmax_mtl.keras3.backend", "keras_minmax_mtl.keras3.weighting",
+    "keras_minmax_mtl.keras3.multitask",
+    "tf_keras_minmax_mtl",
 ]
+_PARTS = ["", "core", "weighting", "sparsity", "export", "data", "loading", "cli", "keras3"]
+
+
+def package_modules():
+    """The dotted names of every module of `keras_minmax_mtl` and `tf_keras_minmax_mtl`."""
+    found = set()
+    for package in ("keras_minmax_mtl", "tf_keras_minmax_mtl"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def ordered_modules():
+    """Every module of the package: in the order of `MODULES`, unlisted ones after their part's."""
+    def key(name):
+        pieces = name.split(".")
+        part = len(_PARTS) if pieces[0] != "keras_minmax_mtl" else _PARTS.index(
+            pieces[1] if len(pieces) > 1 else "")
+        listed = MODULES.index(name) if name in MODULES else len(MODULES)
+        return (part, listed, name)
+    return sorted(package_modules(), key=key)
 
 
 def _summary(obj):
@@ -57,10 +97,12 @@ def render():
              "Generated by `python docs/make_api.py` from each module's `__all__`; "
              "the full documentation of every name is its docstring.", ""]
     undocumented = []
-    for module_name in MODULES:
+    for module_name in ordered_modules():
         module = importlib.import_module(module_name)
+        if not _summary(module):
+            undocumented.append(module_name)
         lines += [f"## `{module_name}`", "", _summary(module) or "", ""]
-        for name in module.__all__:
+        for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if module_name != "keras_minmax_mtl" and getattr(obj, "__module__", module_name) not in (
                     module_name, None) and (inspect.isclass(obj) or inspect.isfunction(obj)):

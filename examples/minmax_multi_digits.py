@@ -1,6 +1,7 @@
 """Min-max multi-task training on the shipped MultiDigits data, with the Python API.
 
     python examples/minmax_multi_digits.py --epochs 20
+    python examples/minmax_multi_digits.py --smoke    # tiny sizes, 1 epoch: checks that it runs
 
 Trains `MinMaxMultiTask` and, for comparison, the same network with equal
 weighting (same data, same initial weights), then prints both models'
@@ -28,13 +29,18 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-examples", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 epoch on 256 training and 256 validation/test examples")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.train_examples = 1, args.train_examples or 256
+    held_out = 256 if args.smoke else None
 
     keras.utils.set_random_seed(args.seed)
     train_data = multi_digits("train", seed=args.seed, num_examples=args.train_examples,
                               batch_size=64)
-    validation = multi_digits("validation", seed=args.seed, batch_size=256)
-    test = multi_digits("test", seed=args.seed, batch_size=256)
+    validation = multi_digits("validation", seed=args.seed, num_examples=held_out, batch_size=256)
+    test = multi_digits("test", seed=args.seed, num_examples=held_out, batch_size=256)
 
     models = {
         "minmax": kmm.MinMaxMultiTask(multi_digits_network(seed=args.seed),

@@ -34,8 +34,8 @@ import json
 import pathlib
 import zipfile
 
-__all__ = ["load_model", "check_model_config", "read_model_config", "ModelFileError",
-           "UntrustedModelError", "ALLOWED_PACKAGES", "TF_OP_PREFIXES", "TF_OPS"]
+__all__ = ["load_model", "register_all", "check_model_config", "read_model_config",
+           "ModelFileError", "UntrustedModelError", "ALLOWED_PACKAGES", "TF_OP_PREFIXES", "TF_OPS"]
 
 #: Top-level packages whose classes and functions a file may name.
 ALLOWED_PACKAGES = ("keras", "tf_keras", "tensorflow_model_optimization", "keras_minmax_mtl")
@@ -60,6 +60,36 @@ class ModelFileError(ValueError):
 
 class UntrustedModelError(ValueError):
     """A model file names code outside tf_keras, tfmot and this package (names the object)."""
+
+
+def register_all():
+    """Registers every serializable class of the package with Keras; returns the modules.
+
+    The classes register themselves when their module is imported
+    (`keras_minmax_mtl.core.backend.register`), and the top-level package
+    imports nothing until a name is used, so a file saved by the package loads
+    only once these modules are imported. `load_model` calls this, and so
+    does importing `tf_keras_minmax_mtl`, the module path `tf_keras` imports
+    for a class the package saved: `tf_keras.models.load_model` needs no scope.
+    Importing the sparsity modules imports tfmot.
+
+    Returns:
+        The modules that register classes, in import order
+        (`tests/test_loading.py` checks that no registering module is missing).
+
+    Example:
+
+    >>> register_all()
+    >>> tf_keras.saving.get_registered_object("keras_minmax_mtl>ReweightedL1Schedule")
+    <class 'keras_minmax_mtl.sparsity.reweighted.ReweightedL1Schedule'>
+    """
+    from keras_minmax_mtl.core import multitask, task_weighting
+    from keras_minmax_mtl.data import nyuv2_metrics
+    from keras_minmax_mtl.sparsity import dst, hybrid, mask_updaters, reweighted
+    from keras_minmax_mtl.weighting import ascent, dwa, minmax, uncertainty
+
+    return (multitask, task_weighting, ascent, minmax, uncertainty, dwa, mask_updaters, reweighted,
+            dst, hybrid, nyuv2_metrics)
 
 
 def _package(module):
@@ -329,11 +359,13 @@ def load_model(path, trusted=False, custom_objects=None, compile=True):
                 f"Model path {str(path)!r} is a folder (a SavedModel): its TensorFlow graphs and "
                 "Keras metadata are not inspected by this loader. Save the model as .keras, or "
                 "load it with trusted=True only if you trust whoever wrote it.")
+        register_all()
         return keras.models.load_model(str(path), custom_objects=custom_objects,
                                        compile=compile)
     config = read_model_config(path)
     if not trusted:
         check_model_config(config, custom_objects)
+    register_all()
     with _scopes(config):
         try:
             return keras.models.load_model(str(path), custom_objects=custom_objects,

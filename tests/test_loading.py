@@ -1,5 +1,6 @@
 """keras_minmax_mtl.loading: model files are checked before anything in them is deserialized."""
 import json
+import pathlib
 import time
 import zipfile
 
@@ -220,3 +221,141 @@ def test_h5_files_are_checked_and_savedmodel_folders_need_trust(tmp_path):
     with pytest.raises(ModelFileError, match=r"must be a .keras archive or an .h5 file.*'.pt'"):
         (tmp_path / "m.pt").write_bytes(b"x")
         load_model(tmp_path / "m.pt")
+
+
+# --- every file `kmm train` writes loads with plain tf_keras, ready to evaluate (issue 14) ---
+
+TINY_RUN = ["--epochs", "1", "--train-examples", "64", "--test-examples", "32", "--seed", "3"]
+TINY_REWEIGHTED = ["--pruning", "reweighted_l1", "--sparsity", "0.5", "--dense-epochs", "1",
+                   "--reweighted-epochs", "1", "--retrain-epochs", "1",
+                   "--train-examples", "64", "--test-examples", "32", "--seed", "3"]
+
+#: Run in a fresh interpreter: plain `tf_keras.models.load_model` after `import keras_minmax_mtl`.
+FRESH_LOAD = r"""
+import json, sys
+import tf_keras, keras_minmax_mtl
+heavy = sorted(m for m in sys.modules
+               if m.startswith(("tensorflow_model_optimization", "ai_edge_litert", "tflite_micro")))
+from keras_minmax_mtl.data import multi_digits
+test = multi_digits("test", seed=3, num_examples=32, batch_size=64)
+results = {"heavy_modules_after_import": heavy, "registered_before_loading": sorted(
+    n for n in tf_keras.saving.get_custom_objects() if n.endswith(("MultiTask", "Schedule")))}
+for path in sys.argv[2:]:  # first: nothing of the package is registered yet
+    model = tf_keras.models.load_model(path)
+    results[path] = {"class": type(model).__name__,
+                     "metrics": model.evaluate(test, verbose=0, return_dict=True),
+                     "task_weights": model.task_weights.numpy().tolist()}
+import numpy as np
+before = np.load(sys.argv[1])
+for name in ("minmax", "reweighted"):  # saved before the layout move, module paths of then
+    model = tf_keras.models.load_model(sys.argv[1].replace("before_move_outputs.npz",
+                                                           f"{name}_before_move.keras"))
+    out = model.predict(before["x"], verbose=0)
+    results[name] = {"a": out["a"].tolist(), "b": out["b"].tolist(),
+                     "w": model.task_weights.numpy().tolist()}
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def test_every_file_kmm_train_writes_loads_with_plain_tf_keras_ready_to_evaluate(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from keras_minmax_mtl.cli import main as cli
+    from tests.helpers import REPO_ROOT
+
+    runs = {"dense": TINY_RUN, "reweighted_l1": TINY_REWEIGHTED}
+    files = {}
+    for name, argv in runs.items():
+        assert cli.main(["train", *argv, "--out", str(tmp_path / name)]) == 0
+        written = sorted(p.name for p in (tmp_path / name).glob("*.keras"))
+        files[name] = [str(tmp_path / name / f) for f in written]
+    assert [pathlib.Path(f).name for f in files["dense"]] == ["model.keras"]
+    assert [pathlib.Path(f).name for f in files["reweighted_l1"]] == ["model.keras",
+                                                                        "model_stripped.keras"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    before = REPO_ROOT / "tests" / "data" / "before_move_outputs.npz"
+    done = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(before), *files["dense"],
+                           *files["reweighted_l1"]], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.split("RESULTS", 1)[1])
+    assert results.pop("heavy_modules_after_import") == []
+    assert results.pop("registered_before_loading") == []  # so the module paths were used
+    expected = np.load(before)
+    for name, prefix in (("minmax", "minmax"), ("reweighted", "pruned")):
+        got = results.pop(name)
+        np.testing.assert_allclose(got["a"], expected[f"{prefix}_a"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got["b"], expected[f"{prefix}_b"], rtol=1e-6, atol=1e-7)
+        if prefix == "minmax":
+            np.testing.assert_array_equal(got["w"], expected["minmax_w"])
+    for name in runs:
+        reported = json.loads((tmp_path / name / "metrics.json").read_text())
+        for path in files[name]:
+            got = results[path]
+            assert got["class"] == "MinMaxMultiTask", path
+            for task in reported["tasks"]:
+                assert got["metrics"][f"{task}_accuracy"] == pytest.approx(
+                    reported["test_accuracy"][task], abs=1e-7), (path, task)
+                assert got["metrics"][f"{task}_loss"] == pytest.approx(
+                    reported["test_loss"][task], rel=1e-5), (path, task)
+            np.testing.assert_allclose(got["task_weights"],
+                                       list(reported["final_task_weights"].values()), rtol=1e-6)
+
+
+def test_models_saved_before_the_layout_move_load_with_the_same_outputs_and_task_weights():
+    from tests.helpers import REPO_ROOT
+
+    data = REPO_ROOT / "tests" / "data"
+    expected = np.load(data / "before_move_outputs.npz")
+    minmax = load_model(data / "minmax_before_move.keras")
+    assert type(minmax) is kmm.MinMaxMultiTask and minmax.task_names == ["a", "b"]
+    np.testing.assert_array_equal(minmax.task_weights.numpy(), expected["minmax_w"])
+    pruned = load_model(data / "reweighted_before_move.keras")
+    assert type(pruned) is kmm.MultiTaskModel
+    assert type(pruned.weighting) is kmm.DynamicWeightAverage
+    schedules = [w.pruning_schedule for w in pruned.base_model.layers
+                 if hasattr(w, "pruning_schedule")]
+    assert schedules and all(type(s) is kmm.ReweightedL1Schedule for s in schedules)
+    for model, prefix in ((minmax, "minmax"), (pruned, "pruned")):
+        out = model.predict(expected["x"], verbose=0)
+        np.testing.assert_array_equal(out["a"], expected[f"{prefix}_a"])
+        np.testing.assert_array_equal(out["b"], expected[f"{prefix}_b"])
+
+
+def test_register_all_imports_every_module_that_registers_a_class():
+    import ast
+
+    from keras_minmax_mtl.loading import register_all
+    from tests.helpers import REPO_ROOT
+
+    registering = set()
+    for path in (REPO_ROOT / "keras_minmax_mtl").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        decorated = any(isinstance(d, ast.Name) and d.id == "register"
+                        or isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register"
+                        for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                        for d in node.decorator_list)
+        called = any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register"
+                     for node in ast.walk(tree))
+        if (decorated or called) and path.name != "backend.py":
+            registering.add(".".join(path.relative_to(REPO_ROOT).with_suffix("").parts))
+    assert len(registering) >= 10 and registering <= {m.__name__ for m in register_all()}
+
+
+def test_tf_keras_minmax_mtl_is_the_module_path_tf_keras_imports_for_the_packages_classes():
+    import importlib
+
+    import tf_keras_minmax_mtl
+    from keras_minmax_mtl.weighting import minmax
+
+    # tf_keras/src/saving/serialization_lib.py: `if module.startswith("keras"): module = "tf_" + module`
+    assert importlib.import_module("tf_keras_minmax_mtl.weighting.minmax") is minmax
+    legacy = importlib.import_module("tf_keras_minmax_mtl.multitask")  # the layout before the move
+    assert legacy.MinMaxMultiTask is kmm.MinMaxMultiTask
+    assert legacy.MultiTaskModel is kmm.MultiTaskModel
+    assert legacy.ReweightedL1Schedule is kmm.ReweightedL1Schedule
+    assert set(tf_keras_minmax_mtl.LEGACY_MODULES) >= {"multitask", "dwa", "reweighted"}
+    assert keras.saving.get_custom_objects()["PruneLowMagnitude"] is \
+        importlib.import_module("keras_minmax_mtl.sparsity.pruning").PruneLowMagnitude

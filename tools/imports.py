@@ -35,7 +35,7 @@ ALLOWED = {
     "sparsity": {"core"},
     "export": {"core", "sparsity"},
     "data": {"core"},
-    "loading": {"core", "weighting", "sparsity", "export"},
+    "loading": {"core", "weighting", "sparsity", "export", "data"},  # registers every class
     "cli": {"core", "weighting", "sparsity", "export", "data", "loading"},
     "": {"core", "weighting", "sparsity", "export", "data", "loading"},  # the top-level facade
     "keras3": {"core", "weighting"},  # the Keras 3 path: see ONLY; imported by no other part

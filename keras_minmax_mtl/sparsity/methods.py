@@ -322,11 +322,17 @@ def steps_per_epoch(train_dataset):
 
 
 def write_stripped(model, out):
-    """Writes `model` without its pruning wrappers to ``out/model_stripped.keras``; returns the path."""
+    """Writes `model` without its pruning wrappers to ``out/model_stripped.keras``; returns the path.
+
+    The file is compiled with `model`'s loss, metrics and optimizer settings,
+    so it loads ready to `evaluate`.
+    """
     from keras_minmax_mtl.sparsity.pruning import strip_pruning
 
     path = out / "model_stripped.keras"
-    strip_pruning(model).save(path)
+    stripped = strip_pruning(model)
+    stripped.compile_from_config(model.get_compile_config())
+    stripped.save(path)
     return path
 
 
