@@ -122,8 +122,8 @@ def test_pyproject_installs_every_subpackage():
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    found = sorted("keras_minmax_mtl" + ("." + p.parent.relative_to(ROOT / "keras_minmax_mtl").as_posix()
-                                         if p.parent != ROOT / "keras_minmax_mtl" else "")
-                   for p in (ROOT / "keras_minmax_mtl").rglob("__init__.py"))
-    assert sorted(config["tool"]["setuptools"]["packages"]) == [f.replace("/", ".") for f in found]
+    found = sorted(".".join(p.parent.relative_to(ROOT).parts)
+                   for top in ("keras_minmax_mtl", "tf_keras_minmax_mtl")
+                   for p in (ROOT / top).rglob("__init__.py"))
+    assert sorted(config["tool"]["setuptools"]["packages"]) == found
     assert "jax==0.10.2" in config["project"]["optional-dependencies"]["keras3"]

@@ -331,7 +331,10 @@ def test_register_all_imports_every_module_that_registers_a_class():
     from tests.helpers import REPO_ROOT
 
     registering = set()
+    keras3 = REPO_ROOT / "keras_minmax_mtl" / "keras3"  # registers with Keras 3, not tf_keras
     for path in (REPO_ROOT / "keras_minmax_mtl").rglob("*.py"):
+        if keras3 in path.parents:
+            continue
         tree = ast.parse(path.read_text())
         decorated = any(isinstance(d, ast.Name) and d.id == "register"
                         or isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register"
