@@ -8,8 +8,9 @@ module, the thousands of graphs, functions and models the suite built: that
 teardown runs in TensorFlow's C++ destructors, holds no Python frame and took
 over a minute after the summary of a whole suite. Nothing of the tests' runs
 is lost: their files are written and closed, the streams are flushed first.
-`KMM_TESTS_SLOW_EXIT=1` keeps the ordinary exit (to look at the teardown
-itself); pytest-xdist workers keep it too (their controller ends them).
+The same holds in each pytest-xdist worker (whose controller would otherwise
+wait up to 10 s for it, then kill it). `KMM_TESTS_SLOW_EXIT=1` keeps the
+ordinary exit (to look at the teardown itself).
 """
 import atexit
 import logging
@@ -33,8 +34,7 @@ def pytest_sessionstart(session):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     global _exit_status
-    if (_session is not None and not hasattr(config, "workerinput")
-            and not os.environ.get("KMM_TESTS_SLOW_EXIT")):
+    if _session is not None and not os.environ.get("KMM_TESTS_SLOW_EXIT"):
         _exit_status = int(_session.exitstatus)
 
 
