@@ -14,7 +14,9 @@ The package has five parts, one folder each; imports only go down this list
   layer surgery, quantisation-aware training;
 - `data`: the datasets and networks of the examples and benchmarks;
 
-and the `kmm` command line in `cli`, on top.
+and the `kmm` command line in `cli`, on top. Beside them, `keras3` is the
+Keras 3 path (`import keras` models, TensorFlow and JAX back-ends), imported
+only when asked for (`import keras_minmax_mtl.keras3`).
 
 Every public name below is importable from the top level. They resolve on
 first use (PEP 562), so `import keras_minmax_mtl` itself imports nothing

@@ -1,4 +1,4 @@
-r"""NYUv2 losses, metrics and the Δm score (the data loader is `keras_minmax_mtl.data.nyuv2`).
+r"""NYUv2 losses, metrics and the Δm score (the data loader is `keras_minmax_mtl.data.nyuv2_loader`).
 
 Losses (Keras `Loss` classes, registered for serialization), as in MTAN
 (Liu, Johns, Davison, CVPR 2019) and the papers that compare on it; each
