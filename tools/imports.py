@@ -43,7 +43,7 @@ ALLOWED = {
 
 #: Parts that may import from the other parts only these modules.
 ONLY = {
-    "keras3": {f"{PACKAGE}.core.checks", f"{PACKAGE}.weighting.maths"},
+    "keras3": {f"{PACKAGE}.core.checks", f"{PACKAGE}.core.outputs", f"{PACKAGE}.weighting.maths"},
 }
 
 #: Parts (or single modules) that may import package modules inside functions (to defer heavy

@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_minmax_mtl.core.checks import is_finite_real
 from keras_minmax_mtl.core.backend import (keras, loss_object, losses_utils, match_dtype_and_rank,
                                      register, require_functional)
+from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.core.task_weighting import EqualWeighting, TaskWeighting, TrainingClock
 
 __all__ = ["MultiTaskModel", "NonFiniteLossError", "GradientRequest", "NORMALIZE_LOSSES", "starved_tasks",
@@ -549,12 +550,7 @@ class MultiTaskModel(keras.Model):
 
     def call(self, inputs, training=None):
         """`{task: output}`: the base model's outputs keyed by task name, never by position."""
-        outputs = self.base_model(inputs, training=training)
-        if isinstance(outputs, dict):
-            return {task: outputs[task] for task in self.task_names}
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return dict(zip(self.task_names, outputs))
+        return keyed_by_task(self.base_model(inputs, training=training), self.task_names)
 
     # ---------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,

@@ -16,6 +16,7 @@ JAX step through `Model.stateless_compute_loss`), so callbacks, `evaluate`
 and `.keras` save → load → continue work as for any Keras model.
 """
 from keras_minmax_mtl.core.checks import is_finite_real
+from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.keras3.backend import keras, loss_object, register, require_functional, task_names
 from keras_minmax_mtl.keras3.weighting import MinMaxWeighting, TaskWeighting, EqualWeighting
 
@@ -150,12 +151,7 @@ class MultiTaskModel(keras.Model):
 
     def call(self, inputs, training=None):
         """`{task: output}`: the base model's outputs keyed by task name, never by position."""
-        outputs = self.base_model(inputs, training=training)
-        if isinstance(outputs, dict):
-            return {task: outputs[task] for task in self.task_names}
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return dict(zip(self.task_names, outputs))
+        return keyed_by_task(self.base_model(inputs, training=training), self.task_names)
 
     # ---------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, **kwargs):
