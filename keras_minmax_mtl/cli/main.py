@@ -341,9 +341,11 @@ def _load_dataset(args):
     from keras_minmax_mtl.data import networks
 
     if args.dataset == "multi_digits":
+        from keras_minmax_mtl.data.digits import MULTI_DIGITS_TASKS as tasks
         from keras_minmax_mtl.data.digits import multi_digits as load
         network, extra = networks.multi_digits_network, {}
     else:
+        from keras_minmax_mtl.data.fashion import MULTI_FASHION_TASKS as tasks
         from keras_minmax_mtl.data.fashion import multi_fashion as load
         network, extra = networks.multi_fashion_network, {"data_dir": args.data_dir}
     with _Flags("train data"):
@@ -359,7 +361,7 @@ def _load_dataset(args):
         }
     with _Flags("network"):
         base = network(seed=args.seed)
-    regression = {"ink"} if args.dataset == "multi_fashion" else set()
+    regression = {task for task, classes in tasks.items() if classes is None}
     losses = {task: "mae" if task in regression else "sparse_categorical_crossentropy"
               for task in base.output_names}
     metrics = {task: ["mae" if task in regression else "accuracy"] for task in base.output_names}

@@ -35,3 +35,17 @@ def check_finite_real(value, name):
     if not is_finite_real(value):
         raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}")
     return float(value)
+
+
+def scale_value(scale, num_tasks):
+    """The multiplier of a multi-task model's weighted loss: `num_tasks` for ``"num_tasks"``.
+
+    Raises:
+        ValueError: unless `scale` is ``"num_tasks"`` or a finite number > 0.
+    """
+    if scale == "num_tasks":
+        return float(num_tasks)
+    if is_finite_real(scale) and scale > 0:
+        return float(scale)
+    raise ValueError(
+        f"Argument `scale` must be a finite number > 0 or 'num_tasks'. Received: scale={scale!r}")

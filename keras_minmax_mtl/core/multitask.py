@@ -21,7 +21,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl.core.checks import is_finite_real
+from keras_minmax_mtl.core.checks import is_finite_real, scale_value
 from keras_minmax_mtl.core.backend import (keras, loss_object, losses_utils, match_dtype_and_rank,
                                      register, require_functional)
 from keras_minmax_mtl.core.outputs import keyed_by_task
@@ -424,17 +424,8 @@ class MultiTaskModel(keras.Model):
             )
         self.base_model = base_model
         self.num_tasks = len(names)
-        if scale == "num_tasks":
-            scale_value = float(self.num_tasks)
-        elif is_finite_real(scale) and scale > 0:
-            scale_value = float(scale)
-        else:
-            raise ValueError(
-                f"Argument `scale` must be a finite number > 0 or 'num_tasks'. "
-                f"Received: scale={scale!r}"
-            )
+        self._scale_value = scale_value(scale, self.num_tasks)
         self.scale = scale
-        self._scale_value = scale_value
         if not any(normalize_losses is v or (isinstance(normalize_losses, str) and normalize_losses == v)
                    for v in NORMALIZE_LOSSES):
             raise ValueError(

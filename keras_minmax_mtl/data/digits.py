@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl.core.checks import check_positive_int
-from keras_minmax_mtl.data.common import check_seed, resolve_shuffle
+from keras_minmax_mtl.data.common import check_seed, check_split, pick, resolve_shuffle
 
 __all__ = [
     "CANVAS_ROWS",
@@ -108,17 +108,6 @@ _POOL_SEED = 20240607
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
 
 _MAX_PIXEL = 16.0  # scikit-learn's digits take integer values in [0, 16].
-
-
-# --------------------------------------------------------------------------- #
-# Argument checks
-# --------------------------------------------------------------------------- #
-def _check_split(split):
-    if not isinstance(split, str) or split not in SPLITS:
-        raise ValueError(
-            f"Argument `split` must be one of {list(SPLITS)}. Received: split={split!r}"
-        )
-    return split
 
 
 # --------------------------------------------------------------------------- #
@@ -185,7 +174,7 @@ def multi_digits_source_indices(split):
     >>> len(set(train) & set(test))
     0
     """
-    return _pools()[_check_split(split)]
+    return _pools()[check_split(split, SPLITS)]
 
 
 # --------------------------------------------------------------------------- #
@@ -201,12 +190,6 @@ def _paste(canvas, images, rows, cols, row_offsets, col_offsets):
                 canvas[which, r:r + DIGIT_SIZE, c:c + DIGIT_SIZE] = np.maximum(
                     window, images[which]
                 )
-
-
-def _pick(u, choices):
-    """Maps uniforms in `[0, 1)` to a uniform choice among `choices`."""
-    choices = np.asarray(choices)
-    return choices[np.minimum((u * len(choices)).astype(np.int64), len(choices) - 1)]
 
 
 def load_multi_digits(split="train", seed=0, num_examples=None):
@@ -249,7 +232,7 @@ def load_multi_digits(split="train", seed=0, num_examples=None):
     >>> sorted(set(y_train["sum"].tolist()))[:3]
     [0, 1, 2]
     """
-    split = _check_split(split)
+    split = check_split(split, SPLITS)
     seed = check_seed(seed)
     if num_examples is None:
         num_examples = DEFAULT_NUM_EXAMPLES[split]
@@ -262,12 +245,12 @@ def load_multi_digits(split="train", seed=0, num_examples=None):
     # on (split, seed, i), never on `num_examples`.
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
     u = rng.random((num_examples, 6))
-    left_idx = _pick(u[:, 0], pool)
-    right_idx = _pick(u[:, 1], pool)
-    left_rows = _pick(u[:, 2], LEFT_ROW_OFFSETS)
-    left_cols = _pick(u[:, 3], LEFT_COL_OFFSETS)
-    right_rows = _pick(u[:, 4], RIGHT_ROW_OFFSETS)
-    right_cols = _pick(u[:, 5], RIGHT_COL_OFFSETS)
+    left_idx = pick(u[:, 0], pool)
+    right_idx = pick(u[:, 1], pool)
+    left_rows = pick(u[:, 2], LEFT_ROW_OFFSETS)
+    left_cols = pick(u[:, 3], LEFT_COL_OFFSETS)
+    right_rows = pick(u[:, 4], RIGHT_ROW_OFFSETS)
+    right_cols = pick(u[:, 5], RIGHT_COL_OFFSETS)
 
     canvas = np.zeros((num_examples, CANVAS_ROWS, CANVAS_COLS), dtype=np.float32)
     _paste(canvas, images[left_idx], left_rows, left_cols,
@@ -319,7 +302,7 @@ def multi_digits(split="train", seed=0, num_examples=None, batch_size=32, shuffl
     >>> tuple(x.shape), tuple(labels["sum"].shape)
     ((64, 12, 16, 1), (64,))
     """
-    split = _check_split(split)
+    split = check_split(split, SPLITS)
     seed = check_seed(seed)
     batch_size = check_positive_int(
         batch_size, "batch_size",

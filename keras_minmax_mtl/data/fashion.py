@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl.core.checks import check_positive_int
-from keras_minmax_mtl.data.common import check_seed, resolve_shuffle
+from keras_minmax_mtl.data.common import check_seed, check_split, pick, resolve_shuffle
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -227,19 +227,6 @@ def _pool(folder, split):
     return images, labels, chosen
 
 
-def _pick(u, choices):
-    """Maps uniforms in ``[0, 1)`` to a uniform choice among `choices`."""
-    choices = np.asarray(choices)
-    return choices[np.minimum((u * len(choices)).astype(np.int64), len(choices) - 1)]
-
-
-def _check_split(split):
-    if not isinstance(split, str) or split not in MULTI_FASHION_SPLITS:
-        raise ValueError(f"Argument `split` must be one of {list(MULTI_FASHION_SPLITS)}. "
-                         f"Received: split={split!r}")
-    return split
-
-
 def load_multi_fashion(split="train", seed=0, num_examples=None, data_dir=None):
     """Builds a split of MultiFashion as NumPy arrays.
 
@@ -267,7 +254,7 @@ def load_multi_fashion(split="train", seed=0, num_examples=None, data_dir=None):
     >>> 40 < float(labels["ink"].mean()) < 75
     True
     """
-    split = _check_split(split)
+    split = check_split(split, MULTI_FASHION_SPLITS)
     seed = check_seed(seed)
     if num_examples is None:
         num_examples = MULTI_FASHION_DEFAULT_EXAMPLES[split]
@@ -276,8 +263,8 @@ def load_multi_fashion(split="train", seed=0, num_examples=None, data_dir=None):
 
     # Example i depends only on (split, seed, i): one row of uniforms per canvas.
     u = np.random.default_rng([seed, _SPLIT_STREAM[split]]).random((num_examples, 6))
-    left, right = _pick(u[:, 0], pool), _pick(u[:, 1], pool)
-    offsets = [_pick(u[:, k], _SHIFTS) for k in range(2, 6)]
+    left, right = pick(u[:, 0], pool), pick(u[:, 1], pool)
+    offsets = [pick(u[:, k], _SHIFTS) for k in range(2, 6)]
     canvas = np.zeros((num_examples, MULTI_FASHION_CANVAS, MULTI_FASHION_CANVAS), np.uint8)
     for which, rows, cols, base in ((left, offsets[0], offsets[1], 0),
                                     (right, offsets[2], offsets[3], _BOTTOM_RIGHT)):
@@ -310,7 +297,7 @@ def multi_fashion(split="train", seed=0, num_examples=None, batch_size=32, shuff
     >>> tuple(x.shape), tuple(labels["ink"].shape)
     ((64, 36, 36, 1), (64,))
     """
-    split = _check_split(split)
+    split = check_split(split, MULTI_FASHION_SPLITS)
     seed = check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
     shuffle = resolve_shuffle(shuffle, split)

@@ -15,7 +15,7 @@ from the detached losses, which every back-end's train step carries out (the
 JAX step through `Model.stateless_compute_loss`), so callbacks, `evaluate`
 and `.keras` save → load → continue work as for any Keras model.
 """
-from keras_minmax_mtl.core.checks import is_finite_real
+from keras_minmax_mtl.core.checks import scale_value
 from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.keras3.backend import keras, loss_object, register, require_functional, task_names
 from keras_minmax_mtl.keras3.weighting import MinMaxWeighting, TaskWeighting, EqualWeighting
@@ -117,14 +117,7 @@ class MultiTaskModel(keras.Model):
                 "Argument `weighting` must be a `keras_minmax_mtl.keras3.TaskWeighting` (e.g. "
                 f"MinMaxWeighting(), EqualWeighting()). Received: weighting={weighting!r}"
             )
-        if scale == "num_tasks":
-            self._scale_value = float(len(names))
-        elif is_finite_real(scale) and scale > 0:
-            self._scale_value = float(scale)
-        else:
-            raise ValueError(
-                f"Argument `scale` must be a finite number > 0 or 'num_tasks'. Received: scale={scale!r}"
-            )
+        self._scale_value = scale_value(scale, len(names))
         if weighting.built and weighting.num_tasks != len(names):
             raise ValueError(f"Argument `weighting` was built for {weighting.num_tasks} tasks but "
                              f"the model has {len(names)}: {names}.")
