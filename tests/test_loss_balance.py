@@ -18,19 +18,30 @@ def _data(n=32, reg_scale=100.0, seed=0):
                "reg": (reg_scale * (1 + rng.rand(n))).astype("float32")}
 
 
-def _base(seed=0):
+def _base(seed=0, form="list"):
+    """Two tasks, `cls` (softmax) and `reg` (a (N, 1) regression head), as a list, a dict or
+    on a nested trunk (a model called as a layer)."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((5,))
-    h = keras.layers.Dense(4, activation="tanh", name="trunk")(inp)
-    return keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="cls")(h),
-                             keras.layers.Dense(1, name="reg")(h)])
+    if form == "nested":
+        inner = keras.Input((5,))
+        trunk = keras.Model(inner, keras.layers.Dense(4, activation="tanh", name="trunk")(inner),
+                            name="trunk_model")
+        h = trunk(inp)
+    else:
+        h = keras.layers.Dense(4, activation="tanh", name="trunk")(inp)
+    heads = [keras.layers.Dense(3, activation="softmax", name="cls")(h),
+             keras.layers.Dense(1, name="reg")(h)]
+    return keras.Model(inp, {"cls": heads[0], "reg": heads[1]} if form == "dict" else heads)
 
 
-def test_loss_scales_step_equals_plain_keras_loss_weights():
+@pytest.mark.parametrize("form", ["list", "dict", "nested"])
+def test_loss_scales_step_equals_plain_keras_loss_weights(form):
     x, y = _data()
-    plain = _base()
+    plain = _base(form=form)
     plain.compile(keras.optimizers.SGD(0.01), loss=LOSSES, loss_weights={"cls": 3.0, "reg": 0.5})
-    model = kmm.MultiTaskModel(_base(), scale="num_tasks", loss_scales={"cls": 3.0, "reg": 0.5})
+    model = kmm.MultiTaskModel(_base(form=form), scale="num_tasks",
+                               loss_scales={"cls": 3.0, "reg": 0.5})
     model.compile(keras.optimizers.SGD(0.01), loss=LOSSES)
     plain_logs = plain.train_on_batch(x, y, return_dict=True)
     logs = model.train_on_batch(x, y, return_dict=True)
