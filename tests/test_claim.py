@@ -1,0 +1,84 @@
+"""benchmarks/claim.py on a fake training function: the search, the paired statistics, resuming.
+
+The training function is replaced by one that returns known accuracies, so the
+confidence intervals, tests and goals are checked against values computed
+here by hand (no TensorFlow, no training).
+"""
+import json
+import runpy
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests.helpers import REPO_ROOT
+
+#: Per (weighting, arm) the worst-task accuracy of seed s is BASE + STEP * s + offset.
+OFFSETS = {("minmax", "dense"): 0.10, ("ew", "dense"): 0.05, ("minmax", "reweighted_l1"): 0.09,
+           ("ew", "reweighted_l1"): 0.02}
+SEED_NOISE = [0.0, 0.01, -0.02, 0.03, 0.005]
+
+
+def fake_train(config):
+    seed = config["seed"]
+    if seed >= 1000:  # the search: gamma 1 with step size 0.1 is best on validation
+        value = 0.5 + (0.1 if config["minmax"] == {"step_size": 0.1, "gamma": 1.0} else 0.0)
+        summary = {"tasks": {"a": value, "b": value + 0.1}, "worst": value, "mean": value + 0.05}
+        return {"config": config, "task_names": ["a", "b"], "train_seconds": 0.0,
+                "validation": summary, "test": summary, "sparsity": 0.0, "nonzero_weights": 1}
+    noise = SEED_NOISE[seed] * (2 if config["weighting"] == "ew" else 1)
+    worst = 0.4 + OFFSETS[(config["weighting"], config["compression"])] + noise
+    summary = {"tasks": {"a": worst, "b": worst + 0.2}, "worst": worst, "mean": worst + 0.1}
+    return {"config": config, "task_names": ["a", "b"], "train_seconds": 0.0,
+            "validation": summary, "test": summary, "sparsity": config["sparsity"] or 0.0,
+            "nonzero_weights": 10}
+
+
+ARGS = ["--dataset", "multi_digits", "--seeds", "5", "--search-seeds", "2", "--arms", "dense",
+        "rl1_90", "--weightings", "minmax", "ew"]
+
+
+@pytest.fixture(scope="module")
+def claim():
+    return runpy.run_path(str(REPO_ROOT / "benchmarks" / "claim.py"))
+
+
+def test_claim_chooses_on_validation_and_reports_exact_paired_statistics(claim, tmp_path, capsys):
+    out = claim["main"]([*ARGS, "--out", str(tmp_path)], train=fake_train)
+    printed = capsys.readouterr().out
+    assert out["chosen"] == {"step_size": 0.1, "gamma": 1.0}
+    assert "[28/28]" in printed  # 4 search settings × 2 seeds + 2 arms × 5 seeds × 2 weightings
+    saved = json.loads((tmp_path / "runs" / "dense-minmax-s0.json").read_text())
+    assert saved["config"]["minmax"] == {"step_size": 0.1, "gamma": 1.0}
+    assert "minmax" not in json.loads((tmp_path / "runs" / "dense-ew-s0.json").read_text())["config"]
+
+    # min-max − EW at 90 %: 0.07 − noise per seed (EW's noise is twice min-max's).
+    d = 0.07 - np.array(SEED_NOISE)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    test = out["tests"]["rl1_90"]["ew"]["worst"]
+    assert test["difference"] == pytest.approx(d.mean())
+    assert test["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert test["wilcoxon_p"] == pytest.approx(0.0625)  # all 5 positive: exact p = 2 / 2**5
+    assert test["wins"] == 5 and test["losses"] == 0
+    assert test["t_p"] == pytest.approx(stats.ttest_rel(0.49 + np.array(SEED_NOISE),
+                                                        0.42 + 2 * np.array(SEED_NOISE)).pvalue)
+    # Wilcoxon cannot reach p < 0.05 with 5 seeds, so the goal is not met.
+    goal = out["goals"]["minmax rl1_90 worst > ew rl1_90 worst, p < 0.05"]
+    assert not goal["met"]
+    drop = out["goals"]["minmax rl1_90 worst − minmax dense worst ≥ −2 points"]
+    assert drop["difference"] == pytest.approx(-0.01) and drop["met"]
+    assert drop["t_p"] is None and drop["ci95"] == pytest.approx([-0.01, -0.01])  # constant
+
+    table = (tmp_path / "claim.md").read_text()
+    assert "| 0.1 | 1 | 60.00 **(chosen)** | 60.00, 60.00 |" in table
+    assert f"| reweighted ℓ1 90 % | ew | 5 | {d.mean() * 100:+.2f} |" in table
+    assert (tmp_path / "claim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def no_training(config):
+        raise AssertionError(f"resumed run trained {config}")
+
+    again = claim["main"]([*ARGS, "--out", str(tmp_path)], train=no_training)
+    assert again["tests"] == out["tests"]
+    report = claim["main"]([*ARGS, "--seeds", "6", "--out", str(tmp_path), "--report-only"],
+                           train=no_training)
+    assert report["cells"]["dense"]["minmax"]["seeds"] == [0, 1, 2, 3, 4]  # seed 5 not run
