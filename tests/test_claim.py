@@ -21,8 +21,8 @@ SEED_NOISE = [0.0, 0.01, -0.02, 0.03, 0.005]
 
 def fake_train(config):
     seed = config["seed"]
-    if seed >= 1000:  # the search: gamma 1 with step size 0.1 is best on validation
-        value = 0.5 + (0.1 if config["minmax"] == {"step_size": 0.1, "gamma": 1.0} else 0.0)
+    if seed >= 1000:  # the search: step size 0.1 is best on validation
+        value = 0.5 + (0.1 if config["minmax"] == {"step_size": 0.1, "gamma": 5.0} else 0.0)
         summary = {"tasks": {"a": value, "b": value + 0.1}, "worst": value, "mean": value + 0.05}
         return {"config": config, "task_names": ["a", "b"], "train_seconds": 0.0,
                 "validation": summary, "test": summary, "sparsity": 0.0, "nonzero_weights": 1}
@@ -46,10 +46,10 @@ def claim():
 def test_claim_chooses_on_validation_and_reports_exact_paired_statistics(claim, tmp_path, capsys):
     out = claim["main"]([*ARGS, "--out", str(tmp_path)], train=fake_train)
     printed = capsys.readouterr().out
-    assert out["chosen"] == {"step_size": 0.1, "gamma": 1.0}
-    assert "[28/28]" in printed  # 4 search settings × 2 seeds + 2 arms × 5 seeds × 2 weightings
+    assert out["chosen"] == {"step_size": 0.1, "gamma": 5.0}
+    assert "[24/24]" in printed  # 2 search settings × 2 seeds + 2 arms × 5 seeds × 2 weightings
     saved = json.loads((tmp_path / "runs" / "dense-minmax-s0.json").read_text())
-    assert saved["config"]["minmax"] == {"step_size": 0.1, "gamma": 1.0}
+    assert saved["config"]["minmax"] == {"step_size": 0.1, "gamma": 5.0}
     assert "minmax" not in json.loads((tmp_path / "runs" / "dense-ew-s0.json").read_text())["config"]
 
     # min-max − EW at 90 %: 0.07 − noise per seed (EW's noise is twice min-max's).
@@ -70,7 +70,8 @@ def test_claim_chooses_on_validation_and_reports_exact_paired_statistics(claim, 
     assert drop["t_p"] is None and drop["ci95"] == pytest.approx([-0.01, -0.01])  # constant
 
     table = (tmp_path / "claim.md").read_text()
-    assert "| 0.1 | 1 | 60.00 **(chosen)** | 60.00, 60.00 |" in table
+    assert "| 0.1 | 5 | 60.00 **(chosen)** | 60.00, 60.00 |" in table
+    assert "| 0.02 | 5 | 50.00 | 50.00, 50.00 |" in table
     assert f"| reweighted ℓ1 90 % | ew | 5 | {d.mean() * 100:+.2f} |" in table
     assert (tmp_path / "claim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
