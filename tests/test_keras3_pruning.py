@@ -71,16 +71,14 @@ def test_the_polynomial_schedule_is_tfmots_polynomial_decay():
 
 
 def test_the_magnitude_mask_is_tfmots_on_distinct_magnitudes_and_exact_on_ties():
-    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl  # noqa: F401
-    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_impl import Pruning
 
     values = np.random.default_rng(0).normal(size=(6, 7)).astype("float32")
-    for sparsity in (0.0, 0.3, 0.5, 0.9):
-        k = int(round(values.size * (1 - sparsity)))
-        threshold = np.sort(np.abs(values).ravel())[::-1][k - 1]
-        tfmot_rule = (np.abs(values) >= threshold).astype("float32")  # pruning_impl's top_k rule
-        np.testing.assert_array_equal(maths.magnitude_mask(values, sparsity), tfmot_rule)
-        assert int(tf.reduce_sum(tfmot_rule)) == k
+    for sparsity in (0.0, 0.3, 0.5, 0.9, 0.999):
+        schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0)
+        _, theirs = Pruning(lambda: 0, [], schedule, (1, 1), "AVG")._update_mask(values)
+        np.testing.assert_array_equal(maths.magnitude_mask(values, sparsity), theirs.numpy())
+    assert maths.magnitude_mask(values, 0.999).sum() == 1  # tfmot keeps at least one weight too
     tied = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
     np.testing.assert_array_equal(maths.magnitude_mask(tied, 0.4), [1, 0, 0, 1, 1])  # exactly 3
 

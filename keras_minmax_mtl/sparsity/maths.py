@@ -108,11 +108,12 @@ def top_indices(candidates, scores, k, rng=None):
 
 
 def magnitude_mask(values, sparsity, rng=None):
-    r"""The 0/1 mask keeping the ``k = round(n·(1 − sparsity))`` entries of largest ``|values|``.
+    r"""The 0/1 mask keeping the ``k = max(round(n·(1 − sparsity)), 1)`` entries of largest ``|values|``.
 
-    tfmot's rule (``k`` kept of ``n``; tfmot keeps every weight at or above
-    the k-th magnitude, so it can keep more on ties); here exactly ``k`` are
-    kept, ties at the k-th magnitude broken by `rng` or, without one, by index.
+    tfmot's rule (`pruning_impl.Pruning._update_mask`: the same ``k``; tfmot
+    keeps every weight at or above the k-th magnitude, so it can keep more on
+    ties); here exactly ``k`` are kept, ties at the k-th magnitude broken by
+    `rng` or, without one, by index.
 
     Args:
         values: the (already masked) weights, any shape.
@@ -124,7 +125,7 @@ def magnitude_mask(values, sparsity, rng=None):
     """
     values = np.asarray(values)
     sparsity = check_target_sparsity(sparsity, "sparsity")
-    k = int(round(values.size * (1.0 - sparsity)))
+    k = max(int(round(values.size * (1.0 - sparsity))), 1) if values.size else 0
     keep = np.zeros(values.size, dtype=bool)
     keep[top_indices(np.ones(values.size, dtype=bool), np.abs(values), k, rng)] = True
     return keep.reshape(values.shape).astype(np.float32)
