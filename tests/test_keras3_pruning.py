@@ -83,6 +83,28 @@ def test_the_magnitude_mask_is_tfmots_on_distinct_magnitudes_and_exact_on_ties()
     np.testing.assert_array_equal(maths.magnitude_mask(tied, 0.4), [1, 0, 0, 1, 1])  # exactly 3
 
 
+def test_the_shared_maths_keeps_exact_counts_and_states_its_examples():
+    rng = np.random.default_rng(0)
+    mask = maths.random_mask((5, 6), 12, np.random.default_rng(1))
+    assert mask.shape == (5, 6) and mask.sum() == 12
+    weights, gradients = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    for n in (0, 3, 12):
+        new = maths.prune_and_grow(mask, np.abs(weights * mask), np.abs(gradients), n, n)
+        assert new.sum() == 12 and new.dtype == mask.dtype
+    # n_drop is capped at the 12 active, n_grow at the 30 free after the drop.
+    assert maths.prune_and_grow(mask, np.abs(weights), np.abs(gradients), 20, 20).sum() == 20
+    assert maths.prune_and_grow(mask, np.abs(weights), np.abs(gradients), 0, 40).sum() == 30
+    assert maths.refresh_points(501, 1001, 2) == (668, 834)
+    assert maths.drop_fraction_at(0, 0.3, 10) == 0.3 and maths.drop_fraction_at(11, 0.3, 10) == 0.0
+    assert maths.drop_fraction_at(5, 0.3, 10) == pytest.approx(0.15)
+    np.testing.assert_allclose(maths.reweighted_factors(np.array([0.0, 1.0]), 0.5), [2.0, 2 / 3])
+    assert maths.polynomial_sparsity(50, 0.0, 0.9, 0, 100, 3) == pytest.approx(0.7875)
+    np.testing.assert_array_equal(maths.magnitude_mask(np.array([0.3, -2.0, 0.1, 1.0]), 0.5),
+                                  [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"Argument `sparsity` must be in \[0, 1\). Received: sparsity=1.5"):
+        maths.magnitude_mask(weights, 1.5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_wrapped_layer_computes_the_plain_layer_with_the_masked_kernel(runs, backend):
     for name, entry in runs[backend]["wrapper"].items():
