@@ -235,14 +235,15 @@ def export_run(folder):
     model.fit(x, y, batch_size=16, epochs=2, verbose=0,
               callbacks=[UpdateMasks(ConstantSparsity(0.6, begin_step=1, frequency=100))])
     out = {}
-    for quantization in ("float", "int8"):
-        report = export_litert(model, os.path.join(folder, f"{quantization}.tflite"),
-                               quantization=quantization, representative_data=x)
-        out[quantization] = {k: report[k] for k in ("bytes", "quantization", "tasks", "sparsity")}
-        out[quantization]["verification"] = report["verification"]
+    report = export_litert(model, os.path.join(folder, "int8.tflite"), quantization="int8",
+                           representative_data=x)
+    out["int8"] = {k: report[k] for k in ("bytes", "quantization", "tasks", "sparsity")}
+    out["int8"]["verification"] = report["verification"]
     existing = os.path.join(folder, "kept.tflite")
     with open(existing, "wb") as f:
         f.write(b"the user's file")
+    # The float file (one conversion: the test's time) is verified against a tolerance it cannot
+    # meet, so the export fails after the conversion; its message gives the file's errors.
     try:
         export_litert(model, existing, float_tolerance=1e-12, representative_data=x)
         out["tight"] = "no error"
