@@ -20,7 +20,8 @@ from keras import layers
 from keras_minmax_mtl.keras3 import MinMaxMultiTask
 from keras_minmax_mtl.keras3 import dst as dst_module
 from keras_minmax_mtl.keras3.pruning import (PruneMasked, ReweightedL1Stages, UpdateMasks,
-                                             masked_layers, prune_model, sparsity_report, strip)
+                                             masked_layers, optimizer_slots, prune_model,
+                                             sparsity_report, strip)
 from keras_minmax_mtl.keras3.schedules import (ConstantSparsity, PolynomialDecay,
                                                ReweightedL1Schedule)
 
@@ -192,7 +193,7 @@ def reference_gradients(model, x, y):
 
 def dst_run():
     x, y = data()
-    model = compiled(prune_model(network(seed=4)))
+    model = compiled(prune_model(network(seed=4)), optimizer="adam")
     batch = (x[:16], {k: v[:16] for k, v in y.items()})
     updates = []
 
@@ -201,7 +202,14 @@ def dst_run():
             before = [(np_(w.mask), np_(w.masked_kernel())) for w in self.wrappers]
             reference = reference_gradients(self.model, *batch)
             super().update(t)
+            slots = [optimizer_slots(self.model.optimizer, w.kernel) for w in self.wrappers]
+            grown = [(np_(w.mask) > 0) & ~(m > 0) for w, (m, _) in zip(self.wrappers, before)]
             updates.append({
+                "slots": [len(s) for s in slots],
+                "slots_zero_where_grown": all(np.all(np_(slot)[g] == 0)
+                                              for s, g in zip(slots, grown) for slot in s),
+                "grown_weights_zero": all(np.all(np_(w.kernel)[g] == 0)
+                                          for w, g in zip(self.wrappers, grown)),
                 "step": t,
                 "fraction": self.history[-1]["drop_fraction"],
                 "old_masks": [m.tolist() for m, _ in before],

@@ -163,12 +163,15 @@ def test_reweighted_stages_dense_then_penalty_with_refreshes_then_one_prune(runs
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rigl_keeps_exact_counts_and_grows_the_largest_gradients(runs, backend):
+def test_rigl_keeps_exact_counts_grows_the_largest_gradients_and_resets_adam(runs, backend):
     run = runs[backend]["dst"]
     assert run["initial_counts"] == [24, 40]
     assert [u["step"] for u in run["updates"]] == [2, 4, 6]
     for update in run["updates"]:
         assert update["zero_weights_outside_mask"]
+        # Adam's m and v of each kernel, reset where a weight was grown; grown weights start at 0.
+        assert update["slots"] == [2, 2]
+        assert update["slots_zero_where_grown"] and update["grown_weights_zero"]
         for old, values, gradient, reference, new in zip(
                 update["old_masks"], update["values"], update["gradients"],
                 update["reference_gradients"], update["new_masks"]):
