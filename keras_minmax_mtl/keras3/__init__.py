@@ -9,11 +9,12 @@ implementation, run here with `keras.ops`).
 - `multitask`: `MultiTaskModel` (override of `Model.compute_loss`) and `MinMaxMultiTask`;
 - `weighting`: `TaskWeighting`, `EqualWeighting`, `MinMaxWeighting` (projected and
   exponentiated ascent);
-- `backend`: the one `import keras`, `register` and the model checks.
+- `backend`: the one `import keras`, `register` and the model checks;
+- `pruning`, `schedules`, `dst`, `export`: magnitude / reweighted-ℓ1 pruning, RigL and SET
+  without tfmot, `strip`, and verified LiteRT export (imported when asked for).
 
-Not yet on this path: pruning, dynamic sparse training and TFLite export
-(tfmot supports only tf_keras), uncertainty weighting and DWA, `update_on="epoch"`,
-loss normalisation and `loss_scales`. See docs/keras3.md.
+Not yet on this path: structured, task-aware and hybrid sparsity, uncertainty weighting and DWA,
+`update_on="epoch"`, loss normalisation and `loss_scales`. See docs/keras3.md.
 
 Example:
 

@@ -69,6 +69,7 @@ from keras_minmax_mtl.core.checks import is_finite_real
 from keras_minmax_mtl.core.backend import keras, register, require_functional
 from keras_minmax_mtl.sparsity.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.sparsity.mask_updaters import MaskUpdater, RigLUpdater, SETUpdater
+from keras_minmax_mtl.sparsity.maths import drop_fraction_at, random_mask
 from keras_minmax_mtl.core.multitask import MultiTaskModel
 from keras_minmax_mtl.sparsity.policy import is_prunable
 from keras_minmax_mtl.sparsity.pruning import (
@@ -127,15 +128,6 @@ class HoldMasks(PruningSchedule):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):
-    r"""The drop fraction at `step`: ``f_0·½(1 + cos(π·step/end_step))`` (cosine) or ``f_0``; 0 after `end_step`."""
-    if step > end_step:
-        return 0.0
-    if decay == "constant":
-        return float(drop_fraction)
-    return float(drop_fraction) * 0.5 * (1.0 + math.cos(math.pi * step / end_step))
 
 
 def _output_layers(model):
@@ -279,9 +271,7 @@ def initialize_masks(model, sparsity, density="erk", seed=0):
     counts = active_counts([tuple(weight.shape) for _, weight, _ in kernels], sparsity, density)
     for index, ((_, weight, mask), count) in enumerate(zip(kernels, counts)):
         rng = np.random.default_rng((int(seed), index))
-        flat = np.zeros(int(np.prod(weight.shape)), dtype=mask.dtype.as_numpy_dtype)
-        flat[rng.permutation(flat.size)[:count]] = 1
-        new_mask = flat.reshape(weight.shape)
+        new_mask = random_mask(tuple(weight.shape), count, rng, mask.dtype.as_numpy_dtype)
         mask.assign(new_mask)
         weight.assign(weight.numpy() * new_mask)
     return counts

@@ -34,27 +34,9 @@ Example:
 import numpy as np
 
 from keras_minmax_mtl.core.backend import register
+from keras_minmax_mtl.sparsity.maths import prune_and_grow
 
 __all__ = ["MaskUpdater", "RigLUpdater", "SETUpdater"]
-
-
-def _top(candidates, scores, k, rng):
-    """Flat indices of the `k` candidates with the highest scores, ties broken at random.
-
-    Linear time: a partition finds the k-th largest score; every candidate above
-    it is taken, and the rest are drawn at random among those equal to it.
-    """
-    index = np.flatnonzero(candidates)
-    if k <= 0 or index.size == 0:
-        return index[:0]
-    if k >= index.size:
-        return index
-    values = scores.reshape(-1)[index]
-    kth = np.partition(values, index.size - k)[index.size - k]
-    above = index[values > kth]
-    ties = index[values == kth]
-    chosen = ties[rng.choice(ties.size, size=k - above.size, replace=False)]
-    return np.concatenate([above, chosen])
 
 
 class MaskUpdater:
@@ -102,15 +84,9 @@ class MaskUpdater:
         Returns:
             The new mask, a float array of the mask's dtype and shape.
         """
-        active = mask.reshape(-1) > 0
-        n_active = int(active.sum())
-        n_drop = min(max(int(n_drop), 0), n_active)
-        keep_index = _top(active, self.drop_scores(weight, mask, gradient, rng), n_active - n_drop, rng)
-        kept = np.zeros(active.size, dtype=bool)
-        kept[keep_index] = True
-        grow_index = _top(~kept, self.grow_scores(weight, mask, gradient, rng), int(n_grow), rng)
-        kept[grow_index] = True
-        return kept.reshape(mask.shape).astype(mask.dtype)
+        return prune_and_grow(mask, self.drop_scores(weight, mask, gradient, rng),
+                              lambda: self.grow_scores(weight, mask, gradient, rng),
+                              n_drop, n_grow, rng)
 
 
 @register

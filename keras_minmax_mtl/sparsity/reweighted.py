@@ -50,7 +50,6 @@ Example:
 >>> sparsity_report(model)["overall"]["sparsity"]        # 0.9 (to rounding)
 >>> deployable = strip_pruning(model)                    # keeps the task weights
 """
-import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -59,9 +58,17 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_schedule i
     PruningSchedule,
 )
 
-from keras_minmax_mtl.core.checks import is_finite_real, is_int, is_real
+from keras_minmax_mtl.core.checks import is_int
 from keras_minmax_mtl.core.backend import keras, register, require_functional
 from keras_minmax_mtl.core.multitask import MultiTaskModel
+from keras_minmax_mtl.sparsity.maths import (
+    check_epsilon,
+    check_rho,
+    check_stage_steps,
+    check_target_sparsity,
+    refresh_points,
+    reweighted_factors,
+)
 from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy, layer_roles
 from keras_minmax_mtl.sparsity.pruning import (
     PruneLowMagnitude,
@@ -96,48 +103,6 @@ ALLOCATIONS = ("uniform", "global")
 
 _PENALTY_ATTRIBUTE = "_kmm_reweighted_l1_penalty"
 _STATE_ATTRIBUTE = "kmm_reweighted_l1_state"
-
-
-def _check_sparsity(target_sparsity):
-    if (not isinstance(target_sparsity, numbers.Real) or isinstance(target_sparsity, bool)
-            or not 0.0 <= target_sparsity < 1.0):
-        raise ValueError(
-            f"Argument `target_sparsity` must be in [0, 1). Received: "
-            f"target_sparsity={target_sparsity!r}"
-        )
-    return float(target_sparsity)
-
-
-def _not_finite(value):
-    return " (a finite number is needed)" if is_real(value) and not is_finite_real(value) else ""
-
-
-def _check_epsilon(epsilon):
-    if not is_finite_real(epsilon) or not epsilon > 0:
-        raise ValueError(f"Argument `epsilon` must be > 0. Received: epsilon={epsilon!r}"
-                         + _not_finite(epsilon))
-    return float(epsilon)
-
-
-def _check_rho(rho):
-    if not is_finite_real(rho) or not rho >= 0:
-        raise ValueError(f"Argument `rho` must be a number >= 0. Received: rho={rho!r}"
-                         + _not_finite(rho))
-    return float(rho)
-
-
-def _check_steps(begin_step, prune_step):
-    if not is_int(begin_step) or begin_step < 1:
-        raise ValueError(
-            f"Argument `begin_step` must be an integer >= 1 (tfmot's first training step is "
-            f"step 1). Received: begin_step={begin_step!r}"
-        )
-    if not is_int(prune_step) or prune_step < begin_step:
-        raise ValueError(
-            f"Argument `prune_step` must be an integer >= begin_step={begin_step} (the prune "
-            f"cannot come before the reweighted stage begins). Received: prune_step={prune_step!r}"
-        )
-    return int(begin_step), int(prune_step)
 
 
 @register
@@ -186,8 +151,8 @@ class ReweightedL1Schedule(PruningSchedule):
 
     def __init__(self, target_sparsity, prune_step, begin_step=1, sparsity_type="unstructured",
                  calls_per_step=1):
-        self.target_sparsity = _check_sparsity(target_sparsity)
-        self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
+        self.target_sparsity = check_target_sparsity(target_sparsity)
+        self.begin_step, self.prune_step = check_stage_steps(begin_step, prune_step)
         self.sparsity_type = check_sparsity_type(sparsity_type)
         if not is_int(calls_per_step) or calls_per_step < 1:
             raise ValueError(f"Argument `calls_per_step` must be an integer >= 1. Received: "
@@ -198,7 +163,7 @@ class ReweightedL1Schedule(PruningSchedule):
 
     def set_sparsity(self, sparsity):
         """Sets the sparsity of the coming prune (for this layer), in `[0, 1)`."""
-        self.sparsity.assign(_check_sparsity(sparsity))
+        self.sparsity.assign(check_target_sparsity(sparsity))
 
     def __call__(self, step):
         if self.sparsity_type == "filter":  # ReweightedL1Stages sets the unit masks itself
@@ -271,7 +236,7 @@ class ReweightedL1Penalty:
     """
 
     def __init__(self, model, epsilon=1e-6, sparsity_type="unstructured"):
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         self.sparsity_type = check_sparsity_type(sparsity_type)
         self.weights = [weight for wrapper in pruning_wrappers(model)
                         for weight, _, _ in wrapper.pruning_vars]
@@ -287,7 +252,7 @@ class ReweightedL1Penalty:
         ]
         # 1 / (|w_ref| + ε) (or 1 / (‖W_ref_u‖ + ε)), computed at each refresh so a step
         # only multiplies.
-        self.factors = [tf.Variable(1.0 / (self._magnitudes(r) + self.epsilon), trainable=False,
+        self.factors = [tf.Variable(reweighted_factors(self._magnitudes(r), self.epsilon), trainable=False,
                                     name=r.name.split(":")[0].replace("reference", "factor"))
                         for r in self.references]
         self.coefficient = tf.Variable(0.0, trainable=False, dtype=tf.float32,
@@ -313,7 +278,7 @@ class ReweightedL1Penalty:
         existing = getattr(model, _PENALTY_ATTRIBUTE, None)
         if existing is not None:
             if (existing.epsilon, existing.sparsity_type) != (
-                    _check_epsilon(epsilon), check_sparsity_type(sparsity_type)):
+                    check_epsilon(epsilon), check_sparsity_type(sparsity_type)):
                 raise ValueError(
                     f"Model {model.name!r} already has a reweighted penalty with "
                     f"epsilon={existing.epsilon}, sparsity_type={existing.sparsity_type!r}. "
@@ -344,7 +309,7 @@ class ReweightedL1Penalty:
         self.reference_step.assign(int(step))
         for reference, factor, weight in zip(self.references, self.factors, self.weights):
             reference.assign(weight)
-            factor.assign(1.0 / (self._magnitudes(reference) + self.epsilon))
+            factor.assign(reweighted_factors(self._magnitudes(reference), self.epsilon))
 
     def set_coefficient(self, value):
         """Sets ``c`` (ρ in the reweighted stage, 0 otherwise)."""
@@ -381,7 +346,7 @@ def global_sparsities(kernels, target_sparsity):
 
     (6, 5 and 4 are kept in the second layer; the first keeps one weight anyway.)
     """
-    target_sparsity = _check_sparsity(target_sparsity)
+    target_sparsity = check_target_sparsity(target_sparsity)
     magnitudes = [np.abs(np.asarray(k, dtype=np.float64)).ravel() for k in kernels]
     sizes = [m.size for m in magnitudes]
     total = sum(sizes)
@@ -445,8 +410,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     def __init__(self, rho, begin_step, prune_step, refresh_steps=(), epsilon=1e-6,
                  allocation="uniform", target_sparsity=None, sparsity_type="unstructured"):
         super().__init__()
-        self.rho = _check_rho(rho)
-        self.begin_step, self.prune_step = _check_steps(begin_step, prune_step)
+        self.rho = check_rho(rho)
+        self.begin_step, self.prune_step = check_stage_steps(begin_step, prune_step)
         refresh_steps = tuple(refresh_steps or ())
         for step in refresh_steps:
             if not is_int(step) or not begin_step <= step < prune_step:
@@ -456,7 +421,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                     f"Received: refresh_steps={refresh_steps!r}"
                 )
         self.refresh_steps = tuple(sorted(set(int(s) for s in refresh_steps)))
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         if allocation not in ALLOCATIONS:
             raise ValueError(
                 f"Argument `allocation` must be one of {list(ALLOCATIONS)}. "
@@ -464,7 +429,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             )
         self.allocation = allocation
         self.target_sparsity = (None if target_sparsity is None
-                                else _check_sparsity(target_sparsity))
+                                else check_target_sparsity(target_sparsity))
         self.sparsity_type = _check_filter_allocation(sparsity_type, allocation)
         self.step = None
         self.penalty = None
@@ -603,12 +568,6 @@ def _check_filter_layers(wrappers, roles=None, fraction=None):
             units_to_remove(int(weight.shape[-1]), fraction, wrapper.layer.name)
 
 
-def _refresh_points(begin_step, prune_step, refreshes):
-    length = prune_step - begin_step
-    points = {begin_step + int(round(i * length / (refreshes + 1))) for i in range(1, refreshes + 1)}
-    return tuple(sorted(p for p in points if begin_step < p < prune_step))
-
-
 def _wrap(model, make_schedule, policy):
     def wrap(layer):
         if policy.allow_pruning(layer):
@@ -727,19 +686,19 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     ...                                          sparsity_type="filter")
     """
     require_functional(base_model, "base_model")
-    target_sparsity = _check_sparsity(target_sparsity)
+    target_sparsity = check_target_sparsity(target_sparsity)
     sparsity_type = _check_filter_allocation(sparsity_type, allocation)
     for name, value in (("dense_steps", dense_steps), ("reweighted_steps", reweighted_steps)):
         if not is_int(value) or value < 0:
             raise ValueError(f"Argument `{name}` must be an integer >= 0. Received: {name}={value!r}")
     if not is_int(refreshes) or refreshes < 0:
         raise ValueError(f"Argument `refreshes` must be an integer >= 0. Received: refreshes={refreshes!r}")
-    rho = _check_rho(rho)
-    epsilon = _check_epsilon(epsilon)
+    rho = check_rho(rho)
+    epsilon = check_epsilon(epsilon)
     begin_step = dense_steps + 1
     prune_step = dense_steps + reweighted_steps + 1
     if refresh_steps is None:
-        refresh_steps = _refresh_points(begin_step, prune_step, refreshes)
+        refresh_steps = refresh_points(begin_step, prune_step, refreshes)
     stages = ReweightedL1Stages(rho=rho, begin_step=begin_step, prune_step=prune_step,
                                 refresh_steps=refresh_steps, epsilon=epsilon,
                                 allocation=allocation, target_sparsity=target_sparsity,
