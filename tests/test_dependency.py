@@ -14,6 +14,7 @@ from keras_minmax_mtl.sparsity.dependency import (
     prune_groups,
     task_taylor_importance,
 )
+from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy
 
 
 def seeded(model, seed=0):
@@ -137,6 +138,21 @@ def test_depthwise_padding_squeeze_excite_concatenate_in_a_nested_trunk_shrink_e
     assert report["structured"]["applied"]
     assert report["structured"]["params"]["shrunk"] == small.count_params()
     assert report["structured"]["keras_max_abs_difference"] < 1e-5
+
+
+def test_fractions_per_layer_type_and_name_and_the_policy_choose_the_families():
+    model = mobile_model()
+    groups = channel_groups(model)
+    policy = MultiTaskPruningPolicy(exclude=["side"])
+    removed = prune_groups(model, {"Conv2D": 0.5, "project": 0.0}, groups=groups, policy=policy)
+    assert {groups[k].family for k in removed} == {("expand", "se_expand"), ("se_reduce",)}
+    assert {n: len(u) for n, u in removed_units(model).items()} == {
+        "expand": 3, "se_expand": 3, "se_reduce": 2}
+    dw_bn = model.get_layer("trunk").get_layer("dw_bn")
+    zeroed = [groups[k].members[1][1] for k in removed if groups[k].family[0] == "expand"]
+    np.testing.assert_array_equal(dw_bn.gamma.numpy()[zeroed], 0)
+    with pytest.raises(ValueError, match=r"Argument `fraction\['Dense'\]` must be in \[0, 1\)"):
+        prune_groups(model, {"Dense": -0.1}, groups=groups)
 
 
 def test_a_depthwise_group_is_removed_only_with_its_pointwise_producer():

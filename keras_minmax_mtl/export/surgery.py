@@ -36,10 +36,26 @@ Layers the surgery cuts through: `Dense`, `Conv2D` (channels last, one
 group), `BatchNormalization` (last axis), `MaxPooling2D`, `AveragePooling2D`,
 `GlobalAveragePooling2D`, `GlobalMaxPooling2D`, `Flatten` (channel removal
 maps to the flattened rows ``(h·W + w)·C + c``), `Dropout`,
-`SpatialDropout2D`, `Activation` / `ReLU` / `LeakyReLU` / `ELU` (element-wise
-activations only), `Concatenate` (last axis), and branch points: a layer
-feeding several task heads has every consumer cut. Any other layer that would
-receive a cut tensor raises an error naming it.
+`SpatialDropout2D`, `Activation` / `ReLU` / `LeakyReLU` / `ELU` / `Rescaling`
+(element-wise only), `Concatenate` (last axis), and branch points: a layer
+feeding several task heads has every consumer cut. Also:
+
+- `DepthwiseConv2D`: a removed input channel ``j`` removes its
+  ``depth_multiplier`` outputs, constant ``act(c_j Σ_{h,w} K[h, w, j, m] +
+  b)`` (exact without zero padding, or where ``c_j = 0``);
+- `ZeroPadding2D` passes a removed channel whose constant is 0 (any other
+  constant would meet the zeros of the padding: its unit is kept);
+- `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`: a channel
+  removed in every input is removed (its constant combines theirs, e.g. the
+  sum); one removed in only some inputs is kept, since the others still
+  need it (the channel groups of `keras_minmax_mtl.sparsity.dependency` say
+  which units must go together);
+- `Reshape` that keeps the last axis (e.g. ``(C,) → (1, 1, C)`` of a
+  squeeze-excite block) gets the smaller channel count;
+- nested Functional models are entered, and the shrunk model calls their
+  layers directly (`sparsity.dependency.inline_nested_models`).
+
+Any other layer that would receive a cut tensor raises an error naming it.
 
 Example:
 

@@ -594,7 +594,7 @@ def _check_fraction(fraction, name):
     return float(fraction)
 
 
-def prune_groups(model, fraction, scores=None, groups=None, exclude=()):
+def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=None):
     """Zeroes the lowest-scored ``round(fraction · n)`` groups of every family of `model`, in place.
 
     Every channel of a removed group then outputs exactly ``act(0)``
@@ -610,13 +610,18 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=()):
         model: a Functional model without pruning wrappers (nested models
             are entered; their layers' weights are changed).
         fraction: the fraction of each family's groups to remove, in
-            `[0, 1)`, or `{producer layer name: fraction}` (a family takes
-            the largest fraction of its layers; layers not named keep all).
+            `[0, 1)`, or a dict of fractions keyed by producer layer name or
+            layer class name (`{"Dense": 0.25, "Conv2D": 0.5, "Conv1": 0.0}`;
+            a name wins over a class; a family takes the largest fraction of
+            its producers; producers not named keep all their groups).
         scores: one score per group of `groups` (lowest removed first);
             default `group_norms`.
         groups: `channel_groups(model)` (computed when not given).
         exclude: producer layer names whose groups are kept (e.g. the stem
             convolution; the heads are model outputs and are never pruned).
+        policy: a `keras_minmax_mtl.sparsity.policy.MultiTaskPruningPolicy`:
+            a family is pruned only if the policy prunes every one of its
+            producers (by role: trunk, task-hidden; and its `exclude`).
 
     Returns:
         The sorted indices of the removed groups.
@@ -634,12 +639,17 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=()):
             _check_fraction(value, f"fraction[{name!r}]")
     exclude = set([exclude] if isinstance(exclude, str) else exclude)
     originals = _layers_by_name(model)
+    allowed = None
+    if policy is not None:
+        policy.ensure_model_supports_pruning(model)
+        allowed = set(policy.prunable_layer_names(model))
     removed = []
     for family, members in group_families(groups).items():
-        if exclude & set(family):
+        if exclude & set(family) or (allowed is not None and not set(family) <= allowed):
             continue
         f = (fraction if fractions is None
-             else max([fractions.get(name, 0.0) for name in family]))
+             else max([fractions.get(name, fractions.get(_kind(originals[name]), 0.0))
+                       for name in family]))
         count = int(math.floor(f * len(members) + 0.5))
         count = min(count, len(members) - 1)
         order = sorted(members, key=lambda k: (scores[k], k))
