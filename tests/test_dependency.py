@@ -6,6 +6,7 @@ from keras_minmax_mtl.core.backend import keras
 from keras_minmax_mtl.export.surgery import removed_units, shrink, shrink_report
 from keras_minmax_mtl.export.tflite import export_tflite
 from keras_minmax_mtl.sparsity.dependency import (
+    GroupL1Penalty,
     channel_groups,
     group_families,
     group_norms,
@@ -237,3 +238,23 @@ def test_task_taylor_importance_is_the_per_task_activation_taylor_sum_and_scores
         prune_groups(model, 1.0)
     with pytest.raises(ValueError, match=r"Argument `losses` must be a dict with one loss"):
         task_taylor_importance(model, groups, [(x, y)], {"a": "mse"})
+
+
+def test_group_l1_penalty_is_rho_times_the_group_norms_and_reweights_on_refresh():
+    model = residual_model()
+    groups = channel_groups(model)
+    penalty = GroupL1Penalty(model, rho=0.01, groups=groups)
+    norms = group_norms(model, [g for g in groups if g.prunable])
+    np.testing.assert_allclose(penalty.norms().numpy(), norms, rtol=1e-5)
+    np.testing.assert_allclose(float(penalty()), 0.01 * norms.sum() / (1 + 1e-6), rtol=1e-5)
+    penalty.refresh()
+    np.testing.assert_allclose(float(penalty()), 0.01 * np.sum(norms / (norms + 1e-6)),
+                               rtol=1e-5)
+    model.add_loss(penalty)
+    with tf.GradientTape() as tape:
+        loss = tf.add_n(model.losses)
+    grad = tape.gradient(loss, model.get_layer("r1a_bn").gamma)
+    assert grad is not None and np.all(np.isfinite(grad.numpy()))
+    with pytest.raises(ValueError, match=r"Argument `rho` must be a finite number > 0. "
+                                         r"Received: rho=0"):
+        GroupL1Penalty(model, rho=0)

@@ -78,7 +78,8 @@ from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_
 
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
-           "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups"]
+           "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
+           "GroupL1Penalty"]
 
 #: Activations computed value by value, so that removing a unit leaves the others unchanged.
 ELEMENTWISE_ACTIVATIONS = frozenset({
@@ -399,7 +400,8 @@ def _layer_ids(layer, inputs, shapes, outputs, ids, consumers, members, calls):
     elif kind in PASS_THROUGH_LAYERS and getattr(layer, "data_format", "channels_last") in (
             "channels_last", None):
         return [inputs[0]]
-    elif kind == "Flatten" and layer.data_format == "channels_last":
+    elif kind == "Flatten" and layer.data_format == "channels_last" and \
+            None not in tuple(shapes[0][1:-1]):
         return [np.tile(inputs[0], int(np.prod(shapes[0][1:-1])))]
     elif kind == "Reshape" and shapes[0][-1] is not None and \
             tuple(layer.target_shape)[-1] == shapes[0][-1]:
@@ -409,15 +411,8 @@ def _layer_ids(layer, inputs, shapes, outputs, ids, consumers, members, calls):
             for a, b in zip(inputs[0], state):
                 ids.union(a, b)
         return [inputs[0]]
-    elif kind == "Concatenate":
-        rank = len(outputs[0].shape)
-        if layer.axis in (-1, rank - 1):
-            return [np.concatenate(inputs)]
-        if len({len(s) for s in inputs}) == 1:
-            for state in inputs[1:]:
-                for a, b in zip(inputs[0], state):
-                    ids.union(a, b)
-            return [inputs[0]]
+    elif kind == "Concatenate" and layer.axis in (-1, len(outputs[0].shape) - 1):
+        return [np.concatenate(inputs)]
     if kind == "Reshape":
         reason = f"the Reshape {layer.name!r} changes the channel axis"
     elif kind in MERGE_LAYERS:
@@ -665,3 +660,88 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
         variable.assign(value)
     return removed
 
+
+
+class GroupL1Penalty:
+    r"""The reweighted group-ℓ1 penalty over dependency groups, a callable for `model.add_loss`.
+
+    .. math::  \rho \sum_g \frac{\|g\|_2}{\|g^{\text{ref}}\|_2 + \varepsilon}
+
+    over the prunable groups, with ``‖g‖₂`` the norm of `group_norms` (every
+    producer kernel column, consumer kernel row, member gamma and depthwise
+    kernel slice of the group), computed with one segment sum per variable.
+    ``‖g^ref‖₂`` starts at 1 (a plain group lasso); `refresh` sets it to the
+    current norms (Guo et al.'s reweighting, with the group as the unit), so
+    small groups are pushed to zero harder. After training, `prune_groups`
+    with its default ℓ2 scores removes the smallest groups.
+
+    Args:
+        model: a Functional model without pruning wrappers.
+        rho: the penalty's weight ``ρ`` (> 0).
+        groups: its `channel_groups` (computed when not given).
+        epsilon: the ``ε`` of the reweighting (> 0).
+
+    Example:
+
+    >>> penalty = GroupL1Penalty(base, rho=1e-4)
+    >>> base.add_loss(penalty)       # MultiTaskModel adds the base's losses to the objective
+    >>> penalty.refresh()            # e.g. at 1/3 and 2/3 of the reweighted stage
+    """
+
+    def __init__(self, model, rho, groups=None, epsilon=1e-6):
+        for name, value in (("rho", rho), ("epsilon", epsilon)):
+            if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"Argument `{name}` must be a finite number > 0. "
+                                 f"Received: {name}={value!r}")
+        groups = channel_groups(model) if groups is None else groups
+        self.groups = [g for g in groups if g.prunable]
+        self.rho, self.epsilon = float(rho), float(epsilon)
+        count = len(self.groups)
+        layers = _layers_by_name(model)
+        segments = {}   # (id(variable), axis) -> [variable, axis, array of group ids]
+
+        def add(variable, axis, channel, group):
+            entry = segments.get((id(variable), axis))
+            if entry is None:
+                entry = segments[(id(variable), axis)] = [
+                    variable, axis, np.full(variable.shape[axis], count, np.int32)]
+            entry[2][channel] = group
+
+        for k, group in enumerate(self.groups):
+            for name, unit in group.producers:
+                kernel = layers[name].kernel
+                add(kernel, len(kernel.shape) - 1, unit, k)
+            for name, row in group.consumers:
+                kernel = layers[name].kernel
+                add(kernel, len(kernel.shape) - 2, row, k)
+            for name, channel in group.members:
+                layer = layers[name]
+                if _kind(layer) == "DepthwiseConv2D":
+                    add(layer.depthwise_kernel, 2, channel, k)
+                elif getattr(layer, "gamma", None) is not None:
+                    add(layer.gamma, 0, channel, k)
+        self._terms = [(v, axis, tf.constant(ids)) for v, axis, ids in segments.values()]
+        self.reference = tf.Variable(tf.ones([count]), trainable=False,
+                                     name="group_l1_reference")
+
+    def norms(self):
+        """The current ``‖g‖₂`` of the prunable groups (a tensor; 0 with a zero gradient at 0)."""
+        count = len(self.groups)
+        total = tf.zeros([count + 1])
+        for variable, axis, ids in self._terms:
+            rank = len(variable.shape)
+            squares = tf.reduce_sum(tf.square(variable),
+                                    axis=[a for a in range(rank) if a != axis])
+            total += tf.math.unsorted_segment_sum(squares, ids, count + 1)
+        total = total[:count]
+        positive = total > 0
+        return tf.where(positive, tf.sqrt(tf.where(positive, total, tf.ones_like(total))),
+                        tf.zeros_like(total))
+
+    def __call__(self):
+        return self.rho * tf.reduce_sum(self.norms() / (self.reference + self.epsilon))
+
+    def refresh(self):
+        """Sets the reference norms ``‖g^ref‖₂`` to the current ones."""
+        self.reference.assign(self.norms())
