@@ -3,7 +3,9 @@
 The network: a small trunk of the kinds `channel_groups` ties (a residual
 block with an `Add`; an inverted-residual block with `ZeroPadding2D`, a
 `DepthwiseConv2D`, a squeeze-excite `Multiply` and a projected shortcut
-`Add`), on MultiDigits' 12×16 canvases, with a softmax head per task. For
+`Add`), on MultiDigits' 12×16 canvases, max-pooled to 3×4 and flattened
+(the heads must see where a digit is: left, right), with a softmax head per
+task. For
 each weighting (`--weightings`) and seed:
 
 1. dense training for `--epochs` (Adam 1e-3, batch 64);
@@ -84,7 +86,7 @@ def network(seed):
     e = conv_bn(layers.Multiply(name="se_mul")([e, s]), 32, 1, "project", relu=False)
     shortcut = conv_bn(h, 32, 1, "shortcut", relu=False)
     h = layers.ReLU(name="b_out")(layers.Add(name="b_add")([shortcut, e]))
-    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    h = layers.Flatten(name="flat")(layers.MaxPooling2D(2, name="pool2")(h))      # 3x4x32, kept
     outputs = [layers.Dense(n, activation="softmax", name=task)(h)
                for task, n in MULTI_DIGITS_TASKS.items()]
     return keras.Model(image, outputs, name="groups_net")

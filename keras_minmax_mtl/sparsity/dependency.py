@@ -24,8 +24,8 @@ of merged ids: the producers' units that make it, the consumers' input
 channels that read it, and the channel-keeping layers with weights
 (`members`: BatchNormalization, DepthwiseConv2D) on the way. Nested
 Functional models (a `tf_keras.applications` trunk called as ``h =
-trunk(x)``) are entered: `inline_nested_models` calls their layers in the
-outer graph.
+trunk(x)``) are entered (`trace_graph`); `inline_nested_models` rebuilds a
+model that calls their layers in the outer graph.
 
 **What cannot be cut.** A group is *unprunable*, and says why in its
 `reason`, when one of its channels is a model input or reaches a model
@@ -59,6 +59,8 @@ kernel columns and biases, the members' gamma, beta and moving mean and the
 depthwise kernel and bias slices, so that every channel of a removed group
 is exactly ``act(0)`` at every position (0 for relu / linear) and
 `keras_minmax_mtl.export.surgery.shrink` rebuilds the model without them.
+`GroupL1Penalty` is the reweighted group-ℓ1 penalty with these groups as
+the units, to train towards removable groups first.
 
 Example:
 
