@@ -8,7 +8,8 @@ block with an `Add`; an inverted-residual block with `ZeroPadding2D`, a
 task. For
 each weighting (`--weightings`) and seed:
 
-1. dense training for `--epochs` (Adam 1e-3, batch 64);
+1. dense training for `--epochs` (Adam 1e-3, batch 64; BatchNorm momentum
+   0.9, so that its moving statistics follow a few hundred steps);
 2. the per-task Taylor importance of every group on `--importance-batches`
    training batches (`task_taylor_importance`), scored by the worst task
    under the model's task weights (`group_scores(rule="worst")`; min-max's
@@ -68,7 +69,7 @@ def network(seed):
 
     def conv_bn(x, filters, kernel, name, relu=True, padding="same"):
         x = layers.Conv2D(filters, kernel, padding=padding, use_bias=False, name=name)(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
     image = keras.Input((12, 16, 1), name="image")
@@ -79,7 +80,7 @@ def network(seed):
     e = conv_bn(h, 64, 1, "expand")
     e = layers.DepthwiseConv2D(3, use_bias=False, name="dw")(
         layers.ZeroPadding2D(1, name="pad")(e))
-    e = layers.ReLU(name="dw_relu")(layers.BatchNormalization(name="dw_bn")(e))
+    e = layers.ReLU(name="dw_relu")(layers.BatchNormalization(momentum=0.9, name="dw_bn")(e))
     s = layers.Reshape((1, 1, 64), name="se_shape")(layers.GlobalAveragePooling2D(name="se_pool")(e))
     s = layers.Conv2D(16, 1, activation="relu", name="se_reduce")(s)
     s = layers.Conv2D(64, 1, activation="sigmoid", name="se_expand")(s)
