@@ -66,6 +66,8 @@ _SOURCES = {
     "DynamicSparseTraining": "sparsity.dst",
     "prune_for_dst": "sparsity.dst",
     "structured_report": "sparsity.structured",
+    "channel_groups": "sparsity.dependency",
+    "prune_groups": "sparsity.dependency",
     "task_aware_optimize": "sparsity.task_aware",
     "prune_hybrid": "sparsity.hybrid",
     # export

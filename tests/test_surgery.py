@@ -201,11 +201,32 @@ def add_model():
     return model
 
 
+def layer_norm_model():
+    inputs = keras.Input((6,), name="features")
+    d1 = keras.layers.Dense(4, name="d1")(inputs)
+    out = keras.layers.Dense(2, name="out")(keras.layers.LayerNormalization(name="ln")(d1))
+    model = seeded(keras.Model(inputs, out))
+    zero_units(model, "d1", [3])
+    return model
+
+
+def test_an_add_cuts_a_channel_removed_in_every_input_and_keeps_one_removed_in_one():
+    model = add_model()                       # d1[3] removed, d2[3] not: the sum needs d1[3]
+    small = shrink(model)
+    assert small.count_params() == model.count_params()
+    assert shrink_report(model, small)["kept_constant"] == [["d1", 3]]
+    zero_units(model, "d2", [3], bias=0.25)   # removed in both: 0 + 0.25 folds into `out`
+    small = shrink(model)
+    assert small.get_layer("out").kernel.shape == (3, 2)
+    assert_same_outputs(model, small, images((6,)))
+
+
 def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
-    model = add_model()
-    with pytest.raises(ValueError, match=r"Layer 'add' \(Add\) receives channels from which "
-                                         r"`shrink` removes units \(d1\[3\]\).*cannot cut the "
-                                         r"inputs of a Add. Supported layers: Dense, Conv2D"):
+    model = layer_norm_model()
+    with pytest.raises(ValueError, match=r"Layer 'ln' \(LayerNormalization\) receives channels "
+                                         r"from which `shrink` removes units \(d1\[3\]\).*cannot "
+                                         r"cut the inputs of a LayerNormalization. Supported "
+                                         r"layers: Dense, Conv2D"):
         shrink(model)
     inputs = [keras.Input((6,), name="left"), keras.Input((6,), name="right")]
     shared = keras.layers.Dense(4, activation="relu", name="shared")
@@ -222,13 +243,14 @@ def test_unsupported_layers_shared_and_empty_layers_are_refused_by_name():
 
 
 def test_auto_export_of_a_model_the_surgery_cannot_cut_is_unshrunk_and_says_why(tmp_path):
-    model, x = add_model(), images((6,), n=32)
-    with pytest.warns(UserWarning, match=r"did not remove units: Layer 'add' \(Add\)"):
+    model, x = layer_norm_model(), images((6,), n=32)
+    with pytest.warns(UserWarning, match=r"did not remove units: Layer 'ln' "
+                                         r"\(LayerNormalization\)"):
         report = export_tflite(model, tmp_path / "a.tflite", target="edgetpu",
                                representative_data=x)
     assert not report["structured"]["applied"]
-    assert "cannot cut the inputs of a Add" in report["structured"]["skipped"]
-    with pytest.raises(ValueError, match=r"Layer 'add' \(Add\)"):
+    assert "cannot cut the inputs of a LayerNormalization" in report["structured"]["skipped"]
+    with pytest.raises(ValueError, match=r"Layer 'ln' \(LayerNormalization\)"):
         export_tflite(model, tmp_path / "b.tflite", target="edgetpu", representative_data=x,
                       structured=True)
     assert not (tmp_path / "b.tflite").exists()

@@ -36,10 +36,26 @@ Layers the surgery cuts through: `Dense`, `Conv2D` (channels last, one
 group), `BatchNormalization` (last axis), `MaxPooling2D`, `AveragePooling2D`,
 `GlobalAveragePooling2D`, `GlobalMaxPooling2D`, `Flatten` (channel removal
 maps to the flattened rows ``(h·W + w)·C + c``), `Dropout`,
-`SpatialDropout2D`, `Activation` / `ReLU` / `LeakyReLU` / `ELU` (element-wise
-activations only), `Concatenate` (last axis), and branch points: a layer
-feeding several task heads has every consumer cut. Any other layer that would
-receive a cut tensor raises an error naming it.
+`SpatialDropout2D`, `Activation` / `ReLU` / `LeakyReLU` / `ELU` / `Rescaling`
+(element-wise only), `Concatenate` (last axis), and branch points: a layer
+feeding several task heads has every consumer cut. Also:
+
+- `DepthwiseConv2D`: a removed input channel ``j`` removes its
+  ``depth_multiplier`` outputs, constant ``act(c_j Σ_{h,w} K[h, w, j, m] +
+  b)`` (exact without zero padding, or where ``c_j = 0``);
+- `ZeroPadding2D` passes a removed channel whose constant is 0 (any other
+  constant would meet the zeros of the padding: its unit is kept);
+- `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`: a channel
+  removed in every input is removed (its constant combines theirs, e.g. the
+  sum); one removed in only some inputs is kept, since the others still
+  need it (the channel groups of `keras_minmax_mtl.sparsity.dependency` say
+  which units must go together);
+- `Reshape` that keeps the last axis (e.g. ``(C,) → (1, 1, C)`` of a
+  squeeze-excite block) gets the smaller channel count;
+- nested Functional models are entered, and the shrunk model calls their
+  layers directly (`sparsity.dependency.inline_nested_models`).
+
+Any other layer that would receive a cut tensor raises an error naming it.
 
 Example:
 
@@ -58,26 +74,36 @@ import tensorflow as tf
 from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_keras_model
 from keras_minmax_mtl.export.deployable import deployable_model
 from keras_minmax_mtl.export.logits import custom_scope
+from keras_minmax_mtl.sparsity.dependency import (
+    ELEMENTWISE_ACTIVATIONS,
+    MERGE_LAYERS,
+    inline_nested_models,
+    layer_calls,
+    leaf_layers,
+    trace_graph,
+)
 from keras_minmax_mtl.sparsity.pruning import short_name
 
 __all__ = ["removed_units", "has_structured_sparsity", "shrink", "shrink_report",
            "SUPPORTED_LAYERS"]
 
-#: Activations computed value by value, so that removing a unit leaves the others unchanged.
-ELEMENTWISE_ACTIVATIONS = frozenset({
-    "linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "elu", "selu", "softplus",
-    "softsign", "swish", "silu", "gelu", "exponential", "mish", "leaky_relu"})
-
 _PASS_THROUGH = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
                  "GlobalMaxPooling2D", "Dropout", "SpatialDropout2D")
-_ACTIVATION_LAYERS = ("Activation", "ReLU", "LeakyReLU", "ELU")
+_ACTIVATION_LAYERS = ("Activation", "ReLU", "LeakyReLU", "ELU", "Rescaling")
 
 #: The layer classes whose inputs `shrink` can cut (by class name).
-SUPPORTED_LAYERS = ("Dense", "Conv2D", "BatchNormalization", "Flatten", "Concatenate",
-                    *_PASS_THROUGH, *_ACTIVATION_LAYERS)
+SUPPORTED_LAYERS = ("Dense", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "Flatten",
+                    "Concatenate", "Reshape", "ZeroPadding2D", *MERGE_LAYERS, *_PASS_THROUGH,
+                    *_ACTIVATION_LAYERS)
+
+_MERGE_CONSTANTS = {
+    "Add": lambda c: np.sum(c, axis=0), "Subtract": lambda c: c[0] - c[1],
+    "Multiply": lambda c: np.prod(c, axis=0), "Average": lambda c: np.mean(c, axis=0),
+    "Maximum": lambda c: np.max(c, axis=0), "Minimum": lambda c: np.min(c, axis=0)}
 
 # The channels (last axis) of one tensor: which are kept, the constant value of each removed
-# one, and the (layer name, unit) each removed channel comes from.
+# one, and the (layer name, unit) pairs each removed channel comes from (a tuple: an `Add` of
+# two removed channels comes from both).
 _Channels = collections.namedtuple("_Channels", ["kept", "const", "origin"])
 
 
@@ -111,7 +137,7 @@ def _zero_units(model):
     """`{layer name: array of zero-kernel units}` of the hidden Dense/Conv2D layers of `model`."""
     outputs = _output_layers(model)
     found = {}
-    for layer in model.layers:
+    for layer in leaf_layers(model):
         if not _unit_layer(layer) or id(layer) in outputs:
             continue
         if _activation_name(layer.activation) not in ELEMENTWISE_ACTIVATIONS:
@@ -162,7 +188,13 @@ def has_structured_sparsity(model):
 def _all_kept(tensor):
     channels = int(tensor.shape[-1]) if tensor.shape.rank else 1
     return _Channels(np.ones(channels, bool), np.zeros(channels, np.float64),
-                     np.full(channels, None, dtype=object))
+                     _origins(channels))
+
+
+def _origins(count):
+    origin = np.empty(count, dtype=object)
+    origin[:] = [() for _ in range(count)]
+    return origin
 
 
 def _cut(state):
@@ -204,26 +236,22 @@ class _Planner:
         return history.layer.name, history.node_index, history.tensor_index
 
     def block(self, state, channels):
-        for origin in state.origin[channels & ~state.kept]:
-            self.blocked.add(origin)
+        for origins in state.origin[channels & ~state.kept]:
+            self.blocked.update(origins)
 
     def run(self):
-        self.calls = collections.Counter(
-            id(node.layer) for nodes in self.model._nodes_by_depth.values() for node in nodes)
-        for depth in sorted(self.model._nodes_by_depth, reverse=True):
-            for node in self.model._nodes_by_depth[depth]:
-                inputs = [self.states[self.key(t)] for t in node.keras_inputs]
-                outputs = tf.nest.flatten(node.outputs)
-                states = self.layer(node.layer, node, inputs, outputs)
-                for tensor, state in zip(outputs, states):
-                    self.states[self.key(tensor)] = state
-        for tensor in self.model.outputs:
-            state = self.states[self.key(tensor)]
+        self.calls = layer_calls(self.model)
+
+        def visit(layer, node, inputs):
+            return self.layer(layer, node, inputs, tf.nest.flatten(node.outputs))
+
+        states = trace_graph(self.model, visit, [_all_kept(t) for t in self.model.inputs])
+        for state in states:
             self.block(state, np.ones_like(state.kept))
         return self
 
     def unsupported(self, layer, inputs):
-        origins = sorted({o for s in inputs for o in s.origin[~s.kept]})
+        origins = sorted({o for s in inputs for os in s.origin[~s.kept] for o in os})
         return ValueError(
             f"Layer {layer.name!r} ({_kind(layer)}) receives channels from which `shrink` removes "
             f"units ({', '.join(f'{n}[{u}]' for n, u in origins[:6])}"
@@ -246,6 +274,19 @@ class _Planner:
             return [self.unit_layer(layer, inputs[0], node.keras_inputs[0].shape)]
         if kind == "BatchNormalization":
             return [self.batch_norm(layer, inputs[0], node.keras_inputs[0].shape)]
+        if kind == "DepthwiseConv2D" and layer.data_format == "channels_last":
+            return [self.depthwise(layer, inputs[0], node.keras_inputs[0].shape)]
+        if kind == "ZeroPadding2D" and layer.data_format == "channels_last":
+            s = inputs[0]
+            self.block(s, s.const != 0)  # the padding is 0, not the constant
+            return [s]
+        if kind in MERGE_LAYERS and len({len(s.kept) for s in inputs}) == 1:
+            return [self.merge(kind, inputs)]
+        if kind == "Reshape" and node.keras_inputs[0].shape[-1] == layer.target_shape[-1]:
+            s = inputs[0]
+            self.plans[layer.name] = (
+                {"target_shape": (*layer.target_shape[:-1], int(s.kept.sum()))}, {})
+            return [s]
         if kind == "Flatten" and layer.data_format == "channels_last":
             spatial = int(np.prod(node.keras_inputs[0].shape[1:-1]))
             s = inputs[0]
@@ -291,9 +332,9 @@ class _Planner:
         const = np.zeros(units, np.float64)
         if removed.any():
             const[removed] = _elementwise(layer.activation, new_bias)[removed]
-        origin = np.full(units, None, dtype=object)
+        origin = _origins(units)
         for unit in np.flatnonzero(removed):
-            origin[unit] = (layer.name, int(unit))
+            origin[unit] = ((layer.name, int(unit)),)
         changes = {"units" if isinstance(layer, keras.layers.Dense) else "filters":
                    int(keep.sum())}
         new = {"kernel": kernel[..., keep]}
@@ -302,6 +343,37 @@ class _Planner:
             new["bias"] = new_bias[keep].astype(np.float32)
         self.plans[layer.name] = (changes, new)
         return _Channels(keep, const, origin)
+
+    def depthwise(self, layer, state, input_shape):
+        """A depthwise convolution: input channel ``j`` makes outputs ``j·m … j·m + m − 1``."""
+        weights = {short_name(w): w.numpy() for w in layer.weights}
+        kernel = weights["depthwise_kernel"]               # (kh, kw, channels, m)
+        m = layer.depth_multiplier
+        removed_in = ~state.kept
+        if not _zero_padding(layer, input_shape):
+            self.block(state, removed_in & (state.const != 0))
+        sums = kernel.astype(np.float64).sum(axis=(0, 1)).reshape(-1)   # per output channel
+        bias = weights.get("bias", np.zeros(sums.shape, kernel.dtype)).astype(np.float64)
+        kept = np.repeat(state.kept, m)
+        values = np.repeat(state.const, m) * sums + bias
+        const = np.where(kept, 0.0, _elementwise(layer.activation, values))
+        new = {"depthwise_kernel": kernel[:, :, state.kept, :]}
+        if "bias" in weights:
+            new["bias"] = weights["bias"][kept]
+        self.plans[layer.name] = ({}, new)
+        return _Channels(kept, const, np.repeat(state.origin, m))
+
+    def merge(self, kind, inputs):
+        """`Add`, `Multiply`, ...: a channel is removed where it is removed in every input."""
+        removed = np.all([~s.kept for s in inputs], axis=0)
+        for s in inputs:  # removed here, kept in another input: it must be computed
+            self.block(s, ~removed)
+        const = np.where(removed, _MERGE_CONSTANTS[kind](np.array([s.const for s in inputs])),
+                         0.0)
+        origin = _origins(len(removed))
+        for j in np.flatnonzero(removed):
+            origin[j] = tuple(o for s in inputs for o in s.origin[j])
+        return _Channels(~removed, const, origin)
 
     def batch_norm(self, layer, state, input_shape):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
@@ -331,8 +403,9 @@ def _plan(base):
         kept |= planner.blocked
         removals = {name: np.array([u for u in units if (name, int(u)) not in kept], int)
                     for name, units in removals.items()}
+    layers = {layer.name: layer for layer in leaf_layers(base)}
     for name, units in removals.items():
-        layer = base.get_layer(name)
+        layer = layers[name]
         total = layer.kernel.shape[-1]
         if len(units) == total:
             raise ValueError(
@@ -388,18 +461,35 @@ def shrink(model):
         config.update(plans.get(layer.name, ({}, {}))[0])
         return layer.__class__.from_config(config)
 
-    with custom_scope(base):
-        copy = keras.models.clone_model(base, clone_function=clone)
-    for old, new in zip(base.layers, copy.layers):
+    def weights(old, new):
         if old.name in plans:
             values = plans[old.name][1]
-            new.set_weights([values[short_name(w)] for w in new.weights])
-        elif old.weights:
-            new.set_weights(old.get_weights())
+            return [values[short_name(w)] for w in new.weights]
+        return old.get_weights()
+
+    with custom_scope(base):
+        if any(isinstance(layer, keras.Model) for layer in base.layers):
+            copies = {}
+
+            def clone_nested(layer):
+                copies[layer.name] = layer
+                return clone(layer), None
+
+            copy = inline_nested_models(base, clone=clone_nested)
+            for new in copy.layers:
+                if new.name in copies and new.weights:
+                    new.set_weights(weights(copies[new.name], new))
+            return copy
+        copy = keras.models.clone_model(base, clone_function=clone)
+    for old, new in zip(base.layers, copy.layers):
+        if old.weights:
+            new.set_weights(weights(old, new))
     return copy
 
 
 def _units(layer):
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return int(np.prod(layer.depthwise_kernel.shape[2:]))
     if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
         return int(layer.kernel.shape[-1])
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -446,7 +536,7 @@ def shrink_report(original, shrunk):
     _, kept = _plan(base)
     layers, total = {}, {k: {"before": 0, "after": 0}
                          for k in ("params", "float32_bytes", "int8_bytes")}
-    for layer in base.layers:
+    for layer in leaf_layers(base):
         try:
             new = shrunk.get_layer(layer.name)
         except ValueError as error:

@@ -14,6 +14,9 @@ The methods:
 
 - `reweighted`: reweighted ℓ1 (Guo et al. 2025), unstructured or by filter;
 - `structured`: the unit (filter) norms, removal and the zeros it holds;
+- `dependency`: the channel dependency groups of a Functional graph (residual
+  `Add`, depthwise, padding, squeeze-excite, concatenation, nested trunks),
+  their importance (ℓ2, per-task Taylor under the task weights) and removal;
 - `dst`: dynamic sparse training (`DynamicSparseTraining`);
 - `task_aware`, `task_similarity`: task-aware dynamic sparsity (Choi et al. 2023);
 - `hybrid`: a shared trunk plus sparse per-task kernels (Xie et al. 2022);

@@ -1,0 +1,175 @@
+"""Accuracy of a channel-group-pruned, shrunk residual trunk against the dense one on MultiDigits, min-max vs EW.
+
+The network: a small trunk of the kinds `channel_groups` ties (a residual
+block with an `Add`; an inverted-residual block with `ZeroPadding2D`, a
+`DepthwiseConv2D`, a squeeze-excite `Multiply` and a projected shortcut
+`Add`), on MultiDigits' 12×16 canvases, max-pooled to 3×4 and flattened
+(the heads must see where a digit is: left, right), with a softmax head per
+task. For
+each weighting (`--weightings`) and seed:
+
+1. dense training for `--epochs` (Adam 1e-3, batch 64; BatchNorm momentum
+   0.9, so that its moving statistics follow a few hundred steps);
+2. the per-task Taylor importance of every group on `--importance-batches`
+   training batches (`task_taylor_importance`), scored by the worst task
+   under the model's task weights (`group_scores(rule="worst")`; min-max's
+   learned weights, or equal weights for EW);
+3. `prune_groups(--fraction)` (in every family), `shrink`, and `--finetune`
+   epochs of training of the shrunk model under the same weighting
+   (min-max restarts at equal weights).
+
+Printed per weighting: mean ± std over seeds of the test worst-task and mean
+accuracy of the dense model, of the pruned model before fine-tuning, and of
+the shrunk fine-tuned model, and the parameter ratio shrunk / dense.
+
+    nice -n 10 env PYTHONPATH=. python benchmarks/groups_accuracy.py --seeds 3
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+import _runs  # noqa: E402
+from keras_minmax_mtl.core.backend import keras  # noqa: E402
+from keras_minmax_mtl.data import load_multi_digits  # noqa: E402
+from keras_minmax_mtl.data.digits import MULTI_DIGITS_TASKS  # noqa: E402
+from keras_minmax_mtl.export.surgery import shrink  # noqa: E402
+from keras_minmax_mtl.sparsity.dependency import (  # noqa: E402
+    channel_groups,
+    group_scores,
+    prune_groups,
+    task_taylor_importance,
+)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weightings", nargs="+", default=["minmax", "ew"], choices=["minmax", "ew"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--finetune", type=int, default=5)
+    p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--importance-batches", type=int, default=8)
+    p.add_argument("--train-examples", type=int, default=None)
+    p.add_argument("--out", type=pathlib.Path,
+                   default=pathlib.Path("benchmarks/results/groups_accuracy.json"))
+    return p.parse_args(argv)
+
+
+def network(seed):
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+
+    def conv_bn(x, filters, kernel, name, relu=True, padding="same"):
+        x = layers.Conv2D(filters, kernel, padding=padding, use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    image = keras.Input((12, 16, 1), name="image")
+    stem = conv_bn(image, 16, 3, "stem")
+    h = conv_bn(conv_bn(stem, 16, 3, "r_a"), 16, 3, "r_b", relu=False)
+    h = layers.ReLU(name="r_out")(layers.Add(name="r_add")([stem, h]))
+    h = layers.MaxPooling2D(2, name="pool")(h)                                  # 6x8x16
+    e = conv_bn(h, 64, 1, "expand")
+    e = layers.DepthwiseConv2D(3, use_bias=False, name="dw")(
+        layers.ZeroPadding2D(1, name="pad")(e))
+    e = layers.ReLU(name="dw_relu")(layers.BatchNormalization(momentum=0.9, name="dw_bn")(e))
+    s = layers.Reshape((1, 1, 64), name="se_shape")(layers.GlobalAveragePooling2D(name="se_pool")(e))
+    s = layers.Conv2D(16, 1, activation="relu", name="se_reduce")(s)
+    s = layers.Conv2D(64, 1, activation="sigmoid", name="se_expand")(s)
+    e = conv_bn(layers.Multiply(name="se_mul")([e, s]), 32, 1, "project", relu=False)
+    shortcut = conv_bn(h, 32, 1, "shortcut", relu=False)
+    h = layers.ReLU(name="b_out")(layers.Add(name="b_add")([shortcut, e]))
+    h = layers.Flatten(name="flat")(layers.MaxPooling2D(2, name="pool2")(h))      # 3x4x32, kept
+    outputs = [layers.Dense(n, activation="softmax", name=task)(h)
+               for task, n in MULTI_DIGITS_TASKS.items()]
+    return keras.Model(image, outputs, name="groups_net")
+
+
+def compiled(weighting, base):
+    model = _runs.build_model(weighting, base)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss={t: "sparse_categorical_crossentropy" for t in model.task_names},
+                  metrics={t: ["accuracy"] for t in model.task_names})
+    return model
+
+
+def accuracy(base, x, y):
+    predictions = base.predict(x, batch_size=256, verbose=0)
+    per_task = {t: float(np.mean(np.argmax(p, -1) == y[t]))
+                for t, p in zip(base.output_names, predictions)}
+    return {"tasks": per_task, "worst": min(per_task.values()),
+            "mean": float(np.mean(list(per_task.values())))}
+
+
+def run(weighting, seed, args, data):
+    (x, y), (x_test, y_test) = data
+    base = network(seed)
+    model = compiled(weighting, base)
+    model.fit(x, y, epochs=args.epochs, batch_size=64, verbose=0)
+    dense = accuracy(base, x_test, y_test)
+    weights = (np.asarray(model.task_weights.numpy()) if weighting == "minmax" else None)
+    groups = channel_groups(base)
+    batches = [(x[i:i + 64], {t: y[t][i:i + 64] for t in y})
+               for i in range(0, 64 * args.importance_batches, 64)]
+    losses = {t: "sparse_categorical_crossentropy" for t in base.output_names}
+    _, importance = task_taylor_importance(base, groups, batches, losses)
+    scores = group_scores(importance, weights, rule="worst")
+    removed = prune_groups(base, args.fraction, scores=scores, groups=groups)
+    pruned = accuracy(base, x_test, y_test)
+    small = shrink(base)
+    tuned = compiled(weighting, small)
+    tuned.fit(x, y, epochs=args.finetune, batch_size=64, verbose=0)
+    shrunk = accuracy(small, x_test, y_test)
+    result = {"weighting": weighting, "seed": seed, "dense": dense, "pruned": pruned,
+              "shrunk_finetuned": shrunk, "removed_groups": len(removed),
+              "groups": len(groups), "task_weights": None if weights is None else weights.tolist(),
+              "params": {"dense": base.count_params(), "shrunk": small.count_params()}}
+    print(f"{weighting} seed {seed}: worst/mean dense {dense['worst']:.4f}/{dense['mean']:.4f}, "
+          f"pruned {pruned['worst']:.4f}/{pruned['mean']:.4f}, shrunk+finetuned "
+          f"{shrunk['worst']:.4f}/{shrunk['mean']:.4f}; params {base.count_params()} -> "
+          f"{small.count_params()}; {len(removed)} of {len(groups)} groups removed", flush=True)
+    return result
+
+
+def main(argv=None):
+    args = parse(argv)
+    x, y = load_multi_digits("train", seed=0, num_examples=args.train_examples)
+    data = ((x, y), load_multi_digits("test", seed=0))
+    runs = [run(w, seed, args, data) for w in args.weightings for seed in range(args.seeds)]
+    print(f"\nMultiDigits test accuracy (%), mean ± std over {args.seeds} seeds; "
+          f"{args.fraction:.0%} of every group family removed, scored by the worst task:\n")
+    print("| weighting | dense worst | dense mean | pruned worst (no fine-tuning) | "
+          "shrunk + fine-tuned worst | shrunk + fine-tuned mean | params shrunk / dense |")
+    print("|---|---|---|---|---|---|---|")
+    summary = {}
+    for w in args.weightings:
+        rows = [r for r in runs if r["weighting"] == w]
+        cell = {k: _runs.mean_std([100 * r[a][b] for r in rows]) for k, (a, b) in {
+            "dense_worst": ("dense", "worst"), "dense_mean": ("dense", "mean"),
+            "pruned_worst": ("pruned", "worst"), "shrunk_worst": ("shrunk_finetuned", "worst"),
+            "shrunk_mean": ("shrunk_finetuned", "mean")}.items()}
+        cell["params_ratio"] = _runs.mean_std(
+            [r["params"]["shrunk"] / r["params"]["dense"] for r in rows])
+        summary[w] = cell
+
+        def f(c, d=2):
+            return f"{c['mean']:.{d}f} ± {c['std']:.{d}f}"
+        print(f"| {w} | {f(cell['dense_worst'])} | {f(cell['dense_mean'])} | "
+              f"{f(cell['pruned_worst'])} | {f(cell['shrunk_worst'])} | {f(cell['shrunk_mean'])} | "
+              f"{f(cell['params_ratio'], 3)} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"arguments": {k: str(v) for k, v in vars(args).items()},
+                                    "runs": runs, "summary": summary}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
