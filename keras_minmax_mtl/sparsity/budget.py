@@ -296,7 +296,7 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
     record["passed"] = True
     reference, reference_task = record["val_worst"], record["worst_task"]
     dense_weights = network.get_weights()
-    candidates, models = [record], {}
+    candidates, best = [record], {"sparsity": 0.0, "model": dense}
     log(f"dense: val worst {reference:.4f} ({reference_task}), {record['nonzero_weights']} "
         f"non-zero kernel weights, budget >= {reference - max_worst_drop / 100:.4f}  "
         f"{record['seconds']:.1f}s (elapsed {time.perf_counter() - start:.1f}s)")
@@ -311,15 +311,13 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
             magnitude_masks(wrapped, sparsity, chosen.density)
         model = chosen.prepare(build_model(wrapped), train)
         model.fit(train, epochs=chosen.epochs, callbacks=chosen.callbacks, verbose=0)
-        stripped = strip_pruning(model)
-        stripped.compile_from_config(model.get_compile_config())
         achieved = (chosen.extras(model).get("removed_units") if method == "filter"
                     else sparsity_report(model)["overall"]["sparsity"])
-        record = measure(stripped, sparsity, time.perf_counter() - began, achieved)
+        record = measure(model, sparsity, time.perf_counter() - began, achieved)
         record["passed"] = passes(record["val_worst"], reference, max_worst_drop)
         candidates.append(record)
-        if record["passed"]:
-            models[sparsity] = stripped
+        if record["passed"]:  # the search only climbs: the last pass is the one it chooses
+            best.update(sparsity=sparsity, model=model)
         log(f"candidate {len(candidates) - 1}: sparsity {sparsity:.4f}  val worst "
             f"{record['val_worst']:.4f} ({record['worst_task']})  drop "
             f"{100 * (reference - record['val_worst']):+.2f} points  "
@@ -328,7 +326,10 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
         return record["val_worst"]
 
     sparsity, _ = search_budget(evaluate, reference, max_worst_drop, ladder, bisections)
-    model = models.get(sparsity, dense)
+    model = dense
+    if sparsity > 0.0:
+        model = strip_pruning(best["model"])
+        model.compile_from_config(best["model"].get_compile_config())
     dense_test, dense_mae = _accuracies(dense.evaluate(test, verbose=0, return_dict=True),
                                         dense.task_names)
     chosen_test, chosen_mae = _accuracies(model.evaluate(test, verbose=0, return_dict=True),
