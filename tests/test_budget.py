@@ -171,20 +171,19 @@ TINY = ["--dataset", "multi_digits", "--max-worst-drop", "100", "--train-example
         "mobile"]
 
 
-@pytest.fixture(scope="module")
-def tiny_search(tmp_path_factory):
-    """`kmm compress TINY` in this process, its models compiled to run eagerly.
+def _compress_eagerly(argv):
+    """`kmm compress argv` in this process, its models compiled to run eagerly: (status, stdout).
 
     Eagerly, no train or test step is traced (three models, each traced anew, took 22 of the
-    run's 31 s of CPU); the kernels and so the numbers are the same (checked: the validation
-    worst tasks 0.0938, 0.0625, 0.0469 of the dense model and the two candidates, both ways).
+    tiny run's 31 s of CPU); the kernels and so the numbers are the same (checked: the
+    validation worst tasks 0.0938, 0.0625, 0.0469 of the dense model and the two candidates of
+    `TINY`, both ways).
     """
     import io
     import sys
 
     from keras_minmax_mtl.core.multitask import MultiTaskModel
 
-    out = tmp_path_factory.mktemp("compress") / "run"
     compile_graph = MultiTaskModel.compile
 
     def compile_eagerly(self, *args, **kwargs):
@@ -195,10 +194,32 @@ def tiny_search(tmp_path_factory):
     capture.setattr(sys, "stdout", stdout)
     capture.setattr(MultiTaskModel, "compile", compile_eagerly)
     try:
-        code = cli.main(["compress", *TINY, "--out", str(out)])
+        code = cli.main(["compress", *argv])
     finally:
         capture.undo()
-    return code, out, stdout.getvalue()
+    return code, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "run"
+    code, printed = _compress_eagerly([*TINY, "--out", str(out)])
+    return code, out, printed
+
+
+def test_a_non_finite_loss_fails_the_run_and_keeps_the_previous_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "compress.json").write_text('{"earlier": true}')
+    code, _ = _compress_eagerly([*TINY, "--learning-rate", "1e30", "--out", str(out),
+                                 "--overwrite"])
+    assert code == 1
+    error, = capsys.readouterr().err.splitlines()
+    assert error.startswith("kmm: error: the run failed: ") and "non-finite" in error.lower()
+    assert error.endswith(f"nothing was written to {out} (the run already in it is unchanged)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert [p.name for p in out.iterdir()] == ["compress.json"]
+    assert (out / "compress.json").read_text() == '{"earlier": true}'
 
 
 def test_compress_searches_reports_on_test_and_writes_the_run(tiny_search):
