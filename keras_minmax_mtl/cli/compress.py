@@ -4,8 +4,9 @@
     kmm compress --dataset multi_fashion --max-worst-drop 1.0 --method filter --target micro
 
 The command side of `keras_minmax_mtl.sparsity.budget.compress_to_budget`: it
-trains the dense min-max model, searches the sparsity on the validation split
-(one progress line per candidate), reports the chosen model on the test split
+trains the dense min-max model (`--dense-epochs`, then `--candidate-epochs`
+more: the reference), searches the sparsity on the validation split, each
+candidate warm-started from the dense weights (one progress line per candidate), reports the chosen model on the test split
 (every task's accuracy and drop against dense), exports it for each
 `--target` (`export_tflite`, verified in the target's runtime) and writes into
 `--out`: `model.keras` (the chosen model, without pruning wrappers),
@@ -61,7 +62,8 @@ def add_command(commands, datasets, data_dir_help):
     compress = commands.add_parser(
         "compress", help="the smallest model whose worst task stays within --max-worst-drop of "
                          "the dense model's",
-        description="Train the dense min-max model, then search the sparsity on the validation "
+        description="Train the dense min-max model (--dense-epochs, then --candidate-epochs "
+                    "more: the reference), then search the sparsity on the validation "
                     "split for the smallest model whose worst task is within --max-worst-drop "
                     "accuracy points of the dense worst task (each candidate warm-started from "
                     "the dense weights and trained with min-max); report it on the test split "
@@ -94,7 +96,9 @@ def add_command(commands, datasets, data_dir_help):
                         help="midpoints tried between the last pass and the first fail "
                              "(default: %(default)s)")
     search.add_argument("--dense-epochs", type=arguments.positive_int, default=10,
-                        help="epochs of the dense model (default: %(default)s)")
+                        help="epochs of the dense model before the candidates start from its "
+                             "weights; the dense reference trains --candidate-epochs more "
+                             "(default: %(default)s)")
     search.add_argument("--candidate-epochs", type=arguments.positive_int, default=6,
                         help="epochs of each candidate from the dense weights: half reweighted, "
                              "half masked retraining (reweighted_l1, filter; >= 2), or all DST "

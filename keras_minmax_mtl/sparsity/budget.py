@@ -18,6 +18,12 @@ registry's method (`keras_minmax_mtl.sparsity.methods`): reweighted ℓ1
 dynamic sparse training from magnitude masks of the dense weights
 (`keras_minmax_mtl.sparsity.dst.magnitude_masks`).
 
+The reference is a control candidate without pruning: a fresh model (a new
+optimizer, uniform task weights) on the dense weights after `dense_epochs`,
+trained for as many epochs as each candidate (`candidate_epochs`). Every
+model compared has had the same training, the restart included; only the
+pruning differs.
+
 The search (`search_budget`) climbs a short ladder of sparsities
 (`DEFAULT_LADDER`) until the first candidate that fails, then bisects between
 the last pass and the first fail `bisections` times. It chooses on the
@@ -247,7 +253,10 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
             batches, the training one of known length.
         max_worst_drop: the budget in accuracy points, `>= 0`. Defaults to `1.0`.
         method: a `BUDGET_METHODS` name. Defaults to `"reweighted_l1"`.
-        dense_epochs: epochs of the dense model. Defaults to `10`.
+        dense_epochs: epochs of the dense model before the candidates branch
+            off (the dense reference is the control that trains
+            `candidate_epochs` more from there, as each candidate).
+            Defaults to `10`.
         candidate_epochs: epochs of each candidate from the dense weights
             (`budget_method`). Defaults to `6`.
         ladder: the sparsities of the ladder (`search_budget`). Defaults to
@@ -292,12 +301,21 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
     dense = build_model(network)
     began = time.perf_counter()
     dense.fit(train, epochs=dense_epochs, verbose=0)
+    dense_weights = network.get_weights()  # where every candidate starts
+    # The control: a candidate without pruning. A fresh model on the dense weights (a new
+    # optimizer, uniform task weights) trains as many epochs as each candidate, so the reference
+    # has had the same training, restart included, as every model measured against it.
+    candidate = budget_method(method, ladder[0], candidate_epochs, steps, seed)
+    control = build_network()
+    control.set_weights(dense_weights)
+    dense = build_model(control)
+    dense.fit(train, epochs=candidate.epochs, verbose=0)
     record = measure(dense, 0.0, time.perf_counter() - began, 0.0)
     record["passed"] = True
     reference, reference_task = record["val_worst"], record["worst_task"]
-    dense_weights = network.get_weights()
     candidates, best = [record], {"sparsity": 0.0, "model": dense}
-    log(f"dense: val worst {reference:.4f} ({reference_task}), {record['nonzero_weights']} "
+    log(f"dense ({dense_epochs} + {candidate.epochs} epochs, the control): val worst {reference:.4f} "
+        f"({reference_task}), {record['nonzero_weights']} "
         f"non-zero kernel weights, budget >= {reference - max_worst_drop / 100:.4f}  "
         f"{record['seconds']:.1f}s (elapsed {time.perf_counter() - start:.1f}s)")
 
