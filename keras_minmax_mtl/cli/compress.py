@@ -28,8 +28,8 @@ import pathlib
 from keras_minmax_mtl.core import arguments
 from keras_minmax_mtl.sparsity.budget import BUDGET_METHODS, DEFAULT_LADDER
 
-__all__ = ["add_command", "ladder", "default_out", "format_report", "write_run", "TARGETS",
-           "FILES"]
+__all__ = ["add_command", "ladder", "default_out", "points", "format_report", "write_run",
+           "TARGETS", "FILES"]
 
 #: `--target` choices (the export targets), in the order they are exported.
 TARGETS = ("mobile", "micro", "edgetpu")
@@ -117,6 +117,11 @@ def add_command(commands, datasets, data_dir_help):
     return compress
 
 
+def points(value):
+    """`value` accuracy points in words: ``"1 point"``, ``"0.5 points"``."""
+    return f"{value:g} point{'' if value == 1 else 's'}"
+
+
 def default_out(args):
     """The default `--out`: ``runs/compress-<dataset>-<method>-d<max-worst-drop>-s<seed>``."""
     return pathlib.Path("runs") / (f"compress-{args.dataset}-{args.method}-"
@@ -132,10 +137,10 @@ def format_report(report):
                 f"), {chosen['nonzero_weights']} non-zero kernel weights of "
                 f"{report['candidates'][0]['nonzero_weights']} dense; validation worst "
                 f"{chosen['val_worst']:.4f} vs dense {report['reference']:.4f} (budget "
-                f"{report['max_worst_drop']:g} points)")
+                f"{points(report['max_worst_drop'])})")
     else:
         head = (f"no sparser model within budget: every candidate lost more than "
-                f"{report['max_worst_drop']:g} points of validation worst-task accuracy; the "
+                f"{points(report['max_worst_drop'])} of validation worst-task accuracy; the "
                 f"result is the dense model ({chosen['nonzero_weights']} non-zero kernel weights)")
     test = report["test"]
     width = max(len("task"), *(len(t) for t in [*test["dense"], *test["dense_mae"]]))
@@ -178,7 +183,7 @@ def write_run(result, work, out, args):
                            for k, v in vars(args).items()}
     report["model"] = str(out / "model.keras")
     plot_budget_search(report, work / "compress.png",
-                       title=f"{args.dataset}: {args.method}, budget {args.max_worst_drop:g} "
-                             f"points of the worst task (seed {args.seed})")
+                       title=f"{args.dataset}: {args.method}, budget {points(args.max_worst_drop)} "
+                             f"of the worst task (seed {args.seed})")
     (work / "compress.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     return report

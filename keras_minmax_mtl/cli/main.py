@@ -630,7 +630,7 @@ def _compress_command(args):
     except RunFolderError as error:
         raise UsageError(f"argument --out: {error}") from None
     output.import_tensorflow(output.show_logs(args))
-    from keras_minmax_mtl.cli.compress import format_report, write_run
+    from keras_minmax_mtl.cli.compress import format_report, points, write_run
     from keras_minmax_mtl.core.backend import keras
     from keras_minmax_mtl.core.multitask import NonFiniteLossError
     from keras_minmax_mtl.data import networks
@@ -657,7 +657,7 @@ def _compress_command(args):
         for note in folder.notes:
             print(f"kmm compress: {note}")
         print(f"kmm compress: {args.dataset}, method={args.method}, weighting=minmax, budget "
-              f"{args.max_worst_drop:g} points of the validation worst task, ladder "
+              f"{points(args.max_worst_drop)} of the validation worst task, ladder "
               f"{','.join(f'{v:g}' for v in args.ladder)} then {args.bisections} bisections; "
               f"{args.dense_epochs} dense epochs, {args.candidate_epochs} per candidate, "
               f"seed {args.seed}", flush=True)

@@ -239,7 +239,8 @@ def budget_search_figure(report, title=None):
     axes.plot([chosen["nonzero_weights"]], [chosen["val_worst"]], "o", markersize=12,
               markerfacecolor="none", markeredgecolor="black", label="chosen", zorder=4)
     axes.axhline(threshold, color="0.3", linestyle="--", linewidth=1.0,
-                 label=f"budget: dense - {report['max_worst_drop']:g} points")
+                 label=f"budget: dense - {report['max_worst_drop']:g} point"
+                       f"{'' if report['max_worst_drop'] == 1 else 's'}")
     axes.axhline(report["reference"], color="0.6", linestyle=":", linewidth=1.0,
                  label="dense worst task")
     axes.set_xscale("log")
