@@ -174,10 +174,10 @@ TINY = ["--dataset", "multi_digits", "--max-worst-drop", "100", "--train-example
 def _compress_eagerly(argv):
     """`kmm compress argv` in this process, its models compiled to run eagerly: (status, stdout).
 
-    Eagerly, no train or test step is traced (three models, each traced anew, took 22 of the
-    tiny run's 31 s of CPU); the kernels and so the numbers are the same (checked: the
-    validation worst tasks 0.0938, 0.0625, 0.0469 of the dense model and the two candidates of
-    `TINY`, both ways).
+    Eagerly, no train or test step is traced (the four models, each traced anew, took 22 of
+    the tiny run's 34 s of CPU; eagerly the run takes 15 s); the kernels and so the numbers are
+    the same (checked: the validation worst tasks 0.0469, 0.0781, 0.0469 of the control and the
+    two candidates of `TINY`, both ways).
     """
     import io
     import sys
