@@ -50,6 +50,15 @@ def test_a_custom_ladder_without_bisections_stops_at_the_first_fail():
     assert calls == [0.5, 0.9]
 
 
+def test_a_drop_of_exactly_the_budget_passes_on_float32_accuracies():
+    # MultiFashion, 2 000 validation canvases: the control 1399 right, a candidate 1379 (exactly
+    # 1 point less); Keras' float32 accuracies put the candidate 5e-8 below the float64 edge.
+    control, candidate = np.float32(1399 / 2000), np.float32(1379 / 2000)
+    assert float(candidate) < float(control) - 0.01
+    assert passes(float(candidate), float(control), 1.0)
+    assert not passes(float(np.float32(1378 / 2000)), float(control), 1.0)
+
+
 def test_the_budget_is_in_accuracy_points_and_its_edge_passes():
     assert passes(0.79, 0.80, 1.0) and passes(0.80, 0.80, 0.0) and passes(0.95, 0.80, 0.0)
     assert not passes(0.7899, 0.80, 1.0) and not passes(0.7999, 0.80, 0.0)

@@ -66,8 +66,9 @@ BUDGET_METHODS = {
     "dst": "dynamic sparse training (RigL) from magnitude masks of the dense weights",
 }
 
-#: Slack of the pass rule against float rounding of the accuracies.
-_TOLERANCE = 1e-9
+#: Slack of the pass rule: Keras' accuracies are float32 (a spacing of 6e-8 near 0.7), so a
+#: drop of exactly the budget can land 5e-8 past it; 1e-6 is one example of a million.
+_TOLERANCE = 1e-6
 
 
 def check_ladder(ladder):
@@ -95,8 +96,10 @@ def _check_budget(max_worst_drop, bisections):
 def passes(worst, reference, max_worst_drop):
     """Whether a validation worst-task accuracy `worst` is within `max_worst_drop` points of `reference`.
 
-    ``worst >= reference - max_worst_drop / 100`` (with a 1e-9 slack for
-    float rounding).
+    ``worst >= reference - max_worst_drop / 100``, with a 1e-6 slack:
+    Keras computes the accuracies in float32, so a drop of exactly the
+    budget (20 of 2 000 validation examples for 1 point) would otherwise
+    fail by 5e-8.
 
     Example:
 
