@@ -9,7 +9,8 @@ The package has five parts, one folder each; imports only go down this list
   `MinMaxMultiTask`) with its simplex projection and ascent rules,
   uncertainty weighting, DWA;
 - `sparsity`: pruning with tfmot: reweighted ℓ1, dynamic sparse training,
-  structured (filter) pruning, task-aware and hybrid sparsity;
+  structured (filter) pruning, task-aware and hybrid sparsity, and the
+  search for the sparsest model within a worst-task budget;
 - `export`: TFLite export for mobile, microcontrollers and the Edge TPU,
   layer surgery, quantisation-aware training;
 - `data`: the datasets and networks of the examples and benchmarks;
@@ -70,6 +71,9 @@ _SOURCES = {
     "prune_groups": "sparsity.dependency",
     "task_aware_optimize": "sparsity.task_aware",
     "prune_hybrid": "sparsity.hybrid",
+    "compress_to_budget": "sparsity.budget",
+    "search_budget": "sparsity.budget",
+    "BudgetResult": "sparsity.budget",
     # export
     "export_tflite": "export.tflite",
     "inspect_tflite": "export.tflite",

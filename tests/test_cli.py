@@ -362,6 +362,9 @@ def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
         (["export", str(tmp_path / "missing")], 2), (["export", str(tmp_path)], 2),
         (["inspect", str(tmp_path / "missing.tflite")], 2), (["inspect", str(junk)], 2),
         (["-v", "train", "--epochs", "-1"], 2),
+        (["compress", "--help"], 0), (["compress", "--max-worst-drop", "-1"], 2),
+        (["compress", "--max-worst-drop", "1", "--ladder", "0.9,0.5"], 2),
+        (["compress", "--max-worst-drop", "1", "--candidate-epochs", "1"], 2),
     ]
     done = run_python(NO_TENSORFLOW, json.dumps([argv for argv, _ in cases]))
     assert done.returncode == 0, done.stderr[-3000:]

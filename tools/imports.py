@@ -12,7 +12,7 @@ when the graph breaks a rule:
    nothing that imports `tf_keras`; and no part imports `keras3`);
 3. no private name (`_name`) of another module is imported or used;
 4. inside the package, a module is imported inside a function only in `cli`,
-   `loading` and `sparsity.methods` (they defer TensorFlow, tfmot and TFLite
+   `loading`, `sparsity.methods` and `sparsity.budget` (they defer TensorFlow, tfmot and TFLite
    until needed).
 
     python tools/imports.py            # the graph and the counts
@@ -56,8 +56,9 @@ ONLY = {
 #: Parts (or single modules) that may import package modules inside functions (to defer heavy
 #: imports). `sparsity.methods` is the registry of compression methods that `kmm` builds its
 #: parser and checks its flags from before TensorFlow is imported, so its methods import the
-#: library (TensorFlow, tfmot) only when they run.
-DEFERRING = {"cli", "loading", "sparsity.methods"}
+#: library (TensorFlow, tfmot) only when they run; `sparsity.budget` gives `kmm compress` its
+#: choices and checks the same way (its search is pure Python, its training imports the library).
+DEFERRING = {"cli", "loading", "sparsity.methods", "sparsity.budget"}
 
 
 def modules():

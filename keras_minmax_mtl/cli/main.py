@@ -40,7 +40,7 @@ from keras_minmax_mtl.sparsity.methods import (
 )
 from keras_minmax_mtl.cli import output
 
-__all__ = ["main", "build_parser", "check_train_arguments", "default_out", "flag_message",
+__all__ = ["main", "build_parser", "check_train_arguments", "check_compress_arguments", "default_out", "flag_message",
            "non_finite", "non_finite_weights", "UsageError", "RunFailed", "WEIGHTINGS",
            "DATASETS", "DATASET_FACTS"]
 
@@ -68,12 +68,16 @@ DATASET_FACTS = {"multi_digits": {"tasks": ("left", "right", "sum"),
 DATA_DIRS = {"multi_fashion": ("/usr/share/datasets/fashion-mnist",
                                ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
                                 "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"))}
+#: The help of `--data-dir` (`kmm train`, `kmm compress`).
+DATA_DIR_HELP = ("the folder of the dataset's files, for --dataset multi_fashion: Fashion-MNIST's "
+                 f"four idx .gz files (default: {DATA_DIRS['multi_fashion'][0]}, where Debian's "
+                 "dataset-fashion-mnist puts them)")
 #: `--normalize-losses` values and the library's `normalize_losses`.
 NORMALIZE = {"auto": "auto", "on": True, "off": False}
 
 
 def build_parser():
-    """The `kmm` argument parser: `train`, `export` and `inspect`."""
+    """The `kmm` argument parser: `train`, `compress`, `export` and `inspect`."""
     parser = _Parser(
         prog="kmm", description="Compressed multi-task learning with min-max task weighting.")
     output.add_verbose_flag(parser, top_level=True)
@@ -147,10 +151,7 @@ def build_parser():
     # --- end of sparsity ---
     data = train.add_argument_group("data")
     data.add_argument("--data-dir", type=pathlib.Path, default=None,
-                      help="the folder of the dataset's files, for --dataset multi_fashion: "
-                           "Fashion-MNIST's four idx .gz files (default: "
-                           f"{DATA_DIRS['multi_fashion'][0]}, where Debian's "
-                           "dataset-fashion-mnist puts them)")
+                      help=DATA_DIR_HELP)
     data.add_argument("--train-examples", type=arguments.positive_int, default=None,
                       help="number of training examples (default: the dataset's)")
     data.add_argument("--test-examples", type=arguments.positive_int, default=None,
@@ -161,6 +162,10 @@ def build_parser():
     export_commands.add_train_option(train)
     export_commands.add_commands(commands)
     # --- end of TFLite export ---
+    # --- compression under a worst-task budget: logic in keras_minmax_mtl/cli/compress.py ---
+    from keras_minmax_mtl.cli import compress as compress_commands
+    compress_commands.add_command(commands, DATASETS, DATA_DIR_HELP)
+    # --- end of compression under a budget ---
     # The flags that mean something with one choice only:
     # {dest: (flag, default, the deciding flag's dest, the choices that use it)}.
     owners.update({action.dest: (action.option_strings[-1], action.default, "weighting",
@@ -586,6 +591,104 @@ def _train_command(parser, args):
     return 0
 
 
+def check_compress_arguments(args):
+    """Checks every `kmm compress` rule that needs no data, fills in the defaults and `--out`.
+
+    Raises `UsageError` (one line, exit 2) for the first broken rule; imports
+    no TensorFlow and writes nothing.
+    """
+    from keras_minmax_mtl.cli.compress import TARGETS, default_out
+    from keras_minmax_mtl.sparsity.budget import budget_method
+
+    if args.data_dir is not None and args.dataset not in DATA_DIRS:
+        raise UsageError(f"argument --data-dir: only used with "
+                         f"{' or '.join(f'--dataset {d}' for d in DATA_DIRS)}; this run has "
+                         f"--dataset {args.dataset}, so it would be ignored. Received --data-dir "
+                         f"{args.data_dir}")
+    examples = _num_examples(args, "train")
+    try:
+        budget_method(args.method, args.ladder[0], args.candidate_epochs,
+                      math.ceil(examples / args.batch_size), args.seed)
+    except ValueError as error:
+        raise UsageError(f"argument --candidate-epochs: must be >= 2 with --method "
+                         f"{args.method} (reweighted and retraining epochs). Received "
+                         f"--candidate-epochs {args.candidate_epochs}") from error
+    args.target = list(dict.fromkeys(args.target)) if args.target else list(TARGETS)
+    _check_data_dir(args)
+    if args.out is None:
+        args.out = default_out(args)
+
+
+def _compress_command(args):
+    """`kmm compress`: checks, builds, searches into a locked work folder, publishes; the exit status."""
+    from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError, check_destination
+
+    check_compress_arguments(args)
+    out = args.out
+    try:
+        check_destination(out, args.overwrite)
+    except RunFolderError as error:
+        raise UsageError(f"argument --out: {error}") from None
+    output.import_tensorflow(output.show_logs(args))
+    from keras_minmax_mtl.cli.compress import format_report, points, write_run
+    from keras_minmax_mtl.core.backend import keras
+    from keras_minmax_mtl.core.multitask import NonFiniteLossError
+    from keras_minmax_mtl.data import networks
+    from keras_minmax_mtl.sparsity.budget import compress_to_budget
+    from keras_minmax_mtl.weighting.minmax import MinMaxMultiTask
+
+    keras.utils.set_random_seed(args.seed)
+    splits, _, losses, metrics = _load_dataset(args)
+    network = {"multi_digits": networks.multi_digits_network,
+               "multi_fashion": networks.multi_fashion_network}[args.dataset]
+
+    def build_model(base):
+        model = MinMaxMultiTask(base)
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=losses,
+                      metrics=metrics)
+        return model
+
+    folder = RunFolder(out, args.overwrite)
+    try:
+        folder.__enter__()
+    except RunFolderError as error:
+        raise UsageError(f"argument --out: {error}") from None
+    try:  # from here on: the lock is held and the new run goes to folder.work
+        for note in folder.notes:
+            print(f"kmm compress: {note}")
+        print(f"kmm compress: {args.dataset}, method={args.method}, weighting=minmax, budget "
+              f"{points(args.max_worst_drop)} of the validation worst task, ladder "
+              f"{','.join(f'{v:g}' for v in args.ladder)} then {args.bisections} bisections; "
+              f"{args.dense_epochs} dense epochs, {args.candidate_epochs} per candidate, "
+              f"seed {args.seed}", flush=True)
+        try:
+            result = compress_to_budget(
+                lambda: network(seed=args.seed), build_model, splits["train"],
+                splits["validation"], splits["test"], max_worst_drop=args.max_worst_drop,
+                method=args.method, dense_epochs=args.dense_epochs,
+                candidate_epochs=args.candidate_epochs, ladder=args.ladder,
+                bisections=args.bisections, seed=args.seed,
+                log=lambda line: print(line, flush=True))
+            bad = non_finite({k: v for k, v in result.to_dict().items() if k != "candidates"})
+            _refuse_non_finite("test metrics", bad)
+        except (NonFiniteLossError, RunFailed, ValueError) as error:
+            print(f"kmm: error: the run failed: {' '.join(str(error).split())}; nothing was "
+                  f"written to {out}" + (" (the run already in it is unchanged)"
+                                         if out.exists() else ""), file=sys.stderr)
+            return 1
+        print()
+        print("\n".join(format_report(result.to_dict())))
+        report = write_run(result, folder.work, out, args)
+        folder.publish()
+    finally:
+        folder.__exit__(None, None, None)
+    files = ", ".join(f"{t} {f['bytes']} bytes" for t, f in report["files"].items())
+    print(f"\nfiles: {files}; searched {len(report['candidates']) - 1} candidates in "
+          f"{report['seconds']:.1f}s")
+    print(f"wrote {out}: " + ", ".join(sorted(os.listdir(out))))
+    return 0
+
+
 def main(argv=None):
     """Entry point of the `kmm` console script; returns the exit status (2: bad flags, 1: failed run).
 
@@ -607,6 +710,8 @@ def main(argv=None):
                 args.progress = "compact" if args.verbose is None else "keras"
                 args.verbose = 0 if args.verbose is None else args.verbose
                 return _train_command(parser, args)
+            if args.command == "compress":
+                return _compress_command(args)
             if args.command in ("export", "inspect"):  # TFLite export (issue 5)
                 from keras_minmax_mtl.cli.export import run_command
                 run_command(args)

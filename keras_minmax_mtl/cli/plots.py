@@ -2,7 +2,8 @@
 import numpy as np
 
 __all__ = ["plot_task_weights", "task_weights_figure", "plot_task_aware", "task_aware_figure",
-           "run_title", "run_events", "texts_outside"]
+           "plot_budget_search", "budget_search_figure", "run_title", "run_events",
+           "texts_outside"]
 
 
 def task_weights_figure(history, task_names, title=None, steps_per_epoch=None, events=()):
@@ -208,6 +209,68 @@ def plot_task_aware(report, path, title=None, last_step=None):
     >>> plot_task_aware(run.report(), "task_aware.png")
     """
     figure = task_aware_figure(report, title, last_step)
+    figure.savefig(path)
+    return path
+
+
+def budget_search_figure(report, title=None):
+    """The figure of `plot_budget_search` (not saved)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    candidates = report["candidates"]
+    if not candidates:
+        raise ValueError("Argument `report` must hold at least one candidate. Received none.")
+    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    chosen = report["chosen"]
+    threshold = report["reference"] - report["max_worst_drop"] / 100.0
+    for passed, color, label in ((True, "tab:green", "within budget"),
+                                 (False, "tab:red", "over budget")):
+        points = [c for c in candidates if c["passed"] == passed]
+        if points:
+            axes.plot([c["nonzero_weights"] for c in points], [c["val_worst"] for c in points],
+                      "o", color=color, label=label, zorder=3)
+    for order, c in enumerate(candidates):
+        axes.annotate("dense" if order == 0 else f"{c['sparsity']:g}",
+                      (c["nonzero_weights"], c["val_worst"]), textcoords="offset points",
+                      xytext=(4, 4), fontsize="x-small")
+    axes.plot([chosen["nonzero_weights"]], [chosen["val_worst"]], "o", markersize=12,
+              markerfacecolor="none", markeredgecolor="black", label="chosen", zorder=4)
+    axes.axhline(threshold, color="0.3", linestyle="--", linewidth=1.0,
+                 label=f"budget: dense - {report['max_worst_drop']:g} point"
+                       f"{'' if report['max_worst_drop'] == 1 else 's'}")
+    axes.axhline(report["reference"], color="0.6", linestyle=":", linewidth=1.0,
+                 label="dense worst task")
+    axes.set_xscale("log")
+    axes.set_xlabel("non-zero kernel weights (log scale; labels: sparsity tried)")
+    axes.set_ylabel("validation worst-task accuracy")
+    if title:
+        axes.set_title(_wrapped(title), fontsize="medium")
+    axes.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def plot_budget_search(report, path, title=None):
+    """Saves a PNG of a worst-task budget search: validation worst task vs size, every candidate.
+
+    Args:
+        report: `BudgetResult.to_dict()` (or its JSON): `candidates` (each
+            with `nonzero_weights`, `val_worst`, `sparsity`, `passed`; the
+            dense model first), `chosen`, `reference` and `max_worst_drop`.
+        path: where to write the PNG.
+        title: the figure title. Defaults to `None` (no title).
+
+    The budget ``reference - max_worst_drop / 100`` is a dashed line; the
+    chosen candidate is circled.
+
+    Example:
+
+    >>> plot_budget_search(result.to_dict(), "compress.png")
+    """
+    figure = budget_search_figure(report, title)
     figure.savefig(path)
     return path
 

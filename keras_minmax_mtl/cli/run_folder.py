@@ -43,7 +43,8 @@ __all__ = ["RunFolder", "RunFolderError", "RUN_FILES", "check_destination", "rec
 #: replaces a folder only if it holds nothing else.
 RUN_FILES = ("model.keras", "metrics.json", "task_weights.png", "model_stripped.keras",
              "sparsity.json", "task_aware.json", "task_aware.png", "model_*.tflite",
-             "model_*.json", "model_*.h", "model_*.cc")
+             "model_*.json", "model_*.h", "model_*.cc", "model_dense.keras", "compress.json",
+             "compress.png")
 
 
 class RunFolderError(Exception):

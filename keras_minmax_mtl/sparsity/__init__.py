@@ -21,7 +21,9 @@ The methods:
 - `task_aware`, `task_similarity`: task-aware dynamic sparsity (Choi et al. 2023);
 - `hybrid`: a shared trunk plus sparse per-task kernels (Xie et al. 2022);
 - `methods`: the methods behind one interface (`SparsityMethod`) and their
-  registry, which `kmm train` and the benchmarks run (imports no TensorFlow).
+  registry, which `kmm train` and the benchmarks run (imports no TensorFlow);
+- `budget`: the sparsest model whose worst task stays within a budget of the
+  dense one (`compress_to_budget`, what `kmm compress` runs).
 
 Imports the core; never the export part.
 """

@@ -89,6 +89,7 @@ __all__ = ["check_wrappers", "wrapped_kernels",
     "drop_fraction_at",
     "prune_for_dst",
     "initialize_masks",
+    "magnitude_masks",
     "optimizer_slots",
     "set_mask",
 ]
@@ -274,6 +275,38 @@ def initialize_masks(model, sparsity, density="erk", seed=0):
         new_mask = random_mask(tuple(weight.shape), count, rng, mask.dtype.as_numpy_dtype)
         mask.assign(new_mask)
         weight.assign(weight.numpy() * new_mask)
+    return counts
+
+
+def magnitude_masks(model, sparsity, density="erk"):
+    """Sets masks at `sparsity` that keep each wrapped kernel's largest weights; zeroes the rest.
+
+    The warm start of dynamic sparse training from trained dense weights
+    (`keras_minmax_mtl.sparsity.budget`): layer ``l`` keeps its ``n_l`` weights
+    of largest ``|w|`` (ties broken by position), where the counts ``n_l``
+    follow `density` exactly as in `initialize_masks`. `DynamicSparseTraining`
+    then starts from these masks (it draws random ones only when every mask is
+    all ones). The wrappers must use `HoldMasks`.
+
+    Example:
+
+    >>> wrapped = prune_for_dst(trained_base)
+    >>> magnitude_masks(wrapped, 0.9)       # then fit with DynamicSparseTraining(sparsity=0.9)
+
+    Returns:
+        The list of active counts, one per wrapped kernel.
+    """
+    check_wrappers(model)
+    kernels = wrapped_kernels(model)
+    counts = active_counts([tuple(weight.shape) for _, weight, _ in kernels], sparsity, density)
+    for (_, weight, mask), count in zip(kernels, counts):
+        values = weight.numpy()
+        order = np.argsort(-np.abs(values).ravel(), kind="stable")
+        flat = np.zeros(values.size, dtype=mask.dtype.as_numpy_dtype)
+        flat[order[:count]] = 1
+        new_mask = flat.reshape(values.shape)
+        mask.assign(new_mask)
+        weight.assign(values * new_mask)
     return counts
 
 
