@@ -1,9 +1,9 @@
 """LiteRT per-sample latency of a sparse `.tflite` file relative to a dense one, in one process.
 
-Both files are opened with `keras_minmax_mtl.export.runtimes.load_interpreter` (the
-sparse one without the default XNNPack delegate, which refuses sparse
-layers; the dense one with it, as a phone app would run it) and invoked on
-one sample at a time. Blocks of `--invokes` calls alternate between the two
+Both files are opened with `keras_minmax_mtl.export.runtimes.load_interpreter`
+(with the default XNNPack delegate, as a phone app would run them, except a
+file with int8 weights stored sparse, which XNNPack fails to prepare) and
+invoked on one sample at a time. Blocks of `--invokes` calls alternate between the two
 files, `--repeats` times; the ratio is median(sparse) / median(dense) of the
 per-sample times. The row `dense_no_xnnpack` opens the dense file without
 the default delegate too, to separate the sparse kernels from the delegate.

@@ -60,6 +60,7 @@ _SOURCES = {
     "strip_pruning": "sparsity.pruning",
     "sparsity_report": "sparsity.pruning",
     "MultiTaskPruningPolicy": "sparsity.policy",
+    "XNNPackSparsePolicy": "sparsity.policy",
     "ReweightedL1Schedule": "sparsity.reweighted",
     "ReweightedL1Penalty": "sparsity.reweighted",
     "ReweightedL1Stages": "sparsity.reweighted",

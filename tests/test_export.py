@@ -75,6 +75,8 @@ def test_sparse_storage_is_kept_only_when_smaller_and_runs_without_xnnpack(tmp_p
                            representative_data=x, quantization="int8")
     assert report["storage"] == "sparse" and report["ops"]["DENSIFY"] >= 1
     assert runtimes.is_sparse_model(tmp_path / "s.tflite")
+    # int8 sparse weights: opened without XNNPack, which fails to prepare some of them.
+    assert not runtimes.runs_in_xnnpack(runtimes.load_interpreter(tmp_path / "s.tflite"))
     dense = export_tflite(model, tmp_path / "d.tflite", sparse_storage=False,
                           representative_data=x, quantization="int8")
     assert "DENSIFY" not in dense["ops"]
@@ -330,3 +332,17 @@ def test_floored_logits_are_relu_of_logits_minus_the_floor_and_floors_are_below_
     assert logit_floors({"t": np.array([[0.0, 2.0], [1.0, 0.0]])}) == {"t": pytest.approx(0.85)}
     with pytest.raises(ValueError, match=r"`floors` names 'r'.*can be floored: \['t'\]"):
         without_softmax(model, floors={"r": 0.0})
+
+
+def test_float_sparse_files_run_in_xnnpack(trained, tmp_path):
+    # XNNPack densifies float32 DENSIFY weights once, when the interpreter is built, and takes
+    # its sparse path where the graph allows (int8 sparse files: test_sparse_storage_is_kept_...).
+    model, x = trained
+    path = tmp_path / "float.tflite"
+    export_tflite(model, path, sparse_storage=True, representative_data=x)
+    assert runtimes.is_sparse_model(path)
+    assert runtimes.runs_in_xnnpack(runtimes.load_interpreter(path))
+    assert not runtimes.runs_in_xnnpack(runtimes.load_interpreter(path, default_delegates=False))
+    got, want = runtimes.run_litert(path, x), keras_outputs(model, x)
+    for task in TASKS:
+        np.testing.assert_allclose(got[task], want[task], atol=1e-5)

@@ -4,7 +4,8 @@ import tensorflow_model_optimization as tfmot
 from keras_minmax_mtl.sparsity import pruning
 from keras_minmax_mtl.core.backend import keras
 from keras_minmax_mtl.data.networks import multi_digits_network
-from keras_minmax_mtl.sparsity.policy import MultiTaskPruningPolicy, layer_roles
+from keras_minmax_mtl.sparsity.policy import (XNNPACK_MIN_SPARSITY, MultiTaskPruningPolicy,
+                                             XNNPackSparsePolicy, layer_roles)
 from tests.helpers import SubclassedNet, tiny_base_model
 
 
@@ -104,3 +105,45 @@ def test_policy_and_dst_agree_on_which_layers_are_prunable():
     default.ensure_model_supports_pruning(model)
     hidden = sorted(w.layer.name for w in pruning.pruning_wrappers(prune_for_dst(model)))
     assert hidden == default.prunable_layer_names(model) == ["a_hidden", "conv", "shared", "upconv"]
+
+
+def xnnpack_network(stem_padding="symmetric"):
+    """A MobileNet-shaped two-task network in the layout XNNPack's sparse path takes."""
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    if stem_padding == "symmetric":
+        x = layers.ZeroPadding2D(1, name="stem_pad")(inputs)
+        x = layers.Conv2D(8, 3, strides=2, padding="valid", name="stem")(x)
+    else:  # tf_keras.applications' MobileNetV2 stem: "same" pads a stride-2 conv unevenly
+        x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    y = layers.Conv2D(16, 1, name="expand")(x)
+    y = layers.DepthwiseConv2D(3, padding="same", name="dw")(y)
+    y = layers.Conv2D(8, 1, name="project")(y)
+    x = layers.Add(name="add")([x, y])
+    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+    x = layers.Flatten(name="flat")(x)
+    return keras.Model(inputs, [layers.Dense(3, name="a")(x), layers.Dense(2, name="b")(x)])
+
+
+def test_xnnpack_sparse_policy_prunes_only_the_1x1_convolutions_of_the_trunk():
+    # What tfmot's prune_low_magnitude asks (docs/export.md runs it with this policy).
+    model, policy = xnnpack_network(), XNNPackSparsePolicy()
+    policy.ensure_model_supports_pruning(model)
+    assert [layer.name for layer in model.layers if policy.allow_pruning(layer)] == [
+        "expand", "project"]  # not the 3x3 stem, the depthwise kernel or the Dense heads
+    assert policy.prunable_layer_names(model) == ["expand", "project"]
+    heads = XNNPackSparsePolicy(prune=("task_output",))
+    with pytest.raises(ValueError, match=r"leaves no layer of model .* to prune"):
+        heads.ensure_model_supports_pruning(model)  # the heads are Dense, not 1x1 convolutions
+    assert XNNPACK_MIN_SPARSITY == 2 / 3
+
+
+def test_xnnpack_sparse_policy_refuses_a_graph_xnnpack_runs_dense_and_says_why():
+    with pytest.raises(ValueError, match=r"XNNPackSparsePolicy.*XNNPack's sparse path.*"
+                                         r"ZeroPadding2D\(1\).*Conv2D 3x3, stride 2.*'valid'.*"
+                                         r"3 input channels.*MobileNetV2.*tfmot: Could not find"):
+        XNNPackSparsePolicy().ensure_model_supports_pruning(xnnpack_network(stem_padding="same"))
+    with pytest.raises(ValueError, match=r"leaves no layer of model .* to prune"):
+        XNNPackSparsePolicy(exclude=("expand", "project")).ensure_model_supports_pruning(
+            xnnpack_network())

@@ -4,8 +4,11 @@
 installed (`ai_edge_litert`, then `tflite_runtime`, then `tf.lite`), with the
 op resolver that can run it: a file whose weights are stored sparse
 (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`, a `DENSIFY` op or sparse tensors)
-is opened with `BUILTIN_WITHOUT_DEFAULT_DELEGATES`, because the default
-XNNPack delegate refuses sparse fully-connected layers.
+keeps the default XNNPack delegate when its sparse tensors are all float
+(XNNPack densifies them once, when the interpreter is built, and runs its
+sparse kernels where the graph allows), and is opened with
+`BUILTIN_WITHOUT_DEFAULT_DELEGATES` when one is int8 (dynamic-range and
+full-int8 files), which XNNPack fails to prepare.
 
 `run_litert` and `run_micro` run a batch of samples and return the outputs
 keyed by the signature's output names (the task names for files written by
@@ -30,6 +33,7 @@ __all__ = ["inspect_interpreter",
     "load_interpreter",
     "litert_package",
     "is_sparse_model",
+    "runs_in_xnnpack",
     "model_details",
     "run_litert",
     "run_micro",
@@ -201,21 +205,59 @@ def _is_sparse(details):
             or any(t["sparse"] for t in details["tensors"].values()))
 
 
+#: The dtypes of sparse tensors XNNPack takes (it densifies them when the interpreter is built).
+_XNNPACK_SPARSE_DTYPES = ("float32", "float16")
+
+
+def _xnnpack_prepares(details):
+    """Whether XNNPack, LiteRT's default delegate, prepares the file: no int8 sparse tensor.
+
+    XNNPack densifies float32/float16 sparse weights (the input of a
+    `DENSIFY` op) when the interpreter is built; a sparse int8 weight (of a
+    dynamic-range or full-int8 file) makes it fail to prepare the node
+    ("failed to delegate FULLY_CONNECTED node ... failed to prepare").
+    """
+    return all(t["dtype"] in _XNNPACK_SPARSE_DTYPES
+               for t in details["tensors"].values() if t["sparse"])
+
+
+def runs_in_xnnpack(interpreter):
+    """Whether LiteRT's default delegate (XNNPack) runs part of an interpreter's graph.
+
+    True when the interpreter's graph holds a `DELEGATE` node, the node
+    LiteRT puts in place of the ops a delegate took over.
+
+    Example:
+
+    >>> runs_in_xnnpack(load_interpreter("model.tflite"))                           # float file
+    True
+    >>> runs_in_xnnpack(load_interpreter("model.tflite", default_delegates=False))
+    False
+    """
+    return any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
 def load_interpreter(model, num_threads=None, default_delegates=None):
     """Opens a `.tflite` file with LiteRT and the op resolver that runs it.
 
     Uses `ai_edge_litert` if installed, else `tflite_runtime`, else `tf.lite`.
-    Files with sparse weights get `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`
-    (XNNPack, the default delegate, refuses sparse fully-connected layers);
-    dense files get the default (XNNPack) resolver.
+    Dense files and files whose sparse weights are all float get the default
+    resolver, with LiteRT's default delegate (XNNPack), as a phone app runs
+    them: XNNPack densifies float sparse weights once, when the interpreter is
+    built, so such a file runs at the dense file's speed, or faster where
+    XNNPack's sparse kernels apply (1×1 convolutions, see
+    `keras_minmax_mtl.sparsity.policy.XNNPackSparsePolicy`). Files with an
+    int8 sparse weight (dynamic-range and full-int8 files stored sparse) get
+    `OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`: XNNPack fails to
+    prepare those nodes.
 
     Args:
         model: a path or the bytes of a `.tflite` file.
         num_threads: CPU threads for the interpreter. Defaults to `None`
             (LiteRT's default).
         default_delegates: `True` or `False` forces LiteRT's default delegates
-            (XNNPack) on or off. Defaults to `None`: off for sparse files, on
-            for dense ones.
+            (XNNPack) on or off. Defaults to `None`: off for files with an
+            int8 sparse weight, on for the others.
 
     Returns:
         An interpreter with its tensors allocated. LiteRT's log lines while
@@ -237,7 +279,7 @@ def load_interpreter(model, num_threads=None, default_delegates=None):
     if num_threads is not None:
         kwargs["num_threads"] = int(num_threads)
     if default_delegates is None:
-        default_delegates = not _is_sparse(_details(content, model))
+        default_delegates = _xnnpack_prepares(_details(content, model))
     if not default_delegates:
         kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     with captured_output():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

@@ -83,8 +83,12 @@ class MobileTarget(ExportTarget):
     """Phones (LiteRT): float, dynamic-range or full-int8, weights sparse where smaller.
 
     Sparse storage (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`) adds `DENSIFY`
-    ops and needs the op resolver without default delegates, which
-    `keras_minmax_mtl.export.runtimes.load_interpreter` picks.
+    ops. A float file runs them in XNNPack, LiteRT's default delegate, which
+    densifies the weights once at load (dense speed), or runs 1×1
+    convolutions with its sparse kernels
+    (`keras_minmax_mtl.sparsity.policy.XNNPackSparsePolicy`); an int8 file
+    stored sparse needs the op resolver without default delegates. Both are
+    what `keras_minmax_mtl.export.runtimes.load_interpreter` picks.
     """
 
     name = "mobile"

@@ -21,6 +21,10 @@ policy plugs into tfmot like its own policies:
 and records the roles; `allow_pruning(layer)` then answers by the layer's name.
 Only layers tfmot can prune and that hold prunable weights (kernels) are ever
 allowed; layers without weights (pooling, flatten) are left unwrapped.
+
+`XNNPackSparsePolicy` narrows it to the 1×1 convolutions of a MobileNet-shaped
+trunk, the only sparsity that makes a float file faster on phones (XNNPack's
+sparse inference; `docs/export.md`).
 """
 import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras.prunable_layer import (
@@ -30,12 +34,14 @@ from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry imp
     PruneRegistry,
 )
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_policy import (
+    PruneForLatencyOnXNNPack,
     PruningPolicy,
 )
 
 from keras_minmax_mtl.core.backend import keras, require_tf_keras_model
 
-__all__ = ["ancestors", "is_prunable", "MultiTaskPruningPolicy", "ROLES", "layer_roles",
+__all__ = ["ancestors", "is_prunable", "MultiTaskPruningPolicy", "XNNPackSparsePolicy",
+           "XNNPACK_MIN_SPARSITY", "is_one_by_one_conv", "ROLES", "layer_roles",
            "prunable_kernel_count",
            "head_kernel_count", "refuse_nested_models"]
 
@@ -246,6 +252,109 @@ class MultiTaskPruningPolicy(PruningPolicy):
         role = self.roles.get(layer.name)
         return (role in self.prune and layer.name not in self.exclude
                 and is_prunable(layer))
+
+
+#: The zero fraction of the 1×1 convolution kernels (all of them together) from which XNNPack
+#: runs a float graph's sparse subgraph with its sparse kernels (its README, "Sparse Inference").
+XNNPACK_MIN_SPARSITY = 2 / 3
+
+
+def is_one_by_one_conv(layer):
+    """Whether `layer` is a 1×1 `Conv2D` XNNPack's sparse kernels run: stride 1, no dilation, 1 group.
+
+    Example:
+
+    >>> is_one_by_one_conv(keras.layers.Conv2D(8, 1)), is_one_by_one_conv(keras.layers.Conv2D(8, 3))
+    (True, False)
+    """
+    return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+            and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
+            and layer.groups == 1)
+
+
+def _layers_by_name(model):
+    layers = {layer.name: layer for layer in model.layers}
+    for layer in list(layers.values()):
+        layers.update({inner.name: inner for inner in _inner_layers(layer)})
+    return layers
+
+
+class XNNPackSparsePolicy(MultiTaskPruningPolicy):
+    """Prunes only the 1×1 convolutions of the trunk: sparsity that XNNPack runs faster.
+
+    XNNPack, LiteRT's CPU delegate on phones, has sparse kernels for one case
+    only (Elsen et al., *Fast Sparse ConvNets*, CVPR 2020): float32/float16
+    1×1 convolutions in a subgraph that it can run channels-first, with at
+    least `XNNPACK_MIN_SPARSITY` (2/3) of the 1×1 kernels' weights zero. A
+    1×1 convolution over an H×W×C_in map is the product
+    ``Y (HW × C_out) = X (HW × C_in) · W (C_in × C_out)``; with a fraction
+    `s` of `W` zero, XNNPack's sparse kernel does about `(1 − s)` of the
+    multiply-adds. Everything else (3×3 and depthwise kernels, Dense layers,
+    int8 files) is densified when the interpreter is built and runs at the
+    dense speed, so pruning it makes the file smaller but not faster.
+
+    The subgraph must (tfmot's `PruneForLatencyOnXNNPack` checks these
+    rules, and this policy applies them, then the multi-task roles):
+
+    - start with `ZeroPadding2D(1)` and a `Conv2D` 3x3, stride 2, `padding="valid"`
+      on the 3-channel input (a `"same"` stride-2 convolution of an even-sized
+      input pads unevenly, which XNNPack runs dense: so do
+      `tf_keras.applications.MobileNetV2`'s stem and its stride-2 blocks);
+    - end with `GlobalAveragePooling2D(keepdims=True)` on every output branch
+      (the task heads come after it);
+    - hold only 1×1 `Conv2D`, `DepthwiseConv2D` 3x3 or 5x5 (`"same"` at stride 1, or
+      `ZeroPadding2D(1 or 2)` + `"valid"`), `BatchNormalization`, `Add`,
+      `Multiply`, `ReLU`/`ReLU6`/`LeakyReLU`/`ELU`/sigmoid, `Dropout` in between.
+
+    Args:
+        prune: the roles whose 1×1 convolutions are pruned, a subset of
+            `("trunk", "task_hidden", "task_output")`. Defaults to
+            `("trunk", "task_hidden")`.
+        exclude: names of layers never to prune. Defaults to `()`.
+
+    Example:
+
+    >>> policy = XNNPackSparsePolicy()
+    >>> wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+    ...     base, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.9, 0),
+    ...     pruning_policy=policy)                       # 1×1 Conv2D layers only
+    >>> export_tflite(stripped, "phone.tflite", target="mobile")   # float, stored sparse
+    """
+
+    def ensure_model_supports_pruning(self, model):
+        """Checks XNNPack's sparse-subgraph rules, then reads the roles (see the class).
+
+        Raises:
+            TypeError: for Keras 3 models and subclassed models.
+            ValueError: a graph XNNPack would run dense (the message gives
+                tfmot's reason and the rules), or no 1×1 convolution left to
+                prune.
+        """
+        _check_model(model)
+        try:
+            PruneForLatencyOnXNNPack().ensure_model_supports_pruning(model)
+        except ValueError as error:
+            raise ValueError(
+                f"`XNNPackSparsePolicy` prunes only graphs XNNPack's sparse path runs, and model "
+                f"{model.name!r} is not one (XNNPack would densify its weights, so pruning would "
+                "not make it faster). The rules: the input goes through ZeroPadding2D(1) and a "
+                "Conv2D 3x3, stride 2, padding 'valid' with 3 input channels; every output "
+                "branch passes a GlobalAveragePooling2D(keepdims=True); in between only 1x1 "
+                "Conv2D, 3x3/5x5 DepthwiseConv2D ('same' at stride 1, or ZeroPadding2D + "
+                "'valid'), BatchNormalization, Add, Multiply, ReLU-type activations. "
+                "tf_keras.applications.MobileNetV2 fails the first rule ('same' padding of "
+                f"its stride-2 convolutions). tfmot: {error}") from error
+        super().ensure_model_supports_pruning(model)
+
+    def prunable_layer_names(self, model):
+        """The names of the 1×1 convolutions of `model` this policy prunes (after `ensure_...`)."""
+        layers = _layers_by_name(model)
+        return [name for name in super().prunable_layer_names(model)
+                if is_one_by_one_conv(layers[name])]
+
+    def allow_pruning(self, layer):
+        """Whether to wrap `layer`: a 1×1 `Conv2D` whose role is one of `prune`."""
+        return super().allow_pruning(layer) and is_one_by_one_conv(layer)
 
 
 def _kernel_count(model, names):
