@@ -43,7 +43,10 @@ ALLOWED = {
 
 #: Parts that may import from the other parts only these modules.
 ONLY = {
-    "keras3": {f"{PACKAGE}.core.checks", f"{PACKAGE}.core.outputs", f"{PACKAGE}.weighting.maths"},
+    # core.loss_balance: the normalize_losses / loss_scales rules and the starvation warning,
+    # pure Python (written against an `ops` namespace), shared so that both paths balance alike.
+    "keras3": {f"{PACKAGE}.core.checks", f"{PACKAGE}.core.outputs", f"{PACKAGE}.core.loss_balance",
+               f"{PACKAGE}.weighting.maths"},
 }
 
 #: Parts (or single modules) that may import package modules inside functions (to defer heavy
