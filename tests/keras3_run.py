@@ -126,58 +126,46 @@ def list_outputs_match_plain_keras():
 
 
 def uncertainty_and_dwa():
-    """UW's first SGD step against plain Keras and by hand; DWA's weights against the epoch losses."""
+    """UW's first SGD step by hand; DWA's weights against the epoch losses."""
     keras, _ = _keras()
     from keras_minmax_mtl.keras3 import DynamicWeightAverage, MultiTaskModel, UncertaintyWeighting
     x, y = data()
     targets = [y["out_a"], y["out_b"]]
     losses = ["mse", "sparse_categorical_crossentropy"]
-    plain, base = list_model(), list_model()
-    plain.compile(keras.optimizers.SGD(0.1), loss=losses, loss_weights=[0.5, 0.5])
-    uw = MultiTaskModel(base, weighting=UncertaintyWeighting())
+    uw = MultiTaskModel(list_model(), weighting=UncertaintyWeighting())
     uw.compile(keras.optimizers.SGD(0.1), loss=losses)
-    before = plain.evaluate(x, targets, batch_size=16, verbose=0, return_dict=True)
-    plain.fit(x, targets, batch_size=16, epochs=1, shuffle=False, verbose=0)
     logs = uw.fit(x, targets, batch_size=16, epochs=1, shuffle=False, verbose=0).history
     dwa = MultiTaskModel(list_model(), weighting=DynamicWeightAverage(temperature=2.0),
                          scale="num_tasks")
     dwa.compile(keras.optimizers.Adam(0.05), loss=losses)
     history = dwa.fit(x, targets, batch_size=8, epochs=4, shuffle=False, verbose=0).history
-    return {"uw_losses": [before["out_a_loss"], before["out_b_loss"]],
-            "uw_log_variances": numpy(uw.weighting.log_variances),
+    return {"uw_log_variances": numpy(uw.weighting.log_variances),
             "uw_weights": numpy(uw.task_weights), "uw_logs": logs,
-            "uw_max_weight_difference": max_difference(plain.get_weights(), base.get_weights()),
             "dwa_history": history, "dwa_weights": numpy(dwa.task_weights),
             "dwa_epochs_done": int(numpy(dwa.weighting.epochs_done))}
 
 
-def loss_balance():
-    """`loss_scales` and `normalize_losses=True` steps against plain Keras 3's `loss_weights`;
-    `"auto"` on losses 10^4 apart; the starved-task warning on raw ones."""
+def loss_balance(first):
+    """A `normalize_losses=True` + `loss_scales` step against plain Keras 3's `loss_weights`
+    (`first`: the list model's losses on the batch); `"auto"` on losses 10^4 apart; the
+    starved-task warning on raw ones."""
     import warnings
     keras, _ = _keras()
     from keras_minmax_mtl.keras3 import EqualWeighting, MinMaxMultiTask, MultiTaskModel
     x, y = data()
     targets = [y["out_a"], y["out_b"]]
     losses = ["mse", "sparse_categorical_crossentropy"]
-    result = {}
-    reference = list_model()
-    reference.compile(loss=losses)
-    first = reference.evaluate(x, targets, batch_size=16, verbose=0, return_dict=True)
-    first = [first["out_a_loss"], first["out_b_loss"]]
-    for name, kwargs, loss_weights in [
-            ("scales", {"loss_scales": {"out_a": 3.0, "out_b": 0.5}}, [3.0, 0.5]),
-            ("normalized", {"normalize_losses": True}, [1 / first[0], 1 / first[1]])]:
-        plain, base = list_model(), list_model()
-        plain.compile(keras.optimizers.SGD(0.1), loss=losses, loss_weights=loss_weights)
-        ours = MultiTaskModel(base, weighting=EqualWeighting(), scale="num_tasks", **kwargs)
-        ours.compile(keras.optimizers.SGD(0.1), loss=losses)
-        plain_logs = plain.fit(x, targets, batch_size=16, epochs=1, verbose=0).history
-        logs = ours.fit(x, targets, batch_size=16, epochs=1, verbose=0).history
-        result[name] = {
-            "plain": plain_logs, "ours": logs, "initial_losses": numpy(ours.initial_losses),
-            "max_weight_difference": max_difference(plain.get_weights(), base.get_weights())}
-    result["first_losses"] = first
+    plain, base = list_model(), list_model()
+    # the weighting sees s_t L_t / L_t^(0): plain Keras with loss_weights s_t / L_t^(0)
+    plain.compile(keras.optimizers.SGD(0.1), loss=losses,
+                  loss_weights=[3.0 / first[0], 0.5 / first[1]])
+    ours = MultiTaskModel(base, weighting=EqualWeighting(), scale="num_tasks",
+                          normalize_losses=True, loss_scales={"out_a": 3.0, "out_b": 0.5})
+    ours.compile(keras.optimizers.SGD(0.1), loss=losses)
+    result = {"plain": plain.fit(x, targets, batch_size=16, epochs=1, verbose=0).history,
+              "ours": ours.fit(x, targets, batch_size=16, epochs=1, verbose=0).history,
+              "initial_losses": numpy(ours.initial_losses), "first_losses": first,
+              "max_weight_difference": max_difference(plain.get_weights(), base.get_weights())}
     yd = {"zeta": 100.0 * y["zeta"], "alpha": y["alpha"]}  # MSE ~10^4 beside an MAE ~1
     for name, normalize in [("auto", "auto"), ("raw", False)]:
         model = MinMaxMultiTask(dict_model(), step_size=0.1, gamma=1.0, normalize_losses=normalize)
@@ -191,12 +179,6 @@ def loss_balance():
                         "warnings": [str(w.message) for w in caught
                                      if issubclass(w.category, UserWarning)
                                      and "vertex of the simplex" in str(w.message)]}
-    model = MinMaxMultiTask(dict_model(), step_size=0.1, gamma=1.0)
-    model.compile(keras.optimizers.SGD(0.0), loss={"zeta": "mse", "alpha": "mae"})
-    model.fit(x, {"zeta": y["zeta"], "alpha": y["alpha"]}, batch_size=16, epochs=1, verbose=0)
-    result["same_scale"] = {"normalizes": bool(numpy(model.normalizes_losses())),
-                            "initial_losses": numpy(model.initial_losses),
-                            "weights": numpy(model.task_weights)}
     return result
 
 
@@ -369,7 +351,8 @@ def main(out):
             ["alpha_loss", "zeta_loss"], result["frozen_projected"]["losses"])))
     result["list"] = list_outputs_match_plain_keras()
     result["uw_dwa"] = uncertainty_and_dwa()
-    result["balance"] = loss_balance()
+    uw_logs = result["uw_dwa"]["uw_logs"]
+    result["balance"] = loss_balance([uw_logs["out_a_loss"][0], uw_logs["out_b_loss"][0]])
     # Before any `get_config` or save: Keras' own `serialize_keras_object` imports TensorFlow
     # where it is installed, on every back-end.
     result["modules"] = sorted(m for m in ("tf_keras", "tensorflow_model_optimization", "tensorflow")
