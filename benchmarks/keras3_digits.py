@@ -57,29 +57,34 @@ def _data(seed, train_examples):
     return x.astype("float32"), y, xt.astype("float32"), yt
 
 
+def _fit_and_score(model, optimizer, tasks, seed, args, to_numpy):
+    """Compiles, fits and evaluates `model` on the seed's data; the test accuracies and weights."""
+    x, y, xt, yt = _data(seed, args.train_examples)
+    model.compile(optimizer, loss="sparse_categorical_crossentropy",
+                  metrics={t: ["accuracy"] for t in tasks})
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0)
+    seconds = time.perf_counter() - start
+    logs = model.evaluate(xt, yt, batch_size=args.batch_size, verbose=0, return_dict=True)
+    return {"accuracy": {t: logs[f"{t}_accuracy"] for t in tasks},
+            "task_weights": to_numpy(model.task_weights).tolist(), "train_seconds": seconds}
+
+
 def tf_keras_worker(args):
     import numpy as np
     import keras_minmax_mtl as kmm
     from keras_minmax_mtl.core.backend import keras
-    from keras_minmax_mtl.data import MULTI_DIGITS_TASKS, multi_digits_network
+    from keras_minmax_mtl.data import MULTI_DIGITS_TASKS
+    from keras_minmax_mtl.data.networks import multi_digits_network
 
     results = {}
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         base = multi_digits_network(seed=seed)
         np.savez(os.path.join(args.folder, f"init_{seed}.npz"), *base.get_weights())
-        x, y, xt, yt = _data(seed, args.train_examples)
         model = kmm.MinMaxMultiTask(base, step_size=args.step_size, gamma=args.gamma)
-        model.compile(keras.optimizers.Adam(args.learning_rate),
-                      loss="sparse_categorical_crossentropy",
-                      metrics={t: ["accuracy"] for t in MULTI_DIGITS_TASKS})
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0)
-        seconds = time.perf_counter() - start
-        logs = model.evaluate(xt, yt, batch_size=args.batch_size, verbose=0, return_dict=True)
-        results[seed] = {"accuracy": {t: logs[f"{t}_accuracy"] for t in MULTI_DIGITS_TASKS},
-                         "task_weights": model.task_weights.numpy().tolist(),
-                         "train_seconds": seconds}
+        results[seed] = _fit_and_score(model, keras.optimizers.Adam(args.learning_rate),
+                                       MULTI_DIGITS_TASKS, seed, args, np.asarray)
     return results
 
 
@@ -102,18 +107,10 @@ def keras3_worker(args):
             raise RuntimeError(f"The Keras 3 network's weights {shapes} do not match the "
                                f"tf_keras network's {[w.shape for w in weights]}.")
         base.set_weights(weights)
-        x, y, xt, yt = _data(seed, args.train_examples)
         model = MinMaxMultiTask(base, step_size=args.step_size, gamma=args.gamma)
-        model.compile(keras.optimizers.Adam(args.learning_rate),
-                      loss="sparse_categorical_crossentropy",
-                      metrics={t: ["accuracy"] for t in TASKS})
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0)
-        seconds = time.perf_counter() - start
-        logs = model.evaluate(xt, yt, batch_size=args.batch_size, verbose=0, return_dict=True)
-        results[seed] = {"accuracy": {t: logs[f"{t}_accuracy"] for t in TASKS},
-                         "task_weights": keras.ops.convert_to_numpy(model.task_weights).tolist(),
-                         "train_seconds": seconds, "backend": keras.backend.backend()}
+        results[seed] = _fit_and_score(model, keras.optimizers.Adam(args.learning_rate), TASKS,
+                                       seed, args, keras.ops.convert_to_numpy)
+        results[seed]["backend"] = keras.backend.backend()
     return results
 
 
