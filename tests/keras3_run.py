@@ -59,6 +59,12 @@ def data(n=16):
                "out_b": rng.integers(0, 3, size=(n,)).astype("int32")}
 
 
+def max_difference(first, second):
+    """The largest absolute difference between two lists of weights (booleans as 0/1)."""
+    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+               for a, b in zip(first, second))
+
+
 def numpy(value):
     keras, _ = _keras()
     return keras.ops.convert_to_numpy(value).tolist()
@@ -114,10 +120,94 @@ def list_outputs_match_plain_keras():
     return {"tasks": list(ours.task_names), "plain": before_plain, "ours": before_ours,
             "weighted_plain": weighted_plain, "weighted_ours": weighted_ours,
             "history_keys": sorted(history.history),
-            "max_weight_difference": max(float(np.max(np.abs(a - b))) for a, b in
-                                         zip(plain.get_weights(), ours_base.get_weights())),
+            "max_weight_difference": max_difference(plain.get_weights(), ours_base.get_weights()),
             "weight_difference_sum": sum(float(np.sum(np.abs(a - b))) for a, b in
                                          zip(plain.get_weights(), ours_base.get_weights()))}
+
+
+def uncertainty_and_dwa():
+    """UW's first SGD step by hand; DWA's weights against the epoch losses."""
+    keras, _ = _keras()
+    from keras_minmax_mtl.keras3 import DynamicWeightAverage, MultiTaskModel, UncertaintyWeighting
+    x, y = data()
+    targets = [y["out_a"], y["out_b"]]
+    losses = ["mse", "sparse_categorical_crossentropy"]
+    uw = MultiTaskModel(list_model(), weighting=UncertaintyWeighting())
+    uw.compile(keras.optimizers.SGD(0.1), loss=losses)
+    logs = uw.fit(x, targets, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    dwa = MultiTaskModel(list_model(), weighting=DynamicWeightAverage(temperature=2.0),
+                         scale="num_tasks")
+    dwa.compile(keras.optimizers.Adam(0.05), loss=losses)
+    history = dwa.fit(x, targets, batch_size=8, epochs=4, shuffle=False, verbose=0).history
+    return {"uw_log_variances": numpy(uw.weighting.log_variances),
+            "uw_weights": numpy(uw.task_weights), "uw_logs": logs,
+            "dwa_history": history, "dwa_weights": numpy(dwa.task_weights),
+            "dwa_epochs_done": int(numpy(dwa.weighting.epochs_done))}
+
+
+def loss_balance(first):
+    """A `normalize_losses=True` + `loss_scales` step against plain Keras 3's `loss_weights`
+    (`first`: the list model's losses on the batch); `"auto"` on losses 10^4 apart; the
+    starved-task warning on raw ones."""
+    import warnings
+    keras, _ = _keras()
+    from keras_minmax_mtl.keras3 import EqualWeighting, MinMaxMultiTask, MultiTaskModel
+    x, y = data()
+    targets = [y["out_a"], y["out_b"]]
+    losses = ["mse", "sparse_categorical_crossentropy"]
+    plain, base = list_model(), list_model()
+    # the weighting sees s_t L_t / L_t^(0): plain Keras with loss_weights s_t / L_t^(0)
+    plain.compile(keras.optimizers.SGD(0.1), loss=losses,
+                  loss_weights=[3.0 / first[0], 0.5 / first[1]])
+    ours = MultiTaskModel(base, weighting=EqualWeighting(), scale="num_tasks",
+                          normalize_losses=True, loss_scales={"out_a": 3.0, "out_b": 0.5})
+    ours.compile(keras.optimizers.SGD(0.1), loss=losses)
+    result = {"plain": plain.fit(x, targets, batch_size=16, epochs=1, verbose=0).history,
+              "ours": ours.fit(x, targets, batch_size=16, epochs=1, verbose=0).history,
+              "initial_losses": numpy(ours.initial_losses), "first_losses": first,
+              "max_weight_difference": max_difference(plain.get_weights(), base.get_weights())}
+    yd = {"zeta": 100.0 * y["zeta"], "alpha": y["alpha"]}  # MSE ~10^4 beside an MAE ~1
+    for name, normalize in [("auto", "auto"), ("raw", False)]:
+        model = MinMaxMultiTask(dict_model(), step_size=0.1, gamma=1.0, normalize_losses=normalize)
+        model.compile(keras.optimizers.SGD(0.0), loss={"zeta": "mse", "alpha": "mae"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, yd, batch_size=16, epochs=3, verbose=0)
+        result[name] = {"weights": numpy(model.task_weights),
+                        "initial_losses": numpy(model.initial_losses),
+                        "normalizes": bool(numpy(model.normalizes_losses())),
+                        "warnings": [str(w.message) for w in caught
+                                     if issubclass(w.category, UserWarning)
+                                     and "vertex of the simplex" in str(w.message)]}
+    return result
+
+
+def data_parallel():
+    """`keras.distribution.DataParallel` over two CPU devices (JAX): the same training as one device."""
+    import jax
+    keras, _ = _keras()
+    from keras_minmax_mtl.keras3 import MinMaxMultiTask
+    x, y = data()
+    y = {"zeta": y["zeta"], "alpha": y["alpha"]}
+
+    def train():
+        model = MinMaxMultiTask(dict_model(), step_size=0.05, gamma=1.0, loss_scales={"zeta": 2.0})
+        model.compile(keras.optimizers.Adam(0.05), loss={"zeta": "mse", "alpha": "mae"})
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+        return model, history
+
+    single, single_history = train()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    try:
+        parallel, parallel_history = train()
+        sharding = str(parallel.base_model.get_layer("h").kernel.value.sharding)
+    finally:
+        keras.distribution.set_distribution(None)
+    return {"devices": len(jax.devices()), "sharding": sharding,
+            "task_weights": [numpy(single.task_weights), numpy(parallel.task_weights)],
+            "steps": int(numpy(parallel.train_step_counter)),
+            "max_weight_difference": max_difference(single.get_weights(), parallel.get_weights()),
+            "history": [single_history, parallel_history]}
 
 
 def save_load_continue(path):
@@ -127,7 +217,7 @@ def save_load_continue(path):
     x, y = data()
     y = {"zeta": y["zeta"], "alpha": y["alpha"]}
     model = MinMaxMultiTask(dict_model(), step_size=0.3, gamma=1.0, ascent="exponentiated",
-                            update_every=2)
+                            update_every=2, normalize_losses=True, loss_scales={"zeta": 2.0})
     model.compile(keras.optimizers.Adam(0.05), loss={"zeta": "mse", "alpha": "mae"},
                   metrics={"zeta": ["mae"]})
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
@@ -138,14 +228,15 @@ def save_load_continue(path):
     resumed = loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0).history
     return {"class": type(loaded).__name__, "same_at_load": same_at_load,
             "config": loaded.get_config()["ascent"], "update_every": loaded.weighting.update_every,
+            "balance": [loaded.normalize_losses, loaded.loss_scales],
+            "initial_losses": [numpy(model.initial_losses), numpy(loaded.initial_losses)],
             "optimizer_iterations": [int(numpy(model.optimizer.iterations)),
                                      int(numpy(loaded.optimizer.iterations))],
             "steps": [int(numpy(model.train_step_counter)), int(numpy(loaded.train_step_counter))],
             "task_weights": [numpy(model.task_weights), numpy(loaded.task_weights)],
             "weights_equal": all(np.array_equal(a, b) for a, b in
                                  zip(model.get_weights(), loaded.get_weights())),
-            "max_weight_difference": max(float(np.max(np.abs(a - b))) for a, b in
-                                         zip(model.get_weights(), loaded.get_weights())),
+            "max_weight_difference": max_difference(model.get_weights(), loaded.get_weights()),
             "history": [kept, resumed]}
 
 
@@ -184,7 +275,8 @@ def bad_inputs():
     again = MinMaxWeighting.from_config(weighting.get_config())
     messages["round_trip"] = [again.get_config()[k] == weighting.get_config()[k]
                               for k in ("step_size", "gamma", "update_every", "ascent")]
-    from keras_minmax_mtl.keras3 import EqualWeighting, LatestValue
+    from keras_minmax_mtl.keras3 import (DynamicWeightAverage, EqualWeighting, LatestValue,
+                                         UncertaintyWeighting)
     wrapped = MultiTaskModel(list_model(), weighting=MinMaxWeighting(0.3, 1.5, 3, "exponentiated"),
                              scale="num_tasks")
     copy = MultiTaskModel.from_config(wrapped.get_config())
@@ -192,7 +284,18 @@ def bad_inputs():
                                     copy.weighting.update_every, copy.scale, list(copy.task_names)]
     messages["other_round_trips"] = [
         type(EqualWeighting.from_config(EqualWeighting().get_config())).__name__,
-        LatestValue.from_config(LatestValue("a_weight").get_config()).name]
+        LatestValue.from_config(LatestValue("a_weight").get_config()).name,
+        UncertaintyWeighting.from_config(UncertaintyWeighting(-0.5).get_config()).initial_log_variance,
+        DynamicWeightAverage.from_config(DynamicWeightAverage(3.0).get_config()).temperature]
+    balanced = MultiTaskModel(list_model(), normalize_losses="auto", loss_scales={"out_b": 1.5})
+    copy = MultiTaskModel.from_config(balanced.get_config())
+    messages["balance_round_trip"] = [copy.normalize_losses, copy.loss_scales,
+                                      MinMaxMultiTask(list_model()).normalize_losses]
+    refused("normalize_losses", lambda: MultiTaskModel(list_model(), normalize_losses="yes"))
+    refused("loss_scales", lambda: MultiTaskModel(list_model(), loss_scales={"depth": 2.0}))
+    refused("loss_scales_value", lambda: MultiTaskModel(list_model(), loss_scales={"out_a": 0.0}))
+    refused("temperature", lambda: DynamicWeightAverage(temperature=0))
+    refused("initial_log_variance", lambda: UncertaintyWeighting(float("inf")))
     return messages
 
 
@@ -247,6 +350,9 @@ def main(out):
         "exponentiated", 0.5, 5.0, steps=3, losses=dict(zip(
             ["alpha_loss", "zeta_loss"], result["frozen_projected"]["losses"])))
     result["list"] = list_outputs_match_plain_keras()
+    result["uw_dwa"] = uncertainty_and_dwa()
+    uw_logs = result["uw_dwa"]["uw_logs"]
+    result["balance"] = loss_balance([uw_logs["out_a_loss"][0], uw_logs["out_b_loss"][0]])
     # Before any `get_config` or save: Keras' own `serialize_keras_object` imports TensorFlow
     # where it is installed, on every back-end.
     result["modules"] = sorted(m for m in ("tf_keras", "tensorflow_model_optimization", "tensorflow")
@@ -254,6 +360,8 @@ def main(out):
     result["errors"] = bad_inputs()
     with tempfile.TemporaryDirectory() as folder:
         result["save_load"] = save_load_continue(os.path.join(folder, "model.keras"))
+    if result["backend"] == "jax":
+        result["data_parallel"] = data_parallel()
     if result["backend"] == "tensorflow":
         mirrored(result["errors"])
         result["legacy"] = legacy(result["errors"])

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import keras_minmax_mtl as kmm
+from keras_minmax_mtl.core.loss_balance import AUTO_NORMALIZE_RATIO, starvation_message
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "keras3_run.py")
@@ -30,7 +31,10 @@ def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keras3")
     started = {}
     for backend in ["tensorflow"] + (["jax"] if HAVE_JAX else []):
-        env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        path = os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH", "")] if p)
+        env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+        if backend == "jax":  # two CPU devices for `keras.distribution.DataParallel`
+            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         env.pop("TF_USE_LEGACY_KERAS", None)  # the run imports tfmot itself, last
         out = folder / f"{backend}.json"
         started[backend] = (out, subprocess.Popen([sys.executable, SCRIPT, str(out)], env=env,
@@ -122,6 +126,8 @@ def test_save_load_continue_equals_not_saving(runs, backend):
     assert run["same_at_load"]
     assert run["optimizer_iterations"] == [8, 8] and run["steps"] == [8, 8]
     assert run["task_weights"][0] == run["task_weights"][1]
+    assert run["balance"] == [True, {"zeta": 2.0}]  # normalize_losses and loss_scales
+    assert run["initial_losses"][0] == run["initial_losses"][1] and min(run["initial_losses"][0]) > 0
     assert run["task_weights"][0] != [0.5, 0.5]
     assert run["weights_equal"] and run["max_weight_difference"] == 0.0
     assert run["history"][0] == run["history"][1]
@@ -147,13 +153,98 @@ def test_bad_arguments_are_refused_with_their_names(runs, backend):
         "not_compiled": "RuntimeError: The model must be compiled (with a loss per task)",
         "targets": "ValueError: Argument `y` must hold the targets of exactly the tasks ['alpha', 'zeta'] "
                    "(a dict by task, or a list in task order). Received: ['beta', 'zeta']",
+        "normalize_losses": "ValueError: Argument `normalize_losses` must be True, False or 'auto'. "
+                            "Received: normalize_losses='yes'",
+        "loss_scales": "ValueError: Argument `loss_scales` names tasks the model does not have: "
+                       "['depth']; its tasks are ['out_a', 'out_b']. Received: loss_scales={'depth': 2.0}",
+        "loss_scales_value": "ValueError: Argument `loss_scales` must hold finite numbers > 0. "
+                             "Received: loss_scales={'out_a': 0.0}",
+        "temperature": "ValueError: Argument `temperature` must be > 0. Received: temperature=0.0",
+        "initial_log_variance": "ValueError: Argument `initial_log_variance` must be a finite number. "
+                                "Received: initial_log_variance=inf",
     }
     for name, message in expected.items():
         assert message in errors[name], (name, errors[name])
     assert errors["round_trip"] == [True] * 4
     assert errors["model_round_trip"] == ["MinMaxWeighting", "exponentiated", 3, "num_tasks",
                                           ["out_a", "out_b"]]
-    assert errors["other_round_trips"] == ["EqualWeighting", "a_weight"]
+    assert errors["other_round_trips"] == ["EqualWeighting", "a_weight", -0.5, 3.0]
+    # MinMaxMultiTask defaults to "auto", as on the tf_keras path
+    assert errors["balance_round_trip"] == ["auto", {"out_b": 1.5}, "auto"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uncertainty_weighting_step_is_the_gradient_of_its_objective(runs, backend):
+    run = runs[backend]["uw_dwa"]
+    losses = np.array([run["uw_logs"]["out_a_loss"][0], run["uw_logs"]["out_b_loss"][0]])
+    # the list model's losses on the batch, as plain Keras computes them (`test_list_outputs...`)
+    np.testing.assert_allclose(losses, [runs[backend]["list"]["plain"]["out_a_loss"],
+                                        runs[backend]["list"]["plain"]["out_b_loss"]], rtol=1e-6)
+    # SGD(0.1) on s from 0: s <- 0 - 0.1 · d/ds (1/K) Σ (e^-s L + s) = 0.1 (L - 1)/2
+    np.testing.assert_allclose(run["uw_log_variances"], 0.1 * (losses - 1) / 2, atol=1e-7)
+    np.testing.assert_allclose(run["uw_weights"], np.exp(-np.array(run["uw_log_variances"])) / 2,
+                               rtol=1e-6)
+    # the objective at s = 0: (L_a + L_b)/2
+    assert run["uw_logs"]["loss"][0] == pytest.approx(losses.sum() / 2, rel=1e-6)
+    # the logged weights are those the step used (the optimizer updates s after the loss)
+    assert run["uw_logs"]["out_a_weight"] == run["uw_logs"]["out_b_weight"] == [0.5]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dwa_weights_are_the_softmax_of_the_epoch_loss_ratios(runs, backend):
+    run = runs[backend]["uw_dwa"]
+    history = run["dwa_history"]
+    means = np.array([history["out_a_loss"], history["out_b_loss"]]).T  # (epochs, K)
+    weights = np.array([history["out_a_weight"], history["out_b_weight"]]).T
+    np.testing.assert_array_equal(weights[:2], 0.5)  # 1/K for the first two epochs
+    for epoch in (2, 3):
+        ratio = means[epoch - 1] / means[epoch - 2]
+        want = np.exp(ratio / 2.0) / np.exp(ratio / 2.0).sum()
+        np.testing.assert_allclose(weights[epoch], want, atol=1e-6)
+    assert run["dwa_weights"] == weights[3].tolist() and run["dwa_epochs_done"] == 3
+    assert not np.allclose(weights[2], 0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_normalized_and_scaled_losses_step_equals_plain_keras_loss_weights(runs, backend):
+    run = runs[backend]["balance"]
+    ours, plain = run["ours"], run["plain"]
+    # s_t L_t / L_t^(0) with EW and scale K: plain Keras with loss_weights s_t / L_t^(0)
+    assert run["max_weight_difference"] < 1e-6
+    for key in ("loss", "out_a_loss", "out_b_loss"):
+        assert ours[key][0] == pytest.approx(plain[key][0], rel=1e-6), key
+    np.testing.assert_allclose(run["initial_losses"], run["first_losses"], rtol=1e-6)
+    assert ours["loss"][0] == pytest.approx(3.0 + 0.5, rel=1e-6)  # Σ s_t · 1 on the first step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_normalises_losses_of_different_scales_and_raw_ones_starve_with_a_warning(runs, backend):
+    run = runs[backend]["balance"]
+    auto, raw = run["auto"], run["raw"]
+    first = np.array(auto["initial_losses"])
+    assert first[1] / first[0] > AUTO_NORMALIZE_RATIO and auto["normalizes"]
+    np.testing.assert_allclose(auto["weights"], [0.5, 0.5], atol=1e-6)  # L/L0 = 1 for both
+    assert auto["warnings"] == []
+    # raw losses 10^4 apart: the weights go to a vertex; the tf_keras path's warning, once
+    assert raw["weights"] == [0.0, 1.0] and not raw["normalizes"]
+    assert raw["warnings"] == [starvation_message(["alpha", "zeta"], [0.0, 1.0], [0.0, 0.0],
+                                                  ["alpha"])]
+    # losses of one scale stay raw under "auto" (the default): the frozen run's weights are
+    # the closed form of its raw losses (`test_frozen_network_weights_reach_the_closed_form`)
+    losses = runs[backend]["frozen_projected"]["losses"]
+    assert max(losses) / min(losses) < AUTO_NORMALIZE_RATIO
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed: pip install '.[keras3]'")
+def test_jax_data_parallel_on_two_cpu_devices_trains_as_one_device(runs):
+    run = runs["jax"]["data_parallel"]
+    assert run["devices"] == 2 and "'batch': 2" in run["sharding"]
+    assert run["steps"] == 4
+    assert run["max_weight_difference"] < 1e-6
+    np.testing.assert_allclose(run["task_weights"][1], run["task_weights"][0], atol=1e-6)
+    assert run["task_weights"][0] != [0.5, 0.5] and min(run["task_weights"][0]) > 0
+    for key, values in run["history"][0].items():
+        np.testing.assert_allclose(run["history"][1][key], values, rtol=1e-5, err_msg=key)
 
 
 def test_the_path_imports_neither_tf_keras_nor_tfmot_and_jax_runs_without_tensorflow(runs):

@@ -21,13 +21,14 @@ def test_import_graph_has_no_cycles_no_upward_and_no_private_imports():
     assert result["deferred_outside_cli"] == []
     assert {p.split(".")[1] for p in result["packages"]} == {
         "core", "weighting", "sparsity", "export", "data", "cli", "keras3"}
-    # The Keras 3 path takes only the argument checks, the outputs-by-task rule, the shared
-    # maths (task weights, pruning, densities) and the LiteRT runner from the rest.
+    # The Keras 3 path takes only the argument checks, the outputs-by-task rule, the loss-balance
+    # rules, the shared maths (task weights, pruning, densities) and the LiteRT runner from the rest.
     assert {t for name, targets in result["edges"].items() if name.startswith("keras_minmax_mtl.keras3")
             for t in targets if not t.startswith("keras_minmax_mtl.keras3")} == {
         "keras_minmax_mtl.core.checks", "keras_minmax_mtl.core.outputs",
-        "keras_minmax_mtl.weighting.maths", "keras_minmax_mtl.sparsity.maths",
-        "keras_minmax_mtl.sparsity.densities", "keras_minmax_mtl.export.runtimes"}
+        "keras_minmax_mtl.core.loss_balance", "keras_minmax_mtl.weighting.maths",
+        "keras_minmax_mtl.sparsity.maths", "keras_minmax_mtl.sparsity.densities",
+        "keras_minmax_mtl.export.runtimes"}
 
 
 def test_the_checker_keeps_keras3_to_its_modules_and_out_of_the_other_parts(tmp_path, monkeypatch):

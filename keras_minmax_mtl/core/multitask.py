@@ -21,22 +21,19 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl.core.checks import is_finite_real, scale_value
+from keras_minmax_mtl.core.checks import scale_value
 from keras_minmax_mtl.core.backend import (keras, loss_object, losses_utils, match_dtype_and_rank,
                                      register, require_functional)
+from keras_minmax_mtl.core.loss_balance import (AUTO_NORMALIZE_RATIO, NORMALIZE_LOSSES, STARVED_WEIGHT,
+                                                StarvationWatch, balanced_losses, check_loss_scales,
+                                                check_normalize_losses, loss_scale_vector, starved,
+                                                auto_normalizes)
 from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.core.task_weighting import EqualWeighting, TaskWeighting, TrainingClock
+from keras_minmax_mtl.core.tensorflow_ops import TENSORFLOW_OPS
 
 __all__ = ["MultiTaskModel", "NonFiniteLossError", "GradientRequest", "NORMALIZE_LOSSES", "starved_tasks",
            "AUTO_NORMALIZE_RATIO", "STARVED_WEIGHT"]
-
-#: The values of `normalize_losses`.
-NORMALIZE_LOSSES = (False, True, "auto")
-#: With `normalize_losses="auto"`, the losses are normalised when the largest first-step task
-#: loss is more than this many times the smallest: losses of different units or scales.
-AUTO_NORMALIZE_RATIO = 10.0
-#: A task weight below this, on the simplex, gives the task (almost) no gradient: it is starved.
-STARVED_WEIGHT = 1e-3
 
 _NON_FINITE = "Non-finite loss"
 _NON_FINITE_TARGET = "Non-finite target"
@@ -259,23 +256,6 @@ class _Hooks:
         self.gradient_requests = []
 
 
-def _check_loss_scales(loss_scales, names):
-    if loss_scales is None:
-        return {}
-    if not isinstance(loss_scales, dict):
-        raise ValueError("Argument `loss_scales` must be a dict {task: multiplier > 0} or None. "
-                         f"Received: loss_scales={loss_scales!r}")
-    unknown = sorted(str(k) for k in loss_scales if k not in names)
-    if unknown:
-        raise ValueError(f"Argument `loss_scales` names tasks the model does not have: {unknown}; "
-                         f"its tasks are {names}. Received: loss_scales={loss_scales!r}")
-    bad = {k: v for k, v in loss_scales.items() if not (is_finite_real(v) and v > 0)}
-    if bad:
-        raise ValueError("Argument `loss_scales` must hold finite numbers > 0. "
-                         f"Received: loss_scales={loss_scales!r}")
-    return {k: float(v) for k, v in loss_scales.items()}
-
-
 def starved_tasks(model):
     """The tasks whose weight on the simplex is below `STARVED_WEIGHT` (they get no gradient).
 
@@ -284,20 +264,7 @@ def starved_tasks(model):
     """
     if not getattr(model.weighting, "on_simplex", False):
         return []
-    weights = np.asarray(model.task_weights)
-    return [t for t, w in zip(model.task_names, weights) if w < STARVED_WEIGHT]
-
-
-def _starvation_message(model, starved):
-    weights = {t: round(float(w), 4) for t, w in zip(model.task_names, np.asarray(model.task_weights))}
-    first = {t: round(float(v), 4) for t, v in zip(model.task_names, model.initial_losses.numpy())}
-    known = f" (first-step losses {first})" if any(first.values()) else ""
-    return (
-        f"The task weights have sat at a vertex of the simplex for two epochs: tasks {starved} have "
-        f"weight < {STARVED_WEIGHT} and get no gradient (weights {weights}){known}. Min-max "
-        f"follows the largest loss, so losses of different units or scales starve the others. "
-        f"Fix: `normalize_losses=True` (or 'auto'), fixed `loss_scales={{task: s}}`, or a larger "
-        f"`gamma` (the pull towards uniform weights).")
+    return starved(model.task_names, np.asarray(model.task_weights))
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -311,19 +278,19 @@ class _EpochClock(keras.callbacks.Callback):
     def __init__(self, model):
         super().__init__()
         self._owner = model
-        self._starved_before = set()
-        self._warned = False
+        self._watch = StarvationWatch()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._owner.start_epoch()
 
     def on_epoch_end(self, epoch, logs=None):
-        starved = set(starved_tasks(self._owner))
-        if starved & self._starved_before and not self._warned:
-            self._warned = True
-            warnings.warn(_starvation_message(self._owner, sorted(starved & self._starved_before)),
-                          UserWarning, stacklevel=2)
-        self._starved_before = starved
+        owner = self._owner
+        if not getattr(owner.weighting, "on_simplex", False):
+            return
+        message = self._watch.epoch_end(owner.task_names, np.asarray(owner.task_weights),
+                                        owner.initial_losses.numpy())
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._owner._checks_after_step() or not logs:
@@ -426,15 +393,9 @@ class MultiTaskModel(keras.Model):
         self.num_tasks = len(names)
         self._scale_value = scale_value(scale, self.num_tasks)
         self.scale = scale
-        if not any(normalize_losses is v or (isinstance(normalize_losses, str) and normalize_losses == v)
-                   for v in NORMALIZE_LOSSES):
-            raise ValueError(
-                "Argument `normalize_losses` must be True, False or 'auto'. "
-                f"Received: normalize_losses={normalize_losses!r}")
-        self.normalize_losses = normalize_losses
-        self.loss_scales = _check_loss_scales(loss_scales, names)
-        self._loss_scale_vector = tf.constant(
-            [self.loss_scales.get(t, 1.0) for t in names], tf.float32)
+        self.normalize_losses = check_normalize_losses(normalize_losses)
+        self.loss_scales = check_loss_scales(loss_scales, names)
+        self._loss_scale_vector = tf.constant(loss_scale_vector(self.loss_scales, names), tf.float32)
         owner = getattr(weighting, "_kmm_owner", None)
         if owner is not None and owner() is not None:
             raise ValueError(
@@ -823,18 +784,13 @@ class MultiTaskModel(keras.Model):
 
     def _weighted_losses(self, local, global_, training):
         """The losses the weighting sees: normalised (see `normalize_losses`), then `loss_scales`."""
-        if self.normalize_losses is not False:
-            if training:
-                first = tf.equal(self.train_step_counter, 0)
-                self.initial_losses.assign(
-                    tf.where(first, tf.stop_gradient(global_), self.initial_losses))
-            reference = tf.maximum(self.initial_losses, 1e-12)
-            if self.normalize_losses == "auto":
-                reference = tf.where(self.normalizes_losses(), reference, 1.0)
-            local, global_ = local / reference, global_ / reference
-        if self.loss_scales:
-            local, global_ = local * self._loss_scale_vector, global_ * self._loss_scale_vector
-        return local, global_
+        if self.normalize_losses is not False and training:
+            first = tf.equal(self.train_step_counter, 0)
+            self.initial_losses.assign(tf.where(first, tf.stop_gradient(global_), self.initial_losses))
+        initial = tf.convert_to_tensor(self.initial_losses)
+        scales = self._loss_scale_vector if self.loss_scales else None
+        return tuple(balanced_losses(v, initial, self.normalize_losses, scales, TENSORFLOW_OPS)
+                     for v in (local, global_))
 
     def normalizes_losses(self):
         """Whether the task losses are divided by their first-step values (a boolean tensor).
@@ -845,10 +801,7 @@ class MultiTaskModel(keras.Model):
         """
         if self.normalize_losses != "auto":
             return tf.constant(bool(self.normalize_losses))
-        first = self.initial_losses
-        recorded = tf.reduce_all(first > 0)
-        ratio = tf.reduce_max(first) / tf.maximum(tf.reduce_min(first), 1e-12)
-        return tf.logical_and(recorded, ratio > AUTO_NORMALIZE_RATIO)
+        return auto_normalizes(tf.convert_to_tensor(self.initial_losses), TENSORFLOW_OPS)
 
     def _clock(self):
         return TrainingClock(step=self.train_step_counter.read_value(),

@@ -8,13 +8,14 @@ implementation, run here with `keras.ops`).
 
 - `multitask`: `MultiTaskModel` (override of `Model.compute_loss`) and `MinMaxMultiTask`;
 - `weighting`: `TaskWeighting`, `EqualWeighting`, `MinMaxWeighting` (projected and
-  exponentiated ascent);
+  exponentiated ascent), `UncertaintyWeighting`, `DynamicWeightAverage`;
 - `backend`: the one `import keras`, `register` and the model checks;
 - `pruning`, `schedules`, `dst`, `export`: magnitude / reweighted-ℓ1 pruning, RigL and SET
   without tfmot, `strip`, and verified LiteRT export (imported when asked for).
 
-Not yet on this path: structured, task-aware and hybrid sparsity, uncertainty weighting and DWA,
-`update_on="epoch"`, loss normalisation and `loss_scales`. See docs/keras3.md.
+`normalize_losses` and `loss_scales` follow the tf_keras path's rules
+(`keras_minmax_mtl.core.loss_balance`). Not yet on this path: structured, task-aware and
+hybrid sparsity, min-max's `update_on="epoch"`. See docs/keras3.md.
 
 Example:
 
@@ -23,7 +24,8 @@ Example:
 >>> model = MinMaxMultiTask(base_model, step_size=0.02, gamma=5.0)
 """
 from keras_minmax_mtl.keras3.multitask import LatestValue, MinMaxMultiTask, MultiTaskModel
-from keras_minmax_mtl.keras3.weighting import EqualWeighting, MinMaxWeighting, TaskWeighting
+from keras_minmax_mtl.keras3.weighting import (DynamicWeightAverage, EqualWeighting, MinMaxWeighting,
+                                               TaskWeighting, UncertaintyWeighting)
 
 __all__ = ["MultiTaskModel", "MinMaxMultiTask", "TaskWeighting", "EqualWeighting",
-           "MinMaxWeighting", "LatestValue"]
+           "MinMaxWeighting", "UncertaintyWeighting", "DynamicWeightAverage", "LatestValue"]

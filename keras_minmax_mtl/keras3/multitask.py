@@ -6,16 +6,24 @@ with plain `fit` on
 
 .. math::
 
-    \text{scale}\cdot \sum_i w_i L_i(\theta) \;+\; \text{the model's own losses}
+    \text{scale}\cdot \sum_i w_i \tilde L_i(\theta) \;+\; \text{the model's own losses}
 
-with each task's loss computed by the Keras loss object that `compile` makes
-of the same spec. It overrides only the documented `Model.compute_loss` hook:
+with each task's loss ``L_i`` computed by the Keras loss object that `compile`
+makes of the same spec, and ``\tilde L_i`` the loss the weighting sees
+(normalised by its first-step value and/or multiplied by a fixed scale: the
+rules of `keras_minmax_mtl.core.loss_balance`, shared with the tf_keras path). It overrides only the documented `Model.compute_loss` hook:
 the task weights are non-trainable variables that the strategy assigns there
 from the detached losses, which every back-end's train step carries out (the
 JAX step through `Model.stateless_compute_loss`), so callbacks, `evaluate`
 and `.keras` save → load → continue work as for any Keras model.
 """
+import inspect
+import warnings
+
 from keras_minmax_mtl.core.checks import scale_value
+from keras_minmax_mtl.core.loss_balance import (StarvationWatch, auto_normalizes, balanced_losses,
+                                                check_loss_scales, check_normalize_losses,
+                                                loss_scale_vector)
 from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.keras3.backend import keras, loss_object, register, require_functional, task_names
 from keras_minmax_mtl.keras3.weighting import MinMaxWeighting, TaskWeighting, EqualWeighting
@@ -56,6 +64,33 @@ def _check_loss_spec(task, spec):
                          f"`keras.losses.Loss`. Received: {spec!r}")
 
 
+class _EpochClock(keras.callbacks.Callback):
+    """Marks epoch starts for the model (DWA) and warns once when min-max starves a task.
+
+    `MultiTaskModel.fit` adds it; on JAX the variables are in sync with the
+    train state at both points (Keras syncs them at every epoch's end and
+    reads them again after `on_epoch_begin`).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self._owner = model
+        self._watch = StarvationWatch()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._owner.start_epoch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        owner = self._owner
+        if not owner.weighting.on_simplex:
+            return
+        message = self._watch.epoch_end(owner.task_names,
+                                        ops.convert_to_numpy(owner.task_weights).tolist(),
+                                        ops.convert_to_numpy(owner.initial_losses).tolist())
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
+
+
 def _refuse_tf_distribute():
     """Raises under a `tf.distribute` strategy of more than one replica (TensorFlow back-end).
 
@@ -88,8 +123,13 @@ class MultiTaskModel(keras.Model):
     update its weights from the detached losses. `evaluate` changes no weight.
 
     Logs: `loss` (the objective), `{task}_loss` (the plain Keras loss of the
-    task, as a model compiled with the same loss logs it), `{task}_weight`
-    (the weights after the step) and the compiled metrics (`{task}_{metric}`).
+    task, as a model compiled with the same loss logs it, before
+    normalisation and `loss_scales`), `{task}_weight` (the weights after the
+    step) and the compiled metrics (`{task}_{metric}`).
+
+    The weighting sees ``\tilde L_t = s_t L_t / L_t^{(0)}`` (normalised) or
+    ``s_t L_t``, as on the tf_keras path (`keras_minmax_mtl.MultiTaskModel`,
+    the same rules and constants: `keras_minmax_mtl.core.loss_balance`).
 
     Args:
         base_model: a Functional Keras 3 model, one output per task.
@@ -97,6 +137,13 @@ class MultiTaskModel(keras.Model):
         scale: multiplies the weighted sum, a finite number `> 0` or
             `"num_tasks"` (the weights sum to 1, so `"num_tasks"` keeps a
             learning rate tuned for the plain sum). Defaults to `1.0`.
+        normalize_losses: divide each task's loss by its value on the first
+            train step: `True`, `False`, or `"auto"` (normalise when
+            ``max_i L_i^{(0)} > AUTO_NORMALIZE_RATIO · min_i L_i^{(0)}``,
+            decided from the recorded first losses). Defaults to `False`
+            (`MinMaxMultiTask` defaults to `"auto"`).
+        loss_scales: fixed multipliers `{task: s_t > 0}` of the losses the
+            weighting sees (tasks left out keep 1). Defaults to `None`.
 
     Example:
 
@@ -106,7 +153,8 @@ class MultiTaskModel(keras.Model):
     >>> model.fit(x, {"left": y_left, "right": y_right}, epochs=5)
     """
 
-    def __init__(self, base_model, weighting=None, scale=1.0, **kwargs):
+    def __init__(self, base_model, weighting=None, scale=1.0, normalize_losses=False,
+                 loss_scales=None, **kwargs):
         super().__init__(**kwargs)
         require_functional(base_model, "base_model")
         names = task_names(base_model)
@@ -118,6 +166,8 @@ class MultiTaskModel(keras.Model):
                 f"MinMaxWeighting(), EqualWeighting()). Received: weighting={weighting!r}"
             )
         self._scale_value = scale_value(scale, len(names))
+        self.normalize_losses = check_normalize_losses(normalize_losses)
+        self.loss_scales = check_loss_scales(loss_scales, names)
         if weighting.built and weighting.num_tasks != len(names):
             raise ValueError(f"Argument `weighting` was built for {weighting.num_tasks} tasks but "
                              f"the model has {len(names)}: {names}.")
@@ -130,6 +180,10 @@ class MultiTaskModel(keras.Model):
             weighting.build((self.num_tasks,))
         self.train_step_counter = self.add_weight(
             name="train_step_counter", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        self.initial_losses = self.add_weight(
+            name="initial_losses", shape=(self.num_tasks,), initializer="zeros", trainable=False)
+        self._epoch_start = self.add_weight(
+            name="epoch_start", shape=(), dtype="bool", initializer="zeros", trainable=False)
         self.task_loss_trackers = [keras.metrics.Mean(name=f"{t}_loss") for t in names]
         self.task_weight_trackers = [LatestValue(name=f"{t}_weight") for t in names]
         self._task_loss_specs = None
@@ -141,6 +195,31 @@ class MultiTaskModel(keras.Model):
     def task_weights(self):
         """The task weights of the strategy, shape `(K,)` (before `scale`)."""
         return self.weighting.task_weights
+
+    def start_epoch(self):
+        """Marks the next train step as the first of an epoch (`fit` calls it at every epoch)."""
+        self._epoch_start.assign(True)
+
+    def normalizes_losses(self):
+        """Whether the task losses are divided by their first-step values (a boolean tensor).
+
+        `True`/`False` as `normalize_losses` says; with `"auto"`, whether the
+        recorded first-step losses differ by more than `AUTO_NORMALIZE_RATIO`
+        (`False` before the first train step).
+        """
+        if self.normalize_losses != "auto":
+            return ops.convert_to_tensor(bool(self.normalize_losses))
+        return auto_normalizes(ops.convert_to_tensor(self.initial_losses), ops)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, plus an internal callback that marks epoch starts and watches
+        for starved tasks (the user's list of callbacks is not modified)."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        callbacks = bound.arguments.get("callbacks") or []
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks.callbacks)
+        bound.arguments["callbacks"] = [*callbacks, _EpochClock(self)]
+        return super().fit(*bound.args[1:], **bound.kwargs)
 
     def call(self, inputs, training=None):
         """`{task: output}`: the base model's outputs keyed by task name, never by position."""
@@ -231,25 +310,37 @@ class MultiTaskModel(keras.Model):
         return ops.stack(values)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """``scale · Σ_i w_i L_i`` + the model's own losses; in training, then the ascent.
+        """``scale · Σ_i w_i L̃_i`` + the model's own losses; in training, then the ascent.
 
         The per-task trackers are updated as Keras' loss container updates its
-        own (weighted by the batch size); in a train step the strategy's
-        `on_step_end` assigns its new weights from the detached losses, after
-        the objective has read the current ones.
+        own (weighted by the batch size) with the plain losses ``L_i``; in a
+        train step the first-step losses are recorded (when normalising), the
+        strategy's `on_step_begin` runs, and after the objective has read the
+        current weights its `on_step_end` assigns the new ones from the
+        detached ``L̃_i``.
         """
         del x
+        losses = self.task_losses(y, y_pred, sample_weight)
+        initial = ops.convert_to_tensor(self.initial_losses)
         if training:
             _refuse_tf_distribute()
-        losses = self.task_losses(y, y_pred, sample_weight)
-        objective = self._scale_value * self.weighting.descent_loss(losses)
+            if self.normalize_losses is not False:
+                first = ops.equal(self.train_step_counter, 0)
+                initial = ops.where(first, ops.stop_gradient(losses), initial)
+                self.initial_losses.assign(initial)
+            self.weighting.on_step_begin(ops.convert_to_tensor(self._epoch_start))
+            self._epoch_start.assign(False)
+        scales = (ops.convert_to_tensor(loss_scale_vector(self.loss_scales, self.task_names),
+                                        losses.dtype) if self.loss_scales else None)
+        balanced = balanced_losses(losses, initial, self.normalize_losses, scales, ops)
+        objective = self._scale_value * self.weighting.descent_loss(balanced)
         for extra in self.losses:
             objective = objective + self._aggregate_additional_loss(extra)
         batch = keras.tree.flatten(y_pred)[0].shape[0]
         for i, tracker in enumerate(self.task_loss_trackers):
             tracker.update_state(losses[i], sample_weight=batch)
         if training:
-            self.weighting.on_step_end(ops.stop_gradient(losses), self.train_step_counter)
+            self.weighting.on_step_end(ops.stop_gradient(balanced), self.train_step_counter)
             self.train_step_counter.assign_add(1)
         weights = ops.convert_to_tensor(self.weighting.task_weights)
         for i, tracker in enumerate(self.task_weight_trackers):
@@ -263,6 +354,8 @@ class MultiTaskModel(keras.Model):
             "base_model": keras.saving.serialize_keras_object(self.base_model),
             "weighting": keras.saving.serialize_keras_object(self.weighting),
             "scale": self.scale,
+            "normalize_losses": self.normalize_losses,
+            "loss_scales": dict(self.loss_scales) or None,
         }
 
     @classmethod
@@ -293,6 +386,10 @@ class MinMaxMultiTask(MultiTaskModel):
         update_every: ascend every this many train steps. Defaults to `1`.
         ascent: `"projected"` or `"exponentiated"`. Defaults to `"projected"`.
         scale: `1.0` or `"num_tasks"` (see `MultiTaskModel`). Defaults to `1.0`.
+        normalize_losses: `True`, `False` or `"auto"` (see `MultiTaskModel`).
+            Defaults to `"auto"`, as on the tf_keras path: raw losses of
+            different scales would drive the weights to a vertex of the simplex.
+        loss_scales: fixed multipliers `{task: s_t}` (see `MultiTaskModel`). Defaults to `None`.
 
     Example:
 
@@ -303,14 +400,16 @@ class MinMaxMultiTask(MultiTaskModel):
     """
 
     def __init__(self, base_model, step_size=0.02, gamma=5.0, update_every=1, ascent="projected",
-                 scale=1.0, **kwargs):
+                 scale=1.0, normalize_losses="auto", loss_scales=None, **kwargs):
         kwargs.pop("weighting", None)
         weighting = MinMaxWeighting(step_size=step_size, gamma=gamma, update_every=update_every,
                                     ascent=ascent, name="minmax_weighting")
-        super().__init__(base_model, weighting=weighting, scale=scale, **kwargs)
+        super().__init__(base_model, weighting=weighting, scale=scale,
+                         normalize_losses=normalize_losses, loss_scales=loss_scales, **kwargs)
 
     def get_config(self):
         w = self.weighting
         return {"name": self.name, "base_model": keras.saving.serialize_keras_object(self.base_model),
                 "step_size": w.step_size, "gamma": w.gamma, "update_every": w.update_every,
-                "ascent": w.ascent, "scale": self.scale}
+                "ascent": w.ascent, "scale": self.scale, "normalize_losses": self.normalize_losses,
+                "loss_scales": dict(self.loss_scales) or None}

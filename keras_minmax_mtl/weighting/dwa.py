@@ -1,9 +1,10 @@
 r"""Dynamic weight average (DWA) of Liu, Johns and Davison (MTAN, CVPR 2019)."""
 import tensorflow as tf
 
-from keras_minmax_mtl.core.checks import check_finite_real
 from keras_minmax_mtl.core.backend import keras, register
 from keras_minmax_mtl.core.task_weighting import TaskWeighting
+from keras_minmax_mtl.core.tensorflow_ops import TENSORFLOW_OPS
+from keras_minmax_mtl.weighting import maths
 
 __all__ = ["DynamicWeightAverage"]
 
@@ -22,7 +23,9 @@ class DynamicWeightAverage(TaskWeighting):
     and ``w = 1/K`` for the first two epochs. The original multiplies by `K`
     (weights summing to `K`); here the weights sum to 1 and the model's
     ``scale=K`` gives the original. Epoch boundaries come from `fit` (or
-    `MultiTaskModel.start_epoch()` in a custom loop).
+    `MultiTaskModel.start_epoch()` in a custom loop). The maths is
+    `keras_minmax_mtl.weighting.maths.dwa_epoch_start`, which the Keras 3
+    path runs too.
 
     Args:
         temperature: ``T``; larger is smoother. A finite number `> 0`. Defaults to `2.0`.
@@ -34,10 +37,7 @@ class DynamicWeightAverage(TaskWeighting):
 
     def __init__(self, temperature=2.0, **kwargs):
         super().__init__(**kwargs)
-        temperature = check_finite_real(temperature, "temperature")
-        if not temperature > 0:
-            raise ValueError(f"Argument `temperature` must be > 0. Received: temperature={temperature}")
-        self.temperature = temperature
+        self.temperature = maths.check_temperature(temperature)
 
     def build(self, input_shape):
         k = int(input_shape[-1])
@@ -54,19 +54,12 @@ class DynamicWeightAverage(TaskWeighting):
         return self._task_weights
 
     def on_step_begin(self, clock):
-        # On the first step of an epoch after one with data: close that epoch.
-        close = tf.logical_and(clock.epoch_start, self.loss_count > 0)
-        mean = self.loss_sum / tf.maximum(self.loss_count, 1.0)
-        history = tf.where(close, tf.stack([self.loss_history[1], mean]), self.loss_history)
-        done = self.epochs_done + tf.cast(close, tf.int64)
-        ratio = history[1] / tf.maximum(history[0], 1e-12)
-        proposal = tf.nn.softmax(ratio / self.temperature)
-        weights = tf.where(done >= 2, proposal, self._task_weights)
-        self.loss_history.assign(history)
-        self.epochs_done.assign(done)
-        self._task_weights.assign(weights)
-        self.loss_sum.assign(tf.where(close, tf.zeros_like(self.loss_sum), self.loss_sum))
-        self.loss_count.assign(tf.where(close, 0.0, self.loss_count))
+        variables = (self._task_weights, self.loss_sum, self.loss_count, self.loss_history,
+                     self.epochs_done)
+        state = maths.dwa_epoch_start(tuple(tf.convert_to_tensor(v) for v in variables),
+                                      clock.epoch_start, self.temperature, TENSORFLOW_OPS)
+        for variable, value in zip(variables, state):
+            variable.assign(value)
 
     def on_step_end(self, losses, clock):
         self.loss_sum.assign_add(tf.cast(losses, self.loss_sum.dtype))

@@ -1,15 +1,15 @@
 r"""The pure maths of the task weights, written once for every back-end.
 
 The simplex projection, the gradient of the inner problem, the two ascent
-rules and the closed-form maximiser, as functions of an array namespace `ops`
-with the names of `keras.ops` (numpy's API): `keras.ops` itself on the Keras 3
-path (`keras_minmax_mtl.keras3`, any back-end), and `TENSORFLOW_OPS` of
-`keras_minmax_mtl.weighting.simplex` on the `tf_keras` path. Both paths run
+rules, the closed-form maximiser, uncertainty weighting and DWA, as
+functions of an array namespace `ops` with the names of `keras.ops` (numpy's
+API): `keras.ops` itself on the Keras 3 path (`keras_minmax_mtl.keras3`, any back-end), and `TENSORFLOW_OPS` of
+`keras_minmax_mtl.core.tensorflow_ops` on the `tf_keras` path. Both paths run
 this one implementation; this module imports no array library.
 
 The namespace needs `max`, `sort` (ascending), `flip`, `cumsum`, `sum`,
-`shape`, `arange`, `cast`, `maximum`, `take_along_axis`, `log` and `softmax`,
-with the signatures of `keras.ops`.
+`shape`, `arange`, `cast`, `maximum`, `take_along_axis`, `log`, `exp`, `softmax`,
+`where`, `stack`, `logical_and` and `zeros_like`, with the signatures of `keras.ops`.
 
 Example:
 
@@ -21,7 +21,8 @@ from keras_minmax_mtl.core.checks import check_finite_real
 
 __all__ = ["project_to_simplex", "ascent_gradient", "projected_gradient_step",
            "exponentiated_gradient_step", "closed_form_weights", "check_ascent_hyper_parameters",
-           "check_closed_form_gamma"]
+           "check_closed_form_gamma", "uncertainty_weights", "uncertainty_objective",
+           "dwa_epoch_start", "check_temperature"]
 
 
 def check_ascent_hyper_parameters(step_size, gamma):
@@ -115,3 +116,75 @@ def closed_form_weights(losses, gamma, ops):
     r"""``Π_Δ(1/K + L/γ)``, the maximiser over the simplex of ``wᵀL − (γ/2)‖w − 1/K‖²`` (γ > 0)."""
     k = ops.cast(ops.shape(losses)[-1], losses.dtype)
     return project_to_simplex(1.0 / k + losses / gamma, ops)
+
+
+def uncertainty_weights(log_variances, ops):
+    r"""``w_i = e^{-s_i} / K``, the weights that uncertainty weighting applies (``1/K`` at ``s = 0``).
+
+    Args:
+        log_variances: the learned ``s_i = log σ_i²``, a float tensor of shape `(K,)`.
+        ops: the array namespace.
+    """
+    k = ops.cast(ops.shape(log_variances)[-1], log_variances.dtype)
+    return ops.exp(-log_variances) / k
+
+
+def uncertainty_objective(log_variances, losses, ops, replica_fraction=1.0):
+    r"""``(1/K) Σ_i (e^{-s_i} L_i + s_i)``, Kendall et al.'s objective (network and ``s`` both learn it).
+
+    For fixed losses it is minimal at ``s_i = log L_i``.
+
+    Args:
+        log_variances: ``s``, shape `(K,)`, of the dtype of `losses`.
+        losses: the per-task losses ``L``, shape `(K,)`.
+        ops: the array namespace.
+        replica_fraction: multiplies the ``s_i`` terms, which do not come from
+            the batch: ``1/replicas`` where the replicas' objectives are summed.
+    """
+    k = ops.cast(ops.shape(losses)[-1], losses.dtype)
+    return ops.sum(ops.exp(-log_variances) * losses + log_variances * replica_fraction) / k
+
+
+def dwa_epoch_start(state, epoch_start, temperature, ops):
+    r"""Dynamic weight average at the start of a train step: closes an epoch and sets its weights.
+
+    With ``\bar L_i(t)`` the mean of the steps' losses of task `i` over epoch `t`,
+
+    .. math::
+
+        w_i(t) = \operatorname{softmax}_i\big(\bar L_i(t-1) / (\bar L_i(t-2)\,T)\big)
+
+    from the third epoch on (``1/K`` before). On the first step of an epoch
+    after one with data (`epoch_start` and a count > 0) the epoch's mean joins
+    the history and the sums restart.
+
+    Args:
+        state: `(weights (K,), loss_sum (K,), loss_count (), history (2, K),
+            epochs_done ())`: the task weights, the sum and number of the
+            current epoch's step losses, the means of epochs ``t-2`` (row 0)
+            and ``t-1`` (row 1), and the number of epochs closed.
+        epoch_start: a boolean scalar, whether this step is the first of an epoch.
+        temperature: ``T > 0``.
+        ops: the array namespace.
+
+    Returns:
+        The new `state`, same structure and dtypes.
+    """
+    weights, loss_sum, loss_count, history, epochs_done = state
+    close = ops.logical_and(epoch_start, loss_count > 0)
+    mean = loss_sum / ops.maximum(loss_count, 1.0)
+    history = ops.where(close, ops.stack([history[1], mean]), history)
+    epochs_done = epochs_done + ops.cast(close, epochs_done.dtype)
+    ratio = history[1] / ops.maximum(history[0], 1e-12)
+    weights = ops.where(epochs_done >= 2, ops.softmax(ratio / temperature, axis=-1), weights)
+    loss_sum = ops.where(close, ops.zeros_like(loss_sum), loss_sum)
+    loss_count = ops.where(close, ops.zeros_like(loss_count), loss_count)
+    return weights, loss_sum, loss_count, history, epochs_done
+
+
+def check_temperature(temperature):
+    """Returns `float(temperature)` if it is a finite number `> 0` (DWA's ``T``)."""
+    temperature = check_finite_real(temperature, "temperature")
+    if not temperature > 0:
+        raise ValueError(f"Argument `temperature` must be > 0. Received: temperature={temperature}")
+    return temperature

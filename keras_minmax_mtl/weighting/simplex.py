@@ -6,44 +6,10 @@ projection back onto it.
 """
 import tensorflow as tf
 
+from keras_minmax_mtl.core.tensorflow_ops import TENSORFLOW_OPS
 from keras_minmax_mtl.weighting import maths
 
 __all__ = ["project_to_simplex", "uniform_weights", "TENSORFLOW_OPS"]
-
-
-class _TensorFlowOps:
-    """The names of `keras.ops` that `keras_minmax_mtl.weighting.maths` uses, in TensorFlow ops."""
-
-    max = staticmethod(tf.reduce_max)
-    sum = staticmethod(tf.reduce_sum)
-    sort = staticmethod(tf.sort)  # ascending, as `keras.ops.sort`
-    cumsum = staticmethod(tf.cumsum)
-    maximum = staticmethod(tf.maximum)
-    cast = staticmethod(tf.cast)
-    log = staticmethod(tf.math.log)
-    softmax = staticmethod(tf.nn.softmax)
-
-    @staticmethod
-    def flip(x, axis):
-        return tf.reverse(x, [axis])
-
-    @staticmethod
-    def shape(x):
-        return tf.shape(x)  # dynamic, so that K may be unknown inside `tf.function`
-
-    @staticmethod
-    def arange(start, stop):
-        return tf.range(start, stop)
-
-    @staticmethod
-    def take_along_axis(x, indices, axis):
-        if axis not in (-1, x.shape.rank - 1):
-            raise ValueError(f"Only the last axis is supported. Received: axis={axis}")
-        return tf.gather(x, indices, batch_dims=x.shape.rank - 1)
-
-
-#: The array namespace of `keras_minmax_mtl.weighting.maths` in TensorFlow ops (the `tf_keras` path).
-TENSORFLOW_OPS = _TensorFlowOps()
 
 
 def project_to_simplex(v):

@@ -4,6 +4,8 @@ import tensorflow as tf
 from keras_minmax_mtl.core.checks import check_finite_real
 from keras_minmax_mtl.core.backend import keras, register
 from keras_minmax_mtl.core.task_weighting import TaskWeighting
+from keras_minmax_mtl.core.tensorflow_ops import TENSORFLOW_OPS
+from keras_minmax_mtl.weighting import maths
 
 __all__ = ["UncertaintyWeighting"]
 
@@ -22,7 +24,9 @@ class UncertaintyWeighting(TaskWeighting):
     so the applied weights are ``w_i = e^{-s_i}/K`` (``1/K`` at ``s = 0``, the
     same start as equal weighting) and the optimum for fixed losses is
     ``s_i = log L_i``. The ``1/K`` keeps the objective on the same scale as
-    the simplex-weighted strategies; the model's `scale` multiplies it.
+    the simplex-weighted strategies; the model's `scale` multiplies it. The
+    maths is `keras_minmax_mtl.weighting.maths.uncertainty_objective`, which
+    the Keras 3 path runs too.
 
     Args:
         initial_log_variance: the starting ``s_i``, a finite number. Defaults to `0.0`.
@@ -47,12 +51,11 @@ class UncertaintyWeighting(TaskWeighting):
 
     @property
     def task_weights(self):
-        return tf.exp(-self.log_variances) / self.num_tasks
+        return maths.uncertainty_weights(tf.convert_to_tensor(self.log_variances), TENSORFLOW_OPS)
 
     def descent_loss(self, losses, replica_fraction=1.0):
         s = tf.cast(self.log_variances, losses.dtype)
-        weighted = tf.exp(-s) * losses + s * replica_fraction
-        return tf.reduce_sum(weighted) / self.num_tasks
+        return maths.uncertainty_objective(s, losses, TENSORFLOW_OPS, replica_fraction)
 
     def get_config(self):
         config = super().get_config()
