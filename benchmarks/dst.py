@@ -14,11 +14,10 @@ task, to tell under-fitting from over-fitting), then mean ± std over seeds of
 the worst-task and mean test accuracy and the final sparsity, and writes
 `benchmarks/results/dst.json`.
 
-Ablations (docs/dst.md, "Why DST from scratch lagged"): `--density er`
-(Erdős–Rényi counts, computed here: the library offers `erk` and `uniform`),
-`--rescale-init` (each kept weight scaled by ``sqrt(fan_in / kept fan-in)``),
-`--keep-slots` (grown weights keep their optimizer slots) and
-`--learning-rate` (DST wants 1e-2 here, against 1e-3 for the dense runs).
+Options tried (docs/dst.md, "Why DST from scratch lagged"): `--density er`
+(Erdős–Rényi layer densities), `--learning-rate`, and the ablations
+`--rescale-init` (each kept weight scaled by ``sqrt(fan_in / kept fan-in)``) and
+`--keep-slots` (grown weights keep their optimizer slots).
 
     PYTHONPATH=. python benchmarks/dst.py --seeds 0 1 2 --epochs 20
     PYTHONPATH=. python benchmarks/dst.py --seeds 0 1 2 --epochs 20 --runs minmax+rigl --learning-rate 1e-2
@@ -34,47 +33,15 @@ import numpy as np
 RUNS = ("minmax+rigl", "ew+rigl", "minmax+static")
 
 
-def er_counts(shapes, sparsity):
-    """Active counts under Erdős–Rényi (density ∝ (n_in + n_out)/(n_in·n_out), capped at 1).
-
-    An ablation only (the library offers "erk" and "uniform"): a convolution's kernel size does
-    not count, so the 3×3 convolutions keep a larger share than under ERK.
-    """
-    sizes = np.array([np.prod(s) for s in shapes], dtype=np.float64)
-    raw = np.array([(s[-2] + s[-1]) / (s[-2] * s[-1]) for s in shapes])
-    dense = np.zeros(len(shapes), dtype=bool)
-    while True:
-        epsilon = ((1 - sparsity) * sizes.sum() - sizes[dense].sum()) / (raw[~dense] * sizes[~dense]).sum()
-        over = ~dense & (epsilon * raw > 1)
-        if not over.any():
-            break
-        dense |= over
-    ideal = np.where(dense, sizes, epsilon * raw * sizes)
-    counts = np.floor(ideal).astype(int)
-    order = np.argsort(-(ideal - counts), kind="stable")
-    for i in order[:int(round((1 - sparsity) * sizes.sum())) - counts.sum()]:
-        counts[i] += 1
-    return counts.tolist()
-
-
 def initial_masks(model, sparsity, density, seed, rescale=False):
-    """Random masks as `dst.initialize_masks` draws them; "er" counts and `rescale` for the ablations.
+    """`dst.initialize_masks`, then (`rescale`, an ablation) each kept weight rescaled.
 
     `rescale` multiplies each kept weight of output unit ``j`` by ``sqrt(fan_in / kept_j)``, so
     that a unit's pre-activation variance at initialisation is that of the dense layer.
     """
     from keras_minmax_mtl.sparsity import dst
 
-    if density != "er":
-        dst.initialize_masks(model, sparsity, density, seed=seed)
-    else:
-        kernels = dst.wrapped_kernels(model)
-        counts = er_counts([tuple(w.shape) for _, w, _ in kernels], sparsity)
-        for index, ((_, weight, mask), count) in enumerate(zip(kernels, counts)):
-            flat = np.zeros(int(np.prod(weight.shape)), dtype=np.float32)
-            flat[np.random.default_rng((int(seed), index)).permutation(flat.size)[:count]] = 1
-            mask.assign(flat.reshape(weight.shape))
-            weight.assign(weight.numpy() * flat.reshape(weight.shape))
+    dst.initialize_masks(model, sparsity, density, seed=seed)
     if rescale:
         for _, weight, mask in dst.wrapped_kernels(model):
             units = mask.numpy().reshape(-1, mask.shape[-1])  # (fan_in, output units)
@@ -117,7 +84,7 @@ def run_one(name, seed, args):
     callback = None
     # The masks are set here (before `fit`) for the static run and for the ablations; the
     # callback then keeps them (it only draws masks when every mask is all ones).
-    masks_now = not name.endswith("rigl") or args.density == "er" or args.rescale_init
+    masks_now = not name.endswith("rigl") or args.rescale_init
     if masks_now:
         initial_masks(model, args.sparsity, args.density, seed, rescale=args.rescale_init)
     if name.endswith("rigl"):
@@ -148,7 +115,7 @@ def main():
     parser.add_argument("--train-examples", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--density", default="erk", choices=["erk", "er", "uniform"])
+    parser.add_argument("--density", default="erk", choices=["erk", "er", "uniform"])  # densities.DISTRIBUTIONS
     parser.add_argument("--update-every", type=int, default=100)
     parser.add_argument("--drop-fraction", type=float, default=0.3)
     parser.add_argument("--rescale-init", action="store_true",
