@@ -74,9 +74,22 @@ def test_uniform_counts_add_up_exactly():
     assert sum(counts) == round(0.25 * (9 + 35 + 22)) and counts == [2, 9, 5]  # 2.25, 8.75, 5.5: the largest remainder (8.75) gets the unit
 
 
+def test_er_ignores_the_kernel_size_and_gives_the_convolution_its_share():
+    # multi_digits_network's hidden kernels: ERK leaves conv2 300 of 4608 weights, ER 2006.
+    shapes = [(3, 3, 1, 16), (3, 3, 16, 32), (1536, 64), (64, 32), (64, 32), (64, 32)]
+    assert active_counts(shapes, 0.9, "erk") == [128, 300, 8892, 534, 533, 533]
+    densities = layer_densities(shapes, 0.9, "er")
+    assert densities[0] == 1.0  # (1 + 16)/16 > 1/ε: kept dense, ε solved again for the rest
+    # ER: density ∝ (n_in + n_out)/(n_in·n_out) among the others; the total is exact.
+    epsilon = (10920 - 144) / (48 / 512 * 4608 + 1600 / 98304 * 98304 + 3 * 96 / 2048 * 2048)
+    assert densities[1:] == pytest.approx([epsilon * 48 / 512, epsilon * 1600 / 98304]
+                                          + [epsilon * 96 / 2048] * 3)
+    assert active_counts(shapes, 0.9, "er") == [144, 2006, 7432, 446, 446, 446]
+
+
 def test_unknown_density_lists_the_options():
-    with pytest.raises(ValueError, match=r"`distribution` must be one of \['uniform', 'erk'\]"):
-        layer_densities([(2, 2)], 0.5, "er")
+    with pytest.raises(ValueError, match=r"`distribution` must be one of \['uniform', 'erk', 'er'\]"):
+        layer_densities([(2, 2)], 0.5, "erdos")
 
 
 # -------------------------------------------------------------- mask updaters
@@ -308,7 +321,7 @@ def test_prune_for_dst_wraps_hidden_layers_and_leaves_the_model_alone():
     (dict(method=["rigl"]), r"`method` must be one of \['rigl', 'set', 'paper'\] or a `MaskUpdater` "
                             r"instance \(e.g. `RigLUpdater\(\)`\). Received: method=\['rigl'\]"),
     (dict(method=SETUpdater(), grow_ratio=0.2), r"`grow_ratio` is only used by method='paper'"),
-    (dict(density="er"), r"`density` must be one of \['uniform', 'erk'\]"),
+    (dict(density="erdos"), r"`density` must be one of \['uniform', 'erk', 'er'\]"),
     (dict(sparsity=1.0), r"`sparsity` must be in \(0, 1\)"),
     (dict(grow_ratio=0.2), r"`grow_ratio` is only used by method='paper'"),
 ])

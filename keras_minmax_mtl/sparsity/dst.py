@@ -257,7 +257,7 @@ def check_wrappers(model):
 def initialize_masks(model, sparsity, density="erk", seed=0):
     """Sets random masks at `sparsity` on every wrapped kernel of `model` and zeroes the masked weights.
 
-    Layer densities follow `density` (`"uniform"` or `"erk"`, see
+    Layer densities follow `density` (`"uniform"`, `"erk"` or `"er"`, see
     `keras_minmax_mtl.sparsity.densities`), with exactly ``round((1 − sparsity)·N)``
     active weights in total. Layer ``l`` draws its positions with
     `numpy.random.default_rng((seed, l))`. The wrappers must use `HoldMasks`.
@@ -384,7 +384,8 @@ class DynamicSparseTraining(keras.callbacks.Callback):
             `MaskUpdater` instance (e.g. `RigLUpdater()` or your own
             subclass), which then drops and grows ``n_drop`` weights at every
             update counted in steps. Defaults to `"rigl"`.
-        density: layer densities, `"erk"` or `"uniform"`. Defaults to `"erk"`.
+        density: layer densities, `"erk"`, `"er"` or `"uniform"` (see
+            `keras_minmax_mtl.sparsity.densities`). Defaults to `"erk"`.
         update_every: steps between mask updates (epochs for `"paper"`), `> 0`.
             Defaults to `100`.
         end_step: last step (epoch for `"paper"`) at which masks change; at

@@ -537,6 +537,14 @@ class DynamicSparse(SparsityMethod):
     `dst_method="static"` sets the initial masks (same sparsity and
     densities) and never updates them: the static-mask baseline
     (`keras_minmax_mtl.sparsity.dst`).
+
+    The defaults are RigL's (ERK, update every 100 steps, drop fraction 0.3,
+    cosine decay to 75 % of the steps). On `multi_digits` at 90 % (20
+    epochs) the worst task is 0.19 on test with Adam 1e-3 (`kmm train`'s
+    default) and ERK, 0.52 with `--learning-rate 1e-2`, and 0.81 with
+    `--learning-rate 1e-2 --density er` (ERK leaves the 3×3×16×32
+    convolution 300 of its 4608 weights, ER 2006; docs/dst.md, "Why DST from
+    scratch lagged").
     """
 
     name = "dst"
@@ -549,7 +557,7 @@ class DynamicSparse(SparsityMethod):
                "epochs); static: initial masks, never updated (default: %(default)s)",
                library=("method",), choices=["rigl", "set", "paper", "static"]),
         Option("--density", None, "erk", "layer densities (default: %(default)s)",
-               library=("density",), choices=["erk", "uniform"]),
+               library=("density",), choices=["erk", "er", "uniform"]),
         Option("--dst-update-every", arguments.positive_int, 100,
                "steps (epochs for paper) between mask updates (default: %(default)s)",
                library=("update_every",)),
