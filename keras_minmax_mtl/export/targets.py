@@ -39,8 +39,8 @@ class ExportTarget:
         io_dtype: the dtype of the inputs and outputs of a full-int8 file.
         structured_auto: whether `structured="auto"` removes the units of a
             structured-pruned model (`keras_minmax_mtl.export.surgery.shrink`):
-            `True` where the runtime has no sparse kernels, so only removed
-            units make the file smaller and faster.
+            `True` on the three targets here: only removed units make a file faster
+            (sparse storage makes it smaller, not faster).
     """
 
     name = None
@@ -89,9 +89,15 @@ class MobileTarget(ExportTarget):
     (`keras_minmax_mtl.sparsity.policy.XNNPackSparsePolicy`); an int8 file
     stored sparse needs the op resolver without default delegates. Both are
     what `keras_minmax_mtl.export.runtimes.load_interpreter` picks.
+
+    `structured="auto"` removes the units of a structured-pruned model here too:
+    the shrunk file is dense and smaller, and LiteRT runs it at about a third of
+    the dense file's CPU time, where sparse storage runs at dense speed at best
+    (`benchmarks/mobile_speed.py`, docs/export.md "Faster on phones").
     """
 
     name = "mobile"
+    structured_auto = True
 
 
 class MicroTarget(ExportTarget):

@@ -358,10 +358,9 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
             structured-pruned model (`keras_minmax_mtl.export.surgery.shrink`: a
             hidden Dense kernel column or Conv2D filter that is all zero is
             dropped and the next layers cut to match, giving the same
-            outputs with fewer weights and operations). `"auto"` does so for
-            targets without sparse kernels (`micro`, `edgetpu`) when the
-            model has removed units (`surgery.has_structured_sparsity`), and
-            never for `mobile` (sparse storage covers it); where the surgery
+            outputs with fewer weights and operations). `"auto"` does so on
+            every target when the model has removed units
+            (`surgery.has_structured_sparsity`); where the surgery
             cannot cut a layer, `"auto"` exports unshrunk with a warning and
             the report's `structured["skipped"]` says why. `True` requires
             removed units and a model the surgery can cut (a `ValueError`
