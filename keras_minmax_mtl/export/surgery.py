@@ -77,8 +77,11 @@ from keras_minmax_mtl.export.logits import custom_scope
 from keras_minmax_mtl.sparsity.dependency import (
     ELEMENTWISE_ACTIVATIONS,
     MERGE_LAYERS,
+    activation_name,
     inline_nested_models,
+    is_unit_layer,
     layer_calls,
+    layer_kind,
     leaf_layers,
     trace_graph,
 )
@@ -112,23 +115,6 @@ def _plain_base(model):
     return deployable_model(model)[0]
 
 
-def _kind(layer):
-    return type(layer).__name__
-
-
-def _activation_name(activation):
-    name = keras.activations.serialize(activation)
-    return name if isinstance(name, str) else None
-
-
-def _unit_layer(layer):
-    """Whether units of `layer` can be removed: an exact `Dense` or channels-last `Conv2D`."""
-    if type(layer) is keras.layers.Dense:
-        return True
-    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
-            and layer.data_format == "channels_last")
-
-
 def _output_layers(model):
     return {id(tensor._keras_history.layer) for tensor in model.outputs}
 
@@ -138,9 +124,9 @@ def _zero_units(model):
     outputs = _output_layers(model)
     found = {}
     for layer in leaf_layers(model):
-        if not _unit_layer(layer) or id(layer) in outputs:
+        if not is_unit_layer(layer) or id(layer) in outputs:
             continue
-        if _activation_name(layer.activation) not in ELEMENTWISE_ACTIVATIONS:
+        if activation_name(layer.activation) not in ELEMENTWISE_ACTIVATIONS:
             continue
         kernel = layer.kernel.numpy()
         zero = np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0)
@@ -253,14 +239,14 @@ class _Planner:
     def unsupported(self, layer, inputs):
         origins = sorted({o for s in inputs for os in s.origin[~s.kept] for o in os})
         return ValueError(
-            f"Layer {layer.name!r} ({_kind(layer)}) receives channels from which `shrink` removes "
+            f"Layer {layer.name!r} ({layer_kind(layer)}) receives channels from which `shrink` removes "
             f"units ({', '.join(f'{n}[{u}]' for n, u in origins[:6])}"
             f"{', ...' if len(origins) > 6 else ''}), but it cannot cut the inputs of a "
-            f"{_kind(layer)}. Supported layers: {', '.join(SUPPORTED_LAYERS)}. Export without "
+            f"{layer_kind(layer)}. Supported layers: {', '.join(SUPPORTED_LAYERS)}. Export without "
             "structured surgery (structured=False), or prune the units feeding this layer less.")
 
     def layer(self, layer, node, inputs, outputs):
-        kind = _kind(layer)
+        kind = layer_kind(layer)
         if isinstance(layer, keras.layers.InputLayer):
             return [_all_kept(t) for t in outputs]
         removing = layer.name in self.removals and len(self.removals[layer.name])
@@ -270,7 +256,7 @@ class _Planner:
             raise ValueError(
                 f"Layer {layer.name!r} ({kind}) is called {self.calls[id(layer)]} times "
                 "(a shared layer); `shrink` cannot cut a shared layer's units or inputs.")
-        if _unit_layer(layer):
+        if is_unit_layer(layer):
             return [self.unit_layer(layer, inputs[0], node.keras_inputs[0].shape)]
         if kind == "BatchNormalization":
             return [self.batch_norm(layer, inputs[0], node.keras_inputs[0].shape)]
@@ -299,7 +285,7 @@ class _Planner:
                 "channels_last":
             return [inputs[0]]
         if kind in _ACTIVATION_LAYERS and (
-                kind != "Activation" or _activation_name(layer.activation)
+                kind != "Activation" or activation_name(layer.activation)
                 in ELEMENTWISE_ACTIVATIONS):
             s = inputs[0]
             fresh = layer.__class__.from_config(layer.get_config())
@@ -409,7 +395,7 @@ def _plan(base):
         total = layer.kernel.shape[-1]
         if len(units) == total:
             raise ValueError(
-                f"Layer {name!r} ({_kind(layer)}) has all of its {total} units removed (every "
+                f"Layer {name!r} ({layer_kind(layer)}) has all of its {total} units removed (every "
                 "kernel column is zero), so nothing after it depends on the model's inputs "
                 "through it and no layer with 0 units can be built. Prune it less (e.g. a "
                 "lower sparsity for this layer) or remove the layer from the network.")

@@ -81,7 +81,7 @@ from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
            "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
-           "GroupL1Penalty"]
+           "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer"]
 
 #: Activations computed value by value, so that removing a unit leaves the others unchanged.
 ELEMENTWISE_ACTIVATIONS = frozenset({
@@ -123,16 +123,18 @@ class ChannelGroup(collections.namedtuple(
         return tuple(sorted({name for name, _ in self.producers}))
 
 
-def _kind(layer):
+def layer_kind(layer):
+    """The class name of `layer`, as the error messages and the per-type fractions name it."""
     return type(layer).__name__
 
 
-def _activation_name(activation):
+def activation_name(activation):
+    """The registered name of a Keras activation function, or `None` for a custom one."""
     name = keras.activations.serialize(activation)
     return name if isinstance(name, str) else None
 
 
-def _unit_layer(layer):
+def is_unit_layer(layer):
     """A layer whose output units are its kernel's last axis: Dense, channels-last one-group Conv2D."""
     if type(layer) is keras.layers.Dense:
         return True
@@ -367,19 +369,19 @@ def channel_groups(model):
 
 def _layer_ids(layer, inputs, shapes, outputs, ids, consumers, members, calls):
     """The channel ids of `layer`'s outputs; records its consumers, members and fixed ids."""
-    kind = _kind(layer)
+    kind = layer_kind(layer)
     shared = calls > 1
     if shared:
         for state in inputs:
             ids.fix(state, f"it passes the shared layer {layer.name!r} (called {calls} times)")
-    if _unit_layer(layer):
+    if is_unit_layer(layer):
         for row, i in enumerate(inputs[0]):
             consumers[int(i)].append((layer.name, row))
         units = int(layer.kernel.shape[-1])
         reason = None
-        if _activation_name(layer.activation) not in ELEMENTWISE_ACTIVATIONS:
+        if activation_name(layer.activation) not in ELEMENTWISE_ACTIVATIONS:
             reason = (f"its producer {layer.name!r} has the activation "
-                      f"{_activation_name(layer.activation)!r}, which is not element-wise")
+                      f"{activation_name(layer.activation)!r}, which is not element-wise")
         if shared:
             reason = f"its producer {layer.name!r} is a shared layer (called {calls} times)"
         return [ids.fresh(units, producer=layer.name, reason=reason)]
@@ -394,7 +396,7 @@ def _layer_ids(layer, inputs, shapes, outputs, ids, consumers, members, calls):
             for j, i in enumerate(inputs[0]):
                 members[int(i)].append((layer.name, j))
             return [inputs[0]]
-    elif kind == "Activation" and _activation_name(layer.activation) not in \
+    elif kind == "Activation" and activation_name(layer.activation) not in \
             ELEMENTWISE_ACTIVATIONS:
         pass
     elif kind == "Rescaling" and (np.ndim(layer.scale) or np.ndim(layer.offset)):
@@ -453,7 +455,7 @@ def _slices(group, layers):
             found.append((layer.bias, (unit,), "bias"))
     for name, channel in group.members:
         layer = layers[name]
-        if _kind(layer) == "DepthwiseConv2D":
+        if layer_kind(layer) == "DepthwiseConv2D":
             found.append((layer.depthwise_kernel, (slice(None), slice(None), channel),
                           "kernel"))
             if layer.use_bias:
@@ -645,7 +647,7 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
         if exclude & set(family) or (allowed is not None and not set(family) <= allowed):
             continue
         f = (fraction if fractions is None
-             else max([fractions.get(name, fractions.get(_kind(originals[name]), 0.0))
+             else max([fractions.get(name, fractions.get(layer_kind(originals[name]), 0.0))
                        for name in family]))
         count = int(math.floor(f * len(members) + 0.5))
         count = min(count, len(members) - 1)
@@ -719,7 +721,7 @@ class GroupL1Penalty:
                 add(kernel, len(kernel.shape) - 2, row, k)
             for name, channel in group.members:
                 layer = layers[name]
-                if _kind(layer) == "DepthwiseConv2D":
+                if layer_kind(layer) == "DepthwiseConv2D":
                     add(layer.depthwise_kernel, 2, channel, k)
                 elif getattr(layer, "gamma", None) is not None:
                     add(layer.gamma, 0, channel, k)
