@@ -29,7 +29,7 @@ import numpy as np
 
 from keras_minmax_mtl.core.logs import captured_output
 
-__all__ = ["inspect_interpreter",
+__all__ = ["compare_outputs", "inspect_interpreter",
     "load_interpreter",
     "litert_package",
     "is_sparse_model",
@@ -286,6 +286,37 @@ def load_interpreter(model, num_threads=None, default_delegates=None):
         interpreter = _interpreter(model, content, **kwargs)
         interpreter.allocate_tensors()
     return interpreter
+
+
+def compare_outputs(reference, got, quantization, tolerance):
+    r"""Per task, how a file's outputs `got` differ from the Keras outputs `reference`.
+
+    For every task of `reference`: the largest and the mean absolute error;
+    for class outputs (last axis > 1) the top-1 agreement and the fraction of
+    samples whose largest value is shared by two or more classes (the argmax
+    then takes the lowest of them; frequent for int8 probabilities); for a
+    float file, whether every value is within the tolerance,
+    :math:`|\hat y - y| \le \mathrm{tolerance}\,(1 + |y|)`.
+
+    Example:
+
+    >>> y = {"a": np.array([[0.2, 0.8], [0.6, 0.4]])}
+    >>> compare_outputs(y, {"a": y["a"] + 1e-6}, "float", 1e-4)["a"]["within_tolerance"]
+    True
+    """
+    results = {}
+    for task, want in reference.items():
+        have = np.asarray(got[task]).reshape(want.shape)
+        error = np.abs(have - want)
+        entry = {"max_abs_error": float(error.max()), "mean_abs_error": float(error.mean())}
+        if want.ndim >= 2 and want.shape[-1] > 1:
+            entry["top1_agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
+            top = have.max(-1, keepdims=True)
+            entry["top1_tie_fraction"] = float(np.mean(np.sum(have == top, axis=-1) > 1))
+        if quantization == "float":
+            entry["within_tolerance"] = bool(np.all(error <= tolerance * (1.0 + np.abs(want))))
+        results[task] = entry
+    return results
 
 
 def _quantize(x, scale, zero, dtype):

@@ -217,25 +217,6 @@ def _describe_non_finite(bad):
                      for name, (count, size, first) in bad.items())
 
 
-def _compare(reference, got, quantization, tolerance):
-    results = {}
-    for task, want in reference.items():
-        have = got[task].reshape(want.shape)
-        error = np.abs(have - want)
-        entry = {"max_abs_error": float(error.max()), "mean_abs_error": float(error.mean())}
-        if want.ndim >= 2 and want.shape[-1] > 1:
-            entry["top1_agreement"] = float(np.mean(have.argmax(-1) == want.argmax(-1)))
-            # Samples whose largest output value is shared by two or more classes: the
-            # argmax then takes the lowest of them (frequent for int8 probabilities).
-            top = have.max(-1, keepdims=True)
-            entry["top1_tie_fraction"] = float(np.mean(np.sum(have == top, axis=-1) > 1))
-        if quantization == "float":
-            bound = tolerance * (1.0 + np.abs(want))
-            entry["within_tolerance"] = bool(np.all(error <= bound))
-        results[task] = entry
-    return results
-
-
 _STRUCTURED = ("auto", True, False)
 
 
@@ -290,7 +271,7 @@ def _structured(base, structured, target):
 
 def _check_shrunk(reference, got, tolerance):
     """The largest |shrunk − original| Keras output; raises beyond ``tol·(1 + |y|)``."""
-    comparison = _compare(reference, got, "float", tolerance)
+    comparison = runtimes.compare_outputs(reference, got, "float", tolerance)
     bad = {t: r["max_abs_error"] for t, r in comparison.items() if not r["within_tolerance"]}
     if bad:
         raise ExportVerificationError(
@@ -491,7 +472,7 @@ def export_tflite(model, path, target="mobile", representative_data=None, quanti
                 f"The TFLite file computes non-finite outputs (NaN or ±inf) in "
                 f"{run_info.get('runtime', 'its runtime')} where the Keras model's are finite, "
                 f"for task {_describe_non_finite(bad)}. Nothing was written.")
-        comparison = _compare(reference, outputs, quantization, float_tolerance)
+        comparison = runtimes.compare_outputs(reference, outputs, quantization, float_tolerance)
         if quantization == "float":
             bad = [t for t, r in comparison.items() if not r["within_tolerance"]]
             if bad:
