@@ -559,7 +559,7 @@ def _train(run, work):
 
 def _train_command(parser, args):
     """`kmm train`: checks, builds, trains into a locked work folder, publishes; the exit status."""
-    from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError, check_destination
+    from keras_minmax_mtl.cli.run_folder import RunFolderError, check_destination
 
     method = check_train_arguments(parser, args)
     out = args.out
@@ -569,26 +569,38 @@ def _train_command(parser, args):
         raise UsageError(f"argument --out: {error}") from None
     output.import_tensorflow(output.show_logs(args))
     run = _Run(args, method)
-    folder = RunFolder(out, args.overwrite)
-    try:
-        folder.__enter__()
-    except RunFolderError as error:
-        raise UsageError(f"argument --out: {error}") from None
+    folder = _locked_run_folder(out, args.overwrite)
     try:  # from here on: the lock is held and the new run goes to folder.work
         for note in folder.notes:
             print(f"kmm train: {note}")
         try:
             _train(run, folder.work)
         except RunFailed as error:
-            print(f"kmm: error: the run failed: {error}; nothing was written to {out}"
-                  + (" (the run already in it is unchanged)" if out.exists() else ""),
-                  file=sys.stderr)
-            return 1
+            return _run_failed(error, out)
         folder.publish()
     finally:
         folder.__exit__(None, None, None)
     print(f"\nwrote {out}: " + ", ".join(sorted(os.listdir(out))))
     return 0
+
+
+def _locked_run_folder(out, overwrite):
+    """`RunFolder(out, overwrite)`, entered (its lock held); a folder it refuses is a bad `--out`."""
+    from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError
+
+    folder = RunFolder(out, overwrite)
+    try:
+        folder.__enter__()
+    except RunFolderError as error:
+        raise UsageError(f"argument --out: {error}") from None
+    return folder
+
+
+def _run_failed(error, out):
+    """Says on stderr that the run failed and that `out` was not written to; returns exit status 1."""
+    print(f"kmm: error: the run failed: {error}; nothing was written to {out}"
+          + (" (the run already in it is unchanged)" if out.exists() else ""), file=sys.stderr)
+    return 1
 
 
 def check_compress_arguments(args):
@@ -621,7 +633,7 @@ def check_compress_arguments(args):
 
 def _compress_command(args):
     """`kmm compress`: checks, builds, searches into a locked work folder, publishes; the exit status."""
-    from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError, check_destination
+    from keras_minmax_mtl.cli.run_folder import RunFolderError, check_destination
 
     check_compress_arguments(args)
     out = args.out
@@ -648,11 +660,7 @@ def _compress_command(args):
                       metrics=metrics)
         return model
 
-    folder = RunFolder(out, args.overwrite)
-    try:
-        folder.__enter__()
-    except RunFolderError as error:
-        raise UsageError(f"argument --out: {error}") from None
+    folder = _locked_run_folder(out, args.overwrite)
     try:  # from here on: the lock is held and the new run goes to folder.work
         for note in folder.notes:
             print(f"kmm compress: {note}")
@@ -672,10 +680,7 @@ def _compress_command(args):
             bad = non_finite({k: v for k, v in result.to_dict().items() if k != "candidates"})
             _refuse_non_finite("test metrics", bad)
         except (NonFiniteLossError, RunFailed, ValueError) as error:
-            print(f"kmm: error: the run failed: {' '.join(str(error).split())}; nothing was "
-                  f"written to {out}" + (" (the run already in it is unchanged)"
-                                         if out.exists() else ""), file=sys.stderr)
-            return 1
+            return _run_failed(" ".join(str(error).split()), out)
         print()
         print("\n".join(format_report(result.to_dict())))
         report = write_run(result, folder.work, out, args)
