@@ -559,14 +559,9 @@ def _train(run, work):
 
 def _train_command(parser, args):
     """`kmm train`: checks, builds, trains into a locked work folder, publishes; the exit status."""
-    from keras_minmax_mtl.cli.run_folder import RunFolderError, check_destination
-
     method = check_train_arguments(parser, args)
     out = args.out
-    try:
-        check_destination(out, args.overwrite)
-    except RunFolderError as error:
-        raise UsageError(f"argument --out: {error}") from None
+    _check_out(out, args.overwrite)
     output.import_tensorflow(output.show_logs(args))
     run = _Run(args, method)
     folder = _locked_run_folder(out, args.overwrite)
@@ -582,6 +577,16 @@ def _train_command(parser, args):
         folder.__exit__(None, None, None)
     print(f"\nwrote {out}: " + ", ".join(sorted(os.listdir(out))))
     return 0
+
+
+def _check_out(out, overwrite):
+    """Refuses, as a bad `--out`, a destination `RunFolder` would not take (before TensorFlow loads)."""
+    from keras_minmax_mtl.cli.run_folder import RunFolderError, check_destination
+
+    try:
+        check_destination(out, overwrite)
+    except RunFolderError as error:
+        raise UsageError(f"argument --out: {error}") from None
 
 
 def _locked_run_folder(out, overwrite):
@@ -633,14 +638,9 @@ def check_compress_arguments(args):
 
 def _compress_command(args):
     """`kmm compress`: checks, builds, searches into a locked work folder, publishes; the exit status."""
-    from keras_minmax_mtl.cli.run_folder import RunFolderError, check_destination
-
     check_compress_arguments(args)
     out = args.out
-    try:
-        check_destination(out, args.overwrite)
-    except RunFolderError as error:
-        raise UsageError(f"argument --out: {error}") from None
+    _check_out(out, args.overwrite)
     output.import_tensorflow(output.show_logs(args))
     from keras_minmax_mtl.cli.compress import format_report, points, write_run
     from keras_minmax_mtl.core.backend import keras
