@@ -46,7 +46,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _runs  # noqa: E402
-from keras_minmax_mtl.core.arguments import non_negative_int, positive_int  # noqa: E402
+from keras_minmax_mtl.core.arguments import non_negative_int, positive_float, positive_int  # noqa: E402
 
 #: `{arm: (compression, sparsity)}`: what each arm trains.
 ARMS = {"dense": ("dense", None), "rl1_90": ("reweighted_l1", 0.9),
@@ -102,6 +102,35 @@ def run_or_load(path, config, train, label, counter):
     return result
 
 
+def search_learning_rate(args, train, counter):
+    """The validation search over `--learning-rates` at dense with EW; `(chosen, rows)`.
+
+    EW is the baseline: the rate is chosen for it, then used by every weighting
+    (min-max's own settings are searched afterwards at that rate). With one rate
+    or no search seeds, that rate is used without a search.
+    """
+    rates = args.learning_rates
+    if len(rates) == 1 or args.search_seeds == 0:
+        return rates[0], []
+    folder = args.out / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rate in rates:
+        values = []
+        for seed in range(SEARCH_SEED0, SEARCH_SEED0 + args.search_seeds):
+            config = {**base_config(args, "dense", "ew", seed), "learning_rate": rate}
+            result = run_or_load(folder / f"ew-lr{rate:g}-s{seed}.json", config, train,
+                                 f"search learning rate {rate:g} seed {seed}", counter)
+            if result is not None:
+                values.append(result["validation"]["worst"])
+        rows.append({"learning_rate": rate, "validation_worst": values,
+                     "mean": float(np.mean(values)) if values else None})
+    complete = [r for r in rows if len(r["validation_worst"]) == args.search_seeds]
+    if not complete:
+        return None, rows
+    return max(complete, key=lambda r: r["mean"])["learning_rate"], rows  # first of equals
+
+
 def search(args, train, counter):
     """The validation search over `SEARCH` at dense; returns `(chosen settings, rows)`."""
     if args.search_seeds == 0 or "minmax" not in args.weightings:
@@ -113,7 +142,9 @@ def search(args, train, counter):
         values = []
         for seed in range(SEARCH_SEED0, SEARCH_SEED0 + args.search_seeds):
             config = base_config(args, "dense", "minmax", seed, settings)
-            result = run_or_load(folder / f"minmax-{k}-s{seed}.json", config, train,
+            name = f"minmax-{k}-s{seed}.json" if len(args.learning_rates) == 1 else (
+                f"minmax-{k}-lr{args.learning_rate:g}-s{seed}.json")
+            result = run_or_load(folder / name, config, train,
                                  f"search {settings} seed {seed}", counter)
             if result is not None:
                 values.append(result["validation"]["worst"])
@@ -217,11 +248,22 @@ def _p(p):
     return "–" if p is None else f"{p:.4f}"
 
 
-def markdown(args, tasks, cells, tests, goals, chosen, search_rows):
+def markdown(args, tasks, cells, tests, goals, chosen, search_rows, rate_rows=()):
     lines = [f"Dataset `{args.dataset}`, {args.epochs} epochs per run, "
              f"{args.train_examples or 'all'} training examples, batch {args.batch_size}, "
              f"Adam {args.learning_rate:g}; seeds {args.seed_list[0]}–{args.seed_list[-1]} "
              f"(n per cell below). Test accuracy in %, mean ± std over seeds (ddof=1).", ""]
+    if rate_rows:
+        lines += ["Learning rate searched on the **validation** split (dense, EW, seeds "
+                  f"{SEARCH_SEED0}–{SEARCH_SEED0 + args.search_seeds - 1}, not used below); "
+                  "mean validation worst-task accuracy:", "",
+                  "| Adam learning rate | validation worst (%) | per seed |", "|---|---|---|"]
+        for row in rate_rows:
+            mark = " **(chosen)**" if row["learning_rate"] == args.learning_rate else ""
+            per_seed = ", ".join(f"{v * 100:.2f}" for v in row["validation_worst"])
+            mean = "–" if row["mean"] is None else f"{row['mean'] * 100:.2f}"
+            lines.append(f"| {row['learning_rate']:g} | {mean}{mark} | {per_seed} |")
+        lines.append("")
     if search_rows:
         lines += ["Min-max settings searched on the **validation** split (dense, seeds "
                   f"{SEARCH_SEED0}–{SEARCH_SEED0 + args.search_seeds - 1}, not used below); "
@@ -313,7 +355,10 @@ def build_parser():
     parser.add_argument("--train-examples", type=positive_int, default=None,
                         help="training examples (default: DEFAULTS of the dataset)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rates", type=positive_float, nargs="+", default=[1e-3],
+                        metavar="LR", help="Adam learning rates; with several, the one with "
+                        "the best validation worst task at dense with EW is used "
+                        "(default: %(default)s)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: summarise the saved runs")
     parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -328,15 +373,23 @@ def main(argv=None, train=None):
     args.train_examples = args.train_examples or defaults["train_examples"]
     args.out = args.out or pathlib.Path(__file__).parent / "results" / "claim" / args.dataset
     args.seed_list = list(range(args.seeds))
+    args.learning_rate = args.learning_rates[0]
     train = train or _runs.train_run
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    total = (len(SEARCH) * args.search_seeds if "minmax" in args.weightings else 0) + (
+    rate_runs = len(args.learning_rates) * args.search_seeds if len(args.learning_rates) > 1 else 0
+    total = rate_runs + (len(SEARCH) * args.search_seeds if "minmax" in args.weightings else 0) + (
         len(args.arms) * len(args.seed_list) * len(args.weightings))
     counter = {"done": 0, "trained": 0, "total": total, "start": time.perf_counter(),
                "report_only": args.report_only}
     print(f"claim: {args.dataset}, arms {args.arms}, weightings {args.weightings}, seeds "
           f"{args.seed_list}, {args.epochs} epochs, {args.train_examples or 'all'} training "
           f"examples; runs saved in {args.out}", flush=True)
+    args.learning_rate, rate_rows = search_learning_rate(args, train, counter)
+    if args.learning_rate is None:
+        print("claim: the learning-rate search is incomplete (--report-only); nothing to report")
+        return None
+    if rate_rows:
+        print(f"chosen on validation: learning rate {args.learning_rate:g}", flush=True)
     chosen, search_rows = search(args, train, counter)
     if chosen is not None:
         print(f"chosen on validation: min-max {chosen}", flush=True)
@@ -353,12 +406,12 @@ def main(argv=None, train=None):
         print("claim: no saved runs to summarise")
         return None
     tasks, cells, tests, goals = summarize(args, runs)
-    report = markdown(args, tasks, cells, tests, goals, chosen, search_rows)
+    report = markdown(args, tasks, cells, tests, goals, chosen, search_rows, rate_rows)
     (args.out / "claim.md").write_text(report)
     (args.out / "claim.json").write_text(json.dumps({
         "arguments": {k: str(v) if isinstance(v, pathlib.Path) else v
                       for k, v in vars(args).items()},
-        "chosen_minmax": chosen, "search": search_rows, "cells": cells, "tests": tests,
+        "chosen_minmax": chosen, "search": search_rows, "learning_rate_search": rate_rows, "cells": cells, "tests": tests,
         "goals": goals}, indent=2))
     figure(args, cells, tests).savefig(args.out / "claim.png")
     print()

@@ -83,3 +83,41 @@ def test_claim_chooses_on_validation_and_reports_exact_paired_statistics(claim, 
     report = claim["main"]([*ARGS, "--seeds", "6", "--out", str(tmp_path), "--report-only"],
                            train=no_training)
     assert report["cells"]["dense"]["minmax"]["seeds"] == [0, 1, 2, 3, 4]  # seed 5 not run
+
+
+def test_claim_chooses_the_learning_rate_on_validation_with_ew_then_uses_it(claim, tmp_path,
+                                                                           capsys):
+    seen = []
+
+    def rated_train(config):
+        seen.append((config["weighting"], config["seed"], config["learning_rate"]))
+        if config["seed"] >= 1000 and config["weighting"] == "ew":  # 0.003 is best on validation
+            value = {0.001: 0.5, 0.003: 0.7, 0.01: 0.6}[config["learning_rate"]]
+            summary = {"tasks": {"a": value, "b": value}, "worst": value, "mean": value}
+            return {"config": config, "task_names": ["a", "b"], "train_seconds": 0.0,
+                    "validation": summary, "test": {**summary, "worst": 1 - value},
+                    "sparsity": 0.0, "nonzero_weights": 1}
+        return fake_train(config)
+
+    out = claim["main"]([*ARGS, "--learning-rates", "0.001", "0.003", "0.01",
+                         "--out", str(tmp_path)], train=rated_train)
+    printed = capsys.readouterr().out
+    assert "chosen on validation: learning rate 0.003" in printed
+    assert "[30/30]" in printed  # 3 rates × 2 seeds + 2 × 2 min-max settings + 20 claim runs
+    # The search: EW at dense on the search seeds only; everything after it at the chosen rate.
+    assert seen[:6] == [("ew", s, r) for r in (0.001, 0.003, 0.01) for s in (1000, 1001)]
+    assert {rate for _, _, rate in seen[6:]} == {0.003}
+    assert out["chosen"] == {"step_size": 0.1, "gamma": 5.0}
+    table = (tmp_path / "claim.md").read_text()
+    assert "Adam 0.003;" in table
+    assert "| 0.003 | 70.00 **(chosen)** | 70.00, 70.00 |" in table
+    assert "| 0.01 | 60.00 | 60.00, 60.00 |" in table
+    saved = json.loads((tmp_path / "claim.json").read_text())
+    assert [r["learning_rate"] for r in saved["learning_rate_search"]] == [0.001, 0.003, 0.01]
+
+
+def test_claim_refuses_a_learning_rate_that_is_not_positive(claim, capsys):
+    with pytest.raises(SystemExit) as stop:
+        claim["main"]([*ARGS, "--learning-rates", "0.01", "0"], train=fake_train)
+    assert stop.value.code == 2
+    assert "--learning-rates" in capsys.readouterr().err
