@@ -121,3 +121,14 @@ def test_claim_refuses_a_learning_rate_that_is_not_positive(claim, capsys):
         claim["main"]([*ARGS, "--learning-rates", "0.01", "0"], train=fake_train)
     assert stop.value.code == 2
     assert "--learning-rates" in capsys.readouterr().err
+
+
+def test_the_dst_arm_trains_rigl_with_erdos_renyi_densities(claim):
+    args = claim["build_parser"]().parse_args(["--dataset", "multi_digits"])
+    args.learning_rate, args.epochs, args.train_examples = 0.01, 20, None
+    config = claim["base_config"](args, "dst_90", "minmax", 3)
+    assert config["compression"] == "dst" and config["sparsity"] == 0.9
+    assert config["method_options"] == {"density": "er"}
+    assert "method_options" not in claim["base_config"](args, "rl1_90", "minmax", 3)
+    method = claim["_runs"].compression_method("dst", 0.9, 3, 94, 20, config["method_options"])
+    assert method.density == "er" and method.sparsity == 0.9
