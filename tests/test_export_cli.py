@@ -67,6 +67,32 @@ def test_bad_flags_give_one_line_exit_2_and_write_nothing(run_dir, tmp_path, cap
     assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "model.keras"]
 
 
+def test_a_run_folder_in_use_is_refused_and_the_export_takes_the_lock(run_dir, tmp_path, capsys):
+    import os
+
+    from keras_minmax_mtl.cli.run_folder import FolderLock, RunFolder, RunFolderError
+
+    run = copy_run(run_dir, tmp_path)
+    with RunFolder(run, overwrite=True):  # a kmm train replacing the run being exported
+        line = error_line(capsys, ["export", str(run), "--target", "micro"])
+    assert line == (f"kmm: error: argument MODEL_DIR: {run} is in use by another kmm train "
+                    f"(pid {os.getpid()}); wait for it to end")
+    (tmp_path / "o").mkdir()
+    other = copy_run(run_dir, tmp_path / "o")  # --out another run folder, being compressed
+    with RunFolder(other, overwrite=True, command="compress"):
+        line = error_line(capsys, ["export", str(run), "--out", str(other)])
+    assert line == (f"kmm: error: --out: {other} is in use by another kmm compress "
+                    f"(pid {os.getpid()}); wait for it to end or choose another --out")
+    for folder in (run, other):
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.keras"]
+    # An export holding the lock refuses a train on the same folder, naming the export.
+    with FolderLock(run, "export"):
+        with pytest.raises(RunFolderError, match=rf"is in use by another kmm export "
+                                                 rf"\(pid {os.getpid()}\); wait"):
+            RunFolder(run, overwrite=True).__enter__()
+    assert sorted(os.listdir(tmp_path)) == ["o", "run"]  # no lock file left
+
+
 def test_bad_metrics_json_is_named(run_dir, tmp_path, capsys):
     run = copy_run(run_dir, tmp_path)
     (run / "metrics.json").write_text("{")

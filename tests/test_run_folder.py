@@ -24,7 +24,7 @@ def test_publish_swaps_the_new_run_in_whole(tmp_path, monkeypatch, exchange):
     if not exchange:  # the two-rename fallback of systems without renameat2
         monkeypatch.setattr(run_folder, "_exchange", lambda a, b: False)
     with RunFolder(out, overwrite=True) as folder:
-        assert (tmp_path / ".run.lock").read_text() == f"{os.getpid()}\n"
+        assert (tmp_path / ".run.lock").read_text() == f"{os.getpid()} train\n"  # pid, command
         _run(folder.work, model_keras="new", metrics_json="new")
         assert _contents(out)["model.keras"] == "old"  # nothing changes before publish
         folder.publish()

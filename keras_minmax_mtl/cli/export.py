@@ -16,6 +16,7 @@ Bad arguments and unreadable files print one line ``kmm: error: ...`` and
 exit with status 2 before anything is written; an export whose verification
 fails prints ``kmm: error: ...`` and exits with status 1, writing nothing.
 """
+import contextlib
 import json
 import pathlib
 import sys
@@ -295,12 +296,37 @@ def run_command(args):
     from keras_minmax_mtl.loading import ModelFileError, UntrustedModelError, load_model
 
     metrics, path = _check_export_arguments(args)
-    import_tensorflow(show_logs(args))
-    try:
-        model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
-    except (UntrustedModelError, ModelFileError) as error:
-        fail(error)
-    return export_after_training(model, path.parent, args.target, metrics["dataset"],
-                                 metrics["seed"], args.samples, args.quantization, args.outputs,
-                                 _STRUCTURED[args.structured], verbose=show_logs(args),
-                                 data_dir=(metrics.get("arguments") or {}).get("data_dir"))
+    with contextlib.ExitStack() as locks:
+        _lock_run_folders(locks, args.model_dir, path.parent)
+        metrics, path = _check_export_arguments(args)  # again, under the locks
+        import_tensorflow(show_logs(args))
+        try:
+            model = load_model(args.model_dir / "model.keras", trusted=args.trust_model)
+        except (UntrustedModelError, ModelFileError) as error:
+            fail(error)
+        return export_after_training(model, path.parent, args.target, metrics["dataset"],
+                                     metrics["seed"], args.samples, args.quantization,
+                                     args.outputs, _STRUCTURED[args.structured],
+                                     verbose=show_logs(args),
+                                     data_dir=(metrics.get("arguments") or {}).get("data_dir"))
+
+
+def _lock_run_folders(locks, model_dir, out):
+    """Holds (in `locks`) the lock of `model_dir` and of `out` if it is another run folder.
+
+    A `kmm train` or `kmm compress` replacing either folder meanwhile would swap
+    the run being read, or the folder being written into; one that holds a lock
+    is refused by name (`FolderLock`), and a run started during the export is.
+    """
+    from keras_minmax_mtl.cli.run_folder import FolderLock, RunFolderError
+
+    folders = [("argument MODEL_DIR", model_dir, "wait for it to end")]
+    if out.resolve() != model_dir.resolve() and (out / "metrics.json").is_file():
+        folders.append(("--out", out, "wait for it to end or choose another --out"))
+    for flag, folder, advice in folders:
+        try:
+            locks.enter_context(FolderLock(folder, "export", advice=advice))
+        except RunFolderError as error:
+            fail(f"{flag}: {error}")
+        except OSError as error:
+            fail(f"{flag}: cannot lock {str(folder)!r}: {error.strerror}")

@@ -564,7 +564,7 @@ def _train_command(parser, args):
     _check_out(out, args.overwrite)
     output.import_tensorflow(output.show_logs(args))
     run = _Run(args, method)
-    folder = _locked_run_folder(out, args.overwrite)
+    folder = _locked_run_folder(out, args.overwrite, "train")
     try:  # from here on: the lock is held and the new run goes to folder.work
         for note in folder.notes:
             print(f"kmm train: {note}")
@@ -589,11 +589,11 @@ def _check_out(out, overwrite):
         raise UsageError(f"argument --out: {error}") from None
 
 
-def _locked_run_folder(out, overwrite):
-    """`RunFolder(out, overwrite)`, entered (its lock held); a folder it refuses is a bad `--out`."""
+def _locked_run_folder(out, overwrite, command):
+    """`RunFolder(out, overwrite, command)`, entered (its lock held); one it refuses is a bad `--out`."""
     from keras_minmax_mtl.cli.run_folder import RunFolder, RunFolderError
 
-    folder = RunFolder(out, overwrite)
+    folder = RunFolder(out, overwrite, command)
     try:
         folder.__enter__()
     except RunFolderError as error:
@@ -660,7 +660,7 @@ def _compress_command(args):
                       metrics=metrics)
         return model
 
-    folder = _locked_run_folder(out, args.overwrite)
+    folder = _locked_run_folder(out, args.overwrite, "compress")
     try:  # from here on: the lock is held and the new run goes to folder.work
         for note in folder.notes:
             print(f"kmm compress: {note}")

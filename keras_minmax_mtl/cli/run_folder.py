@@ -37,7 +37,7 @@ import pathlib
 import shutil
 import tempfile
 
-__all__ = ["RunFolder", "RunFolderError", "RUN_FILES", "check_destination", "recover"]
+__all__ = ["FolderLock", "RunFolder", "RunFolderError", "RUN_FILES", "check_destination", "recover"]
 
 #: The names `kmm train` (and `kmm export` into a run folder) write; `--overwrite`
 #: replaces a folder only if it holds nothing else.
@@ -156,42 +156,49 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-class RunFolder:
-    """A locked run folder: `work` to write the new run into, `publish()` to swap it in.
+class FolderLock:
+    """The exclusive lock of a run folder `DIR`, shared by every `kmm` command that uses it.
+
+    An `fcntl.flock` on the sibling file `.DIR.lock` (not a file inside `DIR`,
+    which a run's swap replaces) holding ``"<pid> <command>"``; a second holder
+    is refused at once with `RunFolderError` naming the first one's command and
+    pid. `kmm train` and `kmm compress` hold it while they run (`RunFolder`),
+    `kmm export` while it reads a run folder and writes into one, so an export
+    never reads a run that is being replaced. The file is removed on release.
 
     Args:
-        path: the run folder `DIR` (`--out`).
-        overwrite: whether an earlier run in `path` may be replaced.
+        path: the run folder `DIR` (it need not exist; its parent must).
+        command: the holder's name in the other commands' message (`"train"`).
+        shown: how `path` is named in the message (default: `path`).
+        advice: what the message tells the refused command to do.
 
-    On entry: creates the parent folders, takes the lock (`RunFolderError`
-    naming the other run's pid if it is held), repairs what killed runs left
-    (`recover`, its notes in `notes`), checks `path` again under the lock
-    (`check_destination`) and creates `work`. On exit without `publish()` (an
-    error, a failed check), `work` is removed and `path` is left as it was.
+    Example:
+
+    >>> with FolderLock("runs/a", "export"):
+    ...     pass
     """
 
-    def __init__(self, path, overwrite=False):
+    def __init__(self, path, command, shown=None, advice="wait for it to end or choose another --out"):
         self.path = pathlib.Path(path).absolute()
-        if self.path.is_symlink():
-            self.path = self.path.resolve()
-        self.shown = pathlib.Path(path)
-        self.overwrite = overwrite
+        self.command = command
+        self.advice = advice
+        self.shown = pathlib.Path(path) if shown is None else shown
         self.lock_path = self.path.parent / f".{self.path.name}.lock"
-        self.work = None
-        self.notes = []
-        self.published = False
-        self._lock = None
+        self._fd = None
 
-    def _acquire(self):
+    def acquire(self):
+        """Takes the lock (`RunFolderError` if another command holds it)."""
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                owner = os.read(fd, 64).decode(errors="replace").split()
                 os.close(fd)
-                raise RunFolderError(f"{self.shown} is in use by another kmm train (pid {owner}); "
-                                     f"wait for it to end or choose another --out") from None
+                pid = owner[0] if owner else "unknown"
+                command = owner[1] if len(owner) > 1 else "train"
+                raise RunFolderError(f"{self.shown} is in use by another kmm {command} (pid "
+                                     f"{pid}); {self.advice}") from None
             # The owner before us may have removed the file after we opened it: retry on the new one.
             try:
                 same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
@@ -199,19 +206,63 @@ class RunFolder:
                 same = False
             if same:
                 os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._lock = fd
+                os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+                self._fd = fd
                 return
             os.close(fd)
 
-    def _release(self):
-        if self._lock is not None:
+    def release(self):
+        """Lets the lock go (removing its file first); a no-op when not held."""
+        if self._fd is not None:
             try:
                 os.unlink(self.lock_path)  # still ours: removed before the lock is let go
             except FileNotFoundError:
                 pass
-            os.close(self._lock)
-            self._lock = None
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+class RunFolder:
+    """A locked run folder: `work` to write the new run into, `publish()` to swap it in.
+
+    Args:
+        path: the run folder `DIR` (`--out`).
+        overwrite: whether an earlier run in `path` may be replaced.
+        command: the command named to another one refused by the lock.
+
+    On entry: creates the parent folders, takes the lock (`FolderLock`;
+    `RunFolderError` naming the other command's pid if it is held), repairs
+    what killed runs left (`recover`, its notes in `notes`), checks `path`
+    again under the lock (`check_destination`) and creates `work`. On exit
+    without `publish()` (an error, a failed check), `work` is removed and
+    `path` is left as it was.
+    """
+
+    def __init__(self, path, overwrite=False, command="train"):
+        self.path = pathlib.Path(path).absolute()
+        if self.path.is_symlink():
+            self.path = self.path.resolve()
+        self.shown = pathlib.Path(path)
+        self.overwrite = overwrite
+        self.lock = FolderLock(self.path, command, self.shown)
+        self.lock_path = self.lock.lock_path
+        self.work = None
+        self.notes = []
+        self.published = False
+
+    def _acquire(self):
+        self.lock.acquire()
+
+    def _release(self):
+        self.lock.release()
 
     def __enter__(self):
         try:
