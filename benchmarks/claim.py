@@ -106,6 +106,35 @@ def run_or_load(path, config, train, label, counter):
     return result
 
 
+def validation_search(args, train, counter, candidates):
+    """Runs every `(key, value, config_of_seed, file_of_seed, label)` on the search seeds.
+
+    Returns `(chosen value, rows)`: the value with the best mean validation
+    worst-task accuracy over the search seeds (the first of equals, in the
+    candidates' order), or `None` while a candidate is incomplete
+    (`--report-only`); each row holds `key: value`, the per-seed values and
+    their mean.
+    """
+    folder = args.out / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for key, value, config_of, file_of, label in candidates:
+        values = []
+        for seed in range(SEARCH_SEED0, SEARCH_SEED0 + args.search_seeds):
+            result = run_or_load(folder / file_of(seed), config_of(seed), train,
+                                 f"search {label} seed {seed}", counter)
+            if result is not None:
+                values.append(result["validation"]["worst"])
+        rows.append({key: value, "validation_worst": values,
+                     "mean": float(np.mean(values)) if values else None})
+    complete = [(r, c) for r, c in zip(rows, candidates)
+                if len(r["validation_worst"]) == args.search_seeds]
+    if not complete:
+        return None, rows
+    best_row, best = max(complete, key=lambda rc: rc[0]["mean"])
+    return best[1], rows
+
+
 def search_learning_rate(args, train, counter):
     """The validation search over `--learning-rates` at dense with EW; `(chosen, rows)`.
 
@@ -116,49 +145,23 @@ def search_learning_rate(args, train, counter):
     rates = args.learning_rates
     if len(rates) == 1 or args.search_seeds == 0:
         return rates[0], []
-    folder = args.out / "search"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for rate in rates:
-        values = []
-        for seed in range(SEARCH_SEED0, SEARCH_SEED0 + args.search_seeds):
-            config = {**base_config(args, "dense", "ew", seed), "learning_rate": rate}
-            result = run_or_load(folder / f"ew-lr{rate:g}-s{seed}.json", config, train,
-                                 f"search learning rate {rate:g} seed {seed}", counter)
-            if result is not None:
-                values.append(result["validation"]["worst"])
-        rows.append({"learning_rate": rate, "validation_worst": values,
-                     "mean": float(np.mean(values)) if values else None})
-    complete = [r for r in rows if len(r["validation_worst"]) == args.search_seeds]
-    if not complete:
-        return None, rows
-    return max(complete, key=lambda r: r["mean"])["learning_rate"], rows  # first of equals
+    return validation_search(args, train, counter, [
+        ("learning_rate", rate,
+         lambda seed, rate=rate: {**base_config(args, "dense", "ew", seed), "learning_rate": rate},
+         lambda seed, rate=rate: f"ew-lr{rate:g}-s{seed}.json", f"learning rate {rate:g}")
+        for rate in rates])
 
 
 def search(args, train, counter):
     """The validation search over `SEARCH` at dense; returns `(chosen settings, rows)`."""
     if args.search_seeds == 0 or "minmax" not in args.weightings:
         return None, []
-    folder = args.out / "search"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k, settings in enumerate(SEARCH):
-        values = []
-        for seed in range(SEARCH_SEED0, SEARCH_SEED0 + args.search_seeds):
-            config = base_config(args, "dense", "minmax", seed, settings)
-            name = f"minmax-{k}-s{seed}.json" if len(args.learning_rates) == 1 else (
-                f"minmax-{k}-lr{args.learning_rate:g}-s{seed}.json")
-            result = run_or_load(folder / name, config, train,
-                                 f"search {settings} seed {seed}", counter)
-            if result is not None:
-                values.append(result["validation"]["worst"])
-        rows.append({"settings": settings, "validation_worst": values,
-                     "mean": float(np.mean(values)) if values else None})
-    complete = [r for r in rows if len(r["validation_worst"]) == args.search_seeds]
-    if not complete:
-        return None, rows
-    best = max(complete, key=lambda r: r["mean"])  # first of equals: SEARCH's order
-    return best["settings"], rows
+    rate = "" if len(args.learning_rates) == 1 else f"-lr{args.learning_rate:g}"
+    return validation_search(args, train, counter, [
+        ("settings", settings,
+         lambda seed, settings=settings: base_config(args, "dense", "minmax", seed, settings),
+         lambda seed, k=k: f"minmax-{k}{rate}-s{seed}.json", str(settings))
+        for k, settings in enumerate(SEARCH)])
 
 
 def paired(a, b):
