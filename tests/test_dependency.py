@@ -172,7 +172,8 @@ def test_a_global_ranking_compares_families_by_their_mean_normalised_scores_with
     assert group_families(groups) == {("h1",): [0, 1, 2, 3], ("h2",): [4, 5]}
     # h1: kernel column 1 + bias 1 + h2 row 2; h2: column 4 + bias 1 + a row 1 + b row 1
     np.testing.assert_array_equal(group_costs(model, groups)[:6], [4, 4, 4, 4, 7, 7])
-    scores = [1.0, 1.0, 1.0, 5.0, 0.8, 1.2, 0.0, 0.0]   # the heads' groups are never pruned
+    scores = [1.0, 1.0, 1.0, 5.0, 0.8, 1.2, -1.0, -1.0]  # the heads' groups: never pruned, so
+                                                        # not checked for the global ranking
     # s / family mean: h1 [0.5, 0.5, 0.5, 2.5], h2 [0.8, 1.2]: the lowest 3 of 6 are h1's,
     # where every family losing half (or the raw scores) would take group 4 instead of 2.
     assert prune_groups(model, 0.5, scores=scores, groups=groups, ranking="global") == [0, 1, 2]

@@ -762,8 +762,9 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
     if scores.shape != (len(groups),):
         raise ValueError(f"Argument `scores` must have one score per group ({len(groups)}). "
                          f"Received: shape={scores.shape}")
-    bad = np.flatnonzero(~(np.isfinite(scores) & (scores >= 0))) if cap is not None else []
-    if len(bad):
+    bad = [k for k, g in enumerate(groups) if g.prunable and cap is not None
+           and not (math.isfinite(scores[k]) and scores[k] >= 0)]
+    if bad:
         raise ValueError(
             f"Argument `scores` must be finite and >= 0 with ranking={ranking!r} (each "
             "family's scores are divided by their mean). Received: "
