@@ -91,7 +91,14 @@ def parse(argv=None):
                    default=pathlib.Path("benchmarks/results/mobilenet_structured"))
     p.add_argument("--out", type=pathlib.Path,
                    default=pathlib.Path("benchmarks/results/mobilenet_structured.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_fraction is not None and args.ranking == "per_family":
+        p.error("argument --max-fraction: needs --ranking global or global_cost. Received: "
+                f"--ranking {args.ranking}")
+    for name, value in [("--fraction", args.fraction)] + [("--sweep", f) for f in args.sweep]:
+        if not 0.0 <= value < 1.0:
+            p.error(f"argument {name}: must be in [0, 1). Received: {value}")
+    return args
 
 
 def mobilenet_trunk(alpha, size):
