@@ -191,6 +191,9 @@ def test_a_global_ranking_compares_families_by_their_mean_normalised_scores_with
                             **kwargs) == [0, 1]
     assert prune_groups(model, {"Dense": 0.5}, scores=scores, groups=groups,
                         ranking="global") == [0, 1, 2]
+    # Different fractions make different pools: h1 loses round(0.5 * 4), h2 round(0.4 * 2).
+    assert prune_groups(model, {"h1": 0.5, "h2": 0.4}, scores=scores, groups=groups,
+                        ranking="global") == [0, 1, 4]
     # Equal scores, per parameter: h2's groups (1/7) before h1's (1/4), but h2 keeps one.
     flat = [1.0] * 8
     assert prune_groups(model, 0.5, scores=flat, groups=groups, ranking="global") == [0, 1, 2]
