@@ -15,9 +15,16 @@ Weights are seeded (Glorot kernels, BatchNorm statistics drawn at random so
 that no channel is trivially zero); nothing is trained, since these figures
 depend only on which channels are cut. The channel dependency groups
 (`keras_minmax_mtl.sparsity.dependency.channel_groups`) are pruned by
-`prune_groups(model, --fraction)`: in every family of groups (the groups of
-one set of producer layers), the `--fraction` with the smallest ℓ2 norm over
-all their members; the heads' units are model outputs and never pruned.
+`prune_groups(model, --fraction, ranking=--ranking)`: with `per_family`
+(the default), in every family of groups (the groups of one set of producer
+layers), the `--fraction` with the smallest ℓ2 norm over all their members;
+with `global`, the `--fraction` of all prunable groups with the smallest ℓ2
+norm over their family's mean, and with `global_cost` that per parameter
+the group deletes (every family keeps at least one group, at most
+`--max-fraction` of a family goes); the heads' units are model outputs and
+never pruned. `--sweep F ...` also exports the shrunk `micro` file at other
+fractions (same ranking, from the same dense weights) and prints its bytes
+ratio, to find the fraction a bytes goal needs.
 
 Three files are exported for `micro` (full int8, batch 1) by `export_tflite`:
 the dense model, the pruned model unshrunk (`structured=False`, zeros kept)
@@ -30,6 +37,7 @@ the block medians. Exactness: the largest |shrunk − pruned| Keras output on
 16 random inputs.
 
     nice -n 10 env PYTHONPATH=. python benchmarks/mobilenet_structured.py
+    nice -n 10 env PYTHONPATH=. python benchmarks/mobilenet_structured.py --ranking global_cost
 """
 import argparse
 import json
@@ -49,6 +57,7 @@ from keras_minmax_mtl.export import runtimes  # noqa: E402
 from keras_minmax_mtl.export.surgery import shrink  # noqa: E402
 from keras_minmax_mtl.export.tflite import export_tflite  # noqa: E402
 from keras_minmax_mtl.sparsity.dependency import (  # noqa: E402
+    RANKINGS,
     channel_groups,
     group_families,
     prune_groups,
@@ -64,7 +73,15 @@ def parse(argv=None):
     p.add_argument("--alpha", type=float, default=0.35)
     p.add_argument("--size", type=int, default=96, help="MobileNetV2 input size (default 96)")
     p.add_argument("--fraction", type=float, default=0.5,
-                   help="fraction of the groups of every family removed (default 0.5)")
+                   help="fraction of the groups removed (of every family with --ranking "
+                        "per_family, of all prunable groups with a global ranking; default 0.5)")
+    p.add_argument("--ranking", choices=RANKINGS, default="per_family",
+                   help="prune_groups' ranking (default per_family)")
+    p.add_argument("--max-fraction", type=float, default=None,
+                   help="with a global ranking, the largest fraction of one family removed "
+                        "(default: all but one group)")
+    p.add_argument("--sweep", type=float, nargs="*", default=[],
+                   help="other fractions at which only the shrunk micro file is exported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=16,
                    help="representative / verification samples per export (default 16)")
@@ -74,7 +91,14 @@ def parse(argv=None):
                    default=pathlib.Path("benchmarks/results/mobilenet_structured"))
     p.add_argument("--out", type=pathlib.Path,
                    default=pathlib.Path("benchmarks/results/mobilenet_structured.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_fraction is not None and args.ranking == "per_family":
+        p.error("argument --max-fraction: needs --ranking global or global_cost. Received: "
+                f"--ranking {args.ranking}")
+    for name, value in [("--fraction", args.fraction)] + [("--sweep", f) for f in args.sweep]:
+        if not 0.0 <= value < 1.0:
+            p.error(f"argument {name}: must be in [0, 1). Received: {value}")
+    return args
 
 
 def mobilenet_trunk(alpha, size):
@@ -132,11 +156,16 @@ def run_trunk(name, model, args):
     x = rng.uniform(-1.0, 1.0, size=(args.samples, *shape)).astype(np.float32)
     dense = export_tflite(model, work / "dense.tflite", target="micro", representative_data=x,
                           num_samples=args.samples)
+    dense_weights = model.get_weights()
     start = time.perf_counter()
     groups = channel_groups(model)
     families = group_families(groups)
-    removed = prune_groups(model, args.fraction, groups=groups)
+    removed = prune_groups(model, args.fraction, groups=groups, ranking=args.ranking,
+                           max_fraction=args.max_fraction)
     group_seconds = time.perf_counter() - start
+    lost = {f: len(set(m) & set(removed)) / len(m) for f, m in families.items()}
+    left_one = sorted("+".join(f) for f, m in families.items()
+                      if len(set(m) - set(removed)) == 1 and len(m) > 1)
     start = time.perf_counter()
     small = shrink(model)
     shrink_seconds = time.perf_counter() - start
@@ -160,12 +189,25 @@ def run_trunk(name, model, args):
             times[k].append(runtimes.micro_invoke_seconds(content, probe[0],
                                                           repeats=args.invokes, warmup=1))
     median = {k: float(np.median(v)) for k, v in times.items()}
+    sweep = {}
+    for fraction in args.sweep:
+        model.set_weights(dense_weights)
+        count = len(prune_groups(model, fraction, groups=groups, ranking=args.ranking,
+                                 max_fraction=args.max_fraction))
+        report = export_tflite(model, work / f"shrunk_{fraction}.tflite", target="micro",
+                               representative_data=x, num_samples=args.samples,
+                               structured="auto")
+        sweep[str(fraction)] = {"removed_groups": count, "micro_bytes": report["bytes"],
+                                "micro_bytes_ratio": report["bytes"] / dense["bytes"]}
     prunable = sum(len(m) for m in families.values())
     result = {
         "groups": len(groups), "prunable_groups": prunable, "families": len(families),
         "removed_groups": len(removed),
         "removed_fraction_of_prunable": len(removed) / prunable,
         "removed_fraction_of_all": len(removed) / len(groups),
+        "ranking": args.ranking, "max_fraction": args.max_fraction,
+        "family_removed_fraction": {"+".join(f): v for f, v in lost.items()},
+        "families_left_with_one_group": left_one,
         "params": {"dense": model.count_params(), "shrunk": small.count_params()},
         "micro_bytes": {"dense": dense["bytes"], "unshrunk": reports["unshrunk"]["bytes"],
                         "shrunk": reports["shrunk"]["bytes"]},
@@ -182,6 +224,7 @@ def run_trunk(name, model, args):
                                       for t in r["verification"]["tasks"].values())
                                for k, r in {**reports, "dense": dense}.items()},
         "seconds": {"groups_and_prune": group_seconds, "shrink": shrink_seconds},
+        "sweep": sweep,
     }
     print(f"\n{name}: {model.count_params()} parameters, input {shape}, heads "
           f"{list(TASKS)}")
@@ -189,6 +232,10 @@ def run_trunk(name, model, args):
           f"the rest are the heads' outputs); removed {len(removed)} = "
           f"{result['removed_fraction_of_prunable']:.3f} of the prunable groups "
           f"({result['removed_fraction_of_all']:.3f} of all)")
+    low, high = min(lost, key=lost.get), max(lost, key=lost.get)
+    print(f"  ranking {args.ranking} (max_fraction {args.max_fraction}): a family loses "
+          f"{lost[low]:.3f} ({'+'.join(low)}) to {lost[high]:.3f} ({'+'.join(high)}) of its "
+          f"groups; {len(left_one)} of {len(families)} families keep one group")
     print(f"  parameters {model.count_params()} -> {small.count_params()}; groups + prune "
           f"{group_seconds:.1f} s, shrink {shrink_seconds:.1f} s")
     print(f"  micro int8 bytes: dense {dense['bytes']}, pruned unshrunk "
@@ -202,6 +249,9 @@ def run_trunk(name, model, args):
           f" ({edgetpu['bytes']} bytes)")
     print(f"  shrink exactness: max |shrunk - pruned| = {difference:.3g} (Keras, 16 random "
           f"inputs); min top-1 agreement file vs Keras: {result['min_top1_agreement']}")
+    for fraction, row in sweep.items():
+        print(f"  sweep: fraction {fraction}, {row['removed_groups']} groups removed: micro "
+              f"int8 shrunk {row['micro_bytes']} bytes = {row['micro_bytes_ratio']:.3f} of dense")
     return result
 
 

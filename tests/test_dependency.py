@@ -8,6 +8,7 @@ from keras_minmax_mtl.export.tflite import export_tflite
 from keras_minmax_mtl.sparsity.dependency import (
     GroupL1Penalty,
     channel_groups,
+    group_costs,
     group_families,
     group_norms,
     group_scores,
@@ -154,6 +155,133 @@ def test_fractions_per_layer_type_and_name_and_the_policy_choose_the_families():
     np.testing.assert_array_equal(dw_bn.gamma.numpy()[zeroed], 0)
     with pytest.raises(ValueError, match=r"Argument `fraction\['Dense'\]` must be in \[0, 1\)"):
         prune_groups(model, {"Dense": -0.1}, groups=groups)
+
+
+def two_family_model():
+    """Dense "h1" (4 units on 1 input) -> Dense "h2" (2 units) -> two one-unit heads."""
+    inputs = keras.Input((1,), name="x")
+    h = keras.layers.Dense(2, activation="relu", name="h2")(
+        keras.layers.Dense(4, activation="relu", name="h1")(inputs))
+    outputs = [keras.layers.Dense(1, name="a")(h), keras.layers.Dense(1, name="b")(h)]
+    return seeded(keras.Model(inputs, outputs, name="two_families"))
+
+
+def test_a_global_ranking_compares_families_by_their_mean_normalised_scores_with_a_floor():
+    model = two_family_model()
+    groups = channel_groups(model)
+    assert group_families(groups) == {("h1",): [0, 1, 2, 3], ("h2",): [4, 5]}
+    # h1: kernel column 1 + bias 1 + h2 row 2; h2: column 4 + bias 1 + a row 1 + b row 1
+    np.testing.assert_array_equal(group_costs(model, groups)[:6], [4, 4, 4, 4, 7, 7])
+    scores = [1.0, 1.0, 1.0, 5.0, 0.8, 1.2, -1.0, -1.0]  # the heads' groups: never pruned, so
+                                                        # not checked for the global ranking
+    # s / family mean: h1 [0.5, 0.5, 0.5, 2.5], h2 [0.8, 1.2]: the lowest 3 of 6 are h1's,
+    # where every family losing half (or the raw scores) would take group 4 instead of 2.
+    assert prune_groups(model, 0.5, scores=scores, groups=groups, ranking="global") == [0, 1, 2]
+    kernel = model.get_layer("h1").kernel.numpy()
+    np.testing.assert_array_equal(kernel[:, :3], 0)
+    assert np.all(kernel[:, 3] != 0) and np.all(model.get_layer("h2").kernel.numpy() != 0)
+    assert prune_groups(model, 0.5, scores=scores, groups=groups) == [0, 1, 4]
+    # max_fraction 0.5 lets h1 lose 2 of 4: then the next lowest, 4 (0.8).
+    assert prune_groups(model, 0.5, scores=scores, groups=groups, ranking="global",
+                        max_fraction=0.5) == [0, 1, 4]
+    # Excluded or unnamed families are out of the pool: h1 alone loses round(0.5 * 4).
+    for kwargs in ({"exclude": ["h2"]}, {"fraction": {"h1": 0.5}}):
+        kwargs = {"fraction": 0.5, **kwargs}
+        assert prune_groups(model, scores=scores, groups=groups, ranking="global",
+                            **kwargs) == [0, 1]
+    assert prune_groups(model, {"Dense": 0.5}, scores=scores, groups=groups,
+                        ranking="global") == [0, 1, 2]
+    # Different fractions make different pools: h1 loses round(0.5 * 4), h2 round(0.4 * 2).
+    assert prune_groups(model, {"h1": 0.5, "h2": 0.4}, scores=scores, groups=groups,
+                        ranking="global") == [0, 1, 4]
+    # Equal scores, per parameter: h2's groups (1/7) before h1's (1/4), but h2 keeps one.
+    flat = [1.0] * 8
+    assert prune_groups(model, 0.5, scores=flat, groups=groups, ranking="global") == [0, 1, 2]
+    assert prune_groups(model, 0.5, scores=flat, groups=groups,
+                        ranking="global_cost") == [0, 1, 4]
+    assert prune_groups(model, 0.9, scores=flat, groups=groups,
+                        ranking="global_cost") == [0, 1, 2, 4]   # round(5.4) > 3 + 1
+
+
+def test_bad_rankings_and_caps_are_refused_by_name_before_any_weight_changes():
+    model = two_family_model()
+    groups = channel_groups(model)
+    before = [w.copy() for w in model.get_weights()]
+    cases = [
+        ({"ranking": "size"}, r"Argument `ranking` must be one of \['per_family', 'global', "
+                              r"'global_cost'\]. Received: ranking='size'"),
+        ({"max_fraction": 0.9}, r"Argument `max_fraction` caps a family's share of a global "
+                                r"ranking.*Received: max_fraction=0.9 with "
+                                r"ranking='per_family'"),
+        ({"ranking": "global", "max_fraction": 0.0},
+         r"Argument `max_fraction` must be in \(0, 1\]. Received: max_fraction=0.0"),
+        ({"ranking": "global", "max_fraction": True},
+         r"Argument `max_fraction` must be in \(0, 1\]. Received: max_fraction=True"),
+        ({"ranking": "global", "max_fraction": 0.25},
+         r"Argument `max_fraction` must be >= the largest fraction to remove \(0.5\), .*"
+         r"Received: max_fraction=0.25"),
+        ({"ranking": "global", "max_fraction": 0.6, "fraction": {"h1": 0.5, "h2": 0.75}},
+         r"the largest fraction to remove \(0.75\)"),
+        ({"ranking": "global", "scores": [1.0, -1.0] + [1.0] * 6},
+         r"Argument `scores` must be finite and >= 0 with ranking='global' .*Received: "
+         r"scores\[1\]=-1.0"),
+        ({"ranking": "global_cost", "scores": [np.nan] + [1.0] * 7},
+         r"Argument `scores` must be finite and >= 0 with ranking='global_cost' .*"
+         r"Received: scores\[0\]=nan"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"fraction": 0.5, "groups": groups, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            prune_groups(model, **kwargs)
+    for want, got in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(want, got)
+
+
+def inverted_residual_model():
+    """A nested trunk: stem conv, an inverted-residual block (expand, ZeroPadding2D, depthwise,
+    project) added back to the stem, a 1x1 conv; two task heads outside it."""
+    def bn_relu(h, name):
+        return keras.layers.ReLU(6.0, name=f"{name}_relu")(
+            keras.layers.BatchNormalization(name=f"{name}_bn")(h))
+
+    x = keras.Input((8, 8, 3), name="trunk_in")
+    stem = bn_relu(keras.layers.Conv2D(8, 3, padding="same", name="stem")(x), "stem")
+    h = bn_relu(keras.layers.Conv2D(12, 1, name="expand")(stem), "expand")
+    h = keras.layers.DepthwiseConv2D(3, name="dw")(keras.layers.ZeroPadding2D(1, name="pad")(h))
+    h = keras.layers.BatchNormalization(name="project_bn")(
+        keras.layers.Conv2D(8, 1, name="project")(bn_relu(h, "dw")))
+    h = keras.layers.Add(name="add")([stem, h])
+    h = bn_relu(keras.layers.Conv2D(16, 1, name="last")(h), "last")
+    trunk = keras.Model(x, h, name="trunk")
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(trunk(inputs))
+    outputs = [keras.layers.Dense(3, name="a")(h), keras.layers.Dense(2, name="b")(h)]
+    return seeded(keras.Model(inputs, outputs, name="inverted_residual"))
+
+
+def test_a_globally_pruned_nested_residual_depthwise_trunk_shrinks_exactly():
+    model = inverted_residual_model()
+    groups = channel_groups(model)
+    families = group_families(groups)
+    assert {f: len(m) for f, m in families.items()} == {
+        ("project", "stem"): 8, ("expand",): 12, ("last",): 16}
+    costs = group_costs(model, groups)
+    # stem column 27+1, stem_bn 4, project column 12+1, project_bn 4, rows of expand 12, last 16;
+    # expand column 8+1, expand_bn 4, dw 9+1, dw_bn 4, project row 8; last 8+1, 4, heads 3+2
+    assert {f: set(costs[m].tolist()) for f, m in families.items()} == {
+        ("project", "stem"): {77}, ("expand",): {35}, ("last",): {18}}
+    # Equal scores: 1/77 < 1/35 < 1/18, so 18 of the 36 groups go as 7 (all but one) of the
+    # Add's family and 11 of expand's, none of last's.
+    removed = prune_groups(model, 0.5, scores=np.ones(len(groups)), groups=groups,
+                           ranking="global_cost")
+    assert len(removed) == 18
+    assert {f: len(set(m) & set(removed)) for f, m in families.items()} == {
+        ("project", "stem"): 7, ("expand",): 11, ("last",): 0}
+    small = shrink(model)
+    assert small.get_layer("stem").filters == 1 and small.get_layer("expand").filters == 1
+    # stem 28 + 4, expand 2 + 4, dw 10 + 4, project 2 + 4, last 16 + 16 + 64, a 51, b 34
+    assert small.count_params() == 28 + 4 + 2 + 4 + 10 + 4 + 2 + 4 + 32 + 64 + 51 + 34
+    assert max_difference(model, small, images((8, 8, 3), n=16)) < 1e-5
 
 
 def test_a_depthwise_group_is_removed_only_with_its_pointwise_producer():

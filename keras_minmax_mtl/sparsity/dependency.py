@@ -81,6 +81,7 @@ from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
            "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
+           "RANKINGS", "group_costs",
            "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer"]
 
 #: Activations computed value by value, so that removing a unit leaves the others unchanged.
@@ -98,6 +99,9 @@ PASS_THROUGH_LAYERS = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling
 
 #: How `group_scores` combines the tasks' importances.
 GROUP_RULES = ("worst", "weighted")
+
+#: How `prune_groups` ranks the groups: within each family, or across the model.
+RANKINGS = ("per_family", "global", "global_cost")
 
 
 class ChannelGroup(collections.namedtuple(
@@ -593,49 +597,178 @@ def _check_fraction(fraction, name):
     return float(fraction)
 
 
-def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=None):
-    """Zeroes the lowest-scored ``round(fraction · n)`` groups of every family of `model`, in place.
+def group_costs(model, groups=None):
+    """The number of parameters each group deletes on its own: ``c(g)``, the unit of ``ranking="global_cost"``.
+
+    Counted: the producers' kernel columns and biases, the consumers' kernel
+    rows (a `Dense` after `Flatten` has one row per position), the members'
+    depthwise kernel and bias slices and their BatchNormalization entries
+    (gamma, beta, moving mean and variance). When two removed groups meet in
+    one kernel (the row of one, the column of the other) the entry they
+    share is counted in both, so the parameters `shrink` removes are at most
+    the sum of the removed groups' costs.
+
+    Returns:
+        An int64 array, one count per group of `groups` (default
+        `channel_groups(model)`).
+
+    Example:
+
+    >>> group_costs(model)[0]      # Dense(4) on 1 input, read by a Dense(2): 1 + 1 + 2
+    4
+    """
+    groups = channel_groups(model) if groups is None else groups
+    layers = _layers_by_name(model)
+    costs = np.zeros(len(groups), np.int64)
+    for k, group in enumerate(groups):
+        total = 0
+        for name, _ in group.producers:
+            layer = layers[name]
+            total += int(np.prod(layer.kernel.shape[:-1])) + int(bool(layer.use_bias))
+        for name, _ in group.consumers:
+            shape = layers[name].kernel.shape
+            total += int(np.prod(shape)) // int(shape[-2])
+        for name, _ in group.members:
+            layer = layers[name]
+            if layer_kind(layer) == "DepthwiseConv2D":
+                m = layer.depth_multiplier
+                total += int(np.prod(layer.depthwise_kernel.shape[:2])) * m
+                total += m if layer.use_bias else 0
+            else:
+                total += len(layer.weights)
+        costs[k] = total
+    return costs
+
+
+def _check_ranking(ranking, max_fraction, largest):
+    """Validates `ranking` and `max_fraction`; returns ``m``, the cap on a family's fraction (`None`: per family)."""
+    if not isinstance(ranking, str) or ranking not in RANKINGS:
+        raise ValueError(f"Argument `ranking` must be one of {list(RANKINGS)}. "
+                         f"Received: ranking={ranking!r}")
+    if ranking == "per_family":
+        if max_fraction is not None:
+            raise ValueError(
+                "Argument `max_fraction` caps a family's share of a global ranking; with "
+                "ranking='per_family' every family loses `fraction` already. Received: "
+                f"max_fraction={max_fraction!r} with ranking='per_family'")
+        return None
+    if max_fraction is None:
+        return 1.0
+    if (not isinstance(max_fraction, numbers.Real) or isinstance(max_fraction, bool)
+            or not 0.0 < max_fraction <= 1.0):
+        raise ValueError("Argument `max_fraction` must be in (0, 1]. Received: "
+                         f"max_fraction={max_fraction!r}")
+    if max_fraction < largest:
+        raise ValueError(
+            f"Argument `max_fraction` must be >= the largest fraction to remove ({largest}), "
+            "or no family could give its share. Received: "
+            f"max_fraction={max_fraction!r}")
+    return float(max_fraction)
+
+
+def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=None,
+                 ranking="per_family", max_fraction=None):
+    r"""Zeroes the lowest-scored groups of `model`, per family or ranked across the model, in place.
 
     Every channel of a removed group then outputs exactly ``act(0)``
     everywhere (see the module docstring), which
-    `keras_minmax_mtl.export.surgery.shrink` removes. A family (the groups
-    sharing their producer layers, e.g. the expansion channels of one
-    inverted-residual block, or every channel tied by a residual stage's
-    `Add`s) loses the same fraction of its groups, and keeps at least one.
-    A depthwise convolution is never pruned on its own: its channels are
-    members of the group of the 1×1 (pointwise) convolution that produces them.
+    `keras_minmax_mtl.export.surgery.shrink` removes. A depthwise
+    convolution is never pruned on its own: its channels are members of the
+    group of the 1×1 (pointwise) convolution that produces them. A family
+    (the groups sharing their producer layers, e.g. the expansion channels
+    of one inverted-residual block, or every channel tied by a residual
+    stage's `Add`s) always keeps at least one group.
+
+    **Per family** (``ranking="per_family"``, the default): a family ``F``
+    of ``n_F`` groups with fraction ``f_F`` loses its
+    ``min(round(f_F n_F), n_F − 1)`` lowest-scored groups, so every family
+    shrinks alike.
+
+    **Global** (``ranking="global"``): the scores are made comparable across
+    families by dividing each by its family's mean (Torch-Pruning's default
+    ``"mean"`` normaliser of group importance, used by its
+    ``global_pruning``),
+
+    .. math::  \hat s(g) = s(g) \,/\, \bar s_F, \qquad
+               \bar s_F = \tfrac{1}{n_F} \textstyle\sum_{h \in F} s(h)
+
+    (``ŝ = 0`` for a family whose scores are all 0), and
+    ``ranking="global_cost"`` divides that by the parameters the group
+    deletes, ``ŝ(g) / c(g)`` (`group_costs`: importance per parameter, so
+    the groups of wide, expensive layers go first). The families with the
+    same fraction ``f`` form one pool ``P`` (one pool when `fraction` is a
+    number), which loses its ``K_P = round(f Σ_{F∈P} n_F)`` groups of lowest
+    ``ŝ`` (ties by index), skipping the groups of a family that has reached
+    its cap ``min(n_F − 1, ⌊m n_F⌋)``, ``m`` = `max_fraction`. So a family
+    can lose from none to all but one of its groups; fewer than ``K_P``
+    go only when the caps add up to less. Within a family the order is the
+    per-family one (``ŝ`` is ``s`` scaled).
 
     Args:
         model: a Functional model without pruning wrappers (nested models
             are entered; their layers' weights are changed).
-        fraction: the fraction of each family's groups to remove, in
-            `[0, 1)`, or a dict of fractions keyed by producer layer name or
-            layer class name (`{"Dense": 0.25, "Conv2D": 0.5, "Conv1": 0.0}`;
-            a name wins over a class; a family takes the largest fraction of
-            its producers; producers not named keep all their groups).
+        fraction: the fraction of the groups to remove, in `[0, 1)` (of each
+            family, or of the pool with a global ranking), or a dict of
+            fractions keyed by producer layer name or layer class name
+            (`{"Dense": 0.25, "Conv2D": 0.5, "Conv1": 0.0}`; a name wins over
+            a class; a family takes the largest fraction of its producers;
+            producers not named keep all their groups).
         scores: one score per group of `groups` (lowest removed first);
-            default `group_norms`.
+            default `group_norms`. A global ranking needs them finite and
+            >= 0.
         groups: `channel_groups(model)` (computed when not given).
         exclude: producer layer names whose groups are kept (e.g. the stem
             convolution; the heads are model outputs and are never pruned).
         policy: a `keras_minmax_mtl.sparsity.policy.MultiTaskPruningPolicy`:
             a family is pruned only if the policy prunes every one of its
             producers (by role: trunk, task-hidden; and its `exclude`).
+        ranking: `"per_family"`, `"global"` or `"global_cost"` (see above).
+            Defaults to `"per_family"`.
+        max_fraction: with a global ranking, the largest fraction of any one
+            family that may go, in `(0, 1]` and >= every fraction (like
+            Torch-Pruning's ``max_pruning_ratio``). Defaults to `None`: all
+            but one group.
 
     Returns:
         The sorted indices of the removed groups.
+
+    Raises:
+        ValueError: a fraction outside `[0, 1)`, `scores` of the wrong
+            shape, an unknown `ranking`, `max_fraction` outside `(0, 1]`,
+            below a fraction or given with ``ranking="per_family"``, or
+            negative or non-finite scores with a global ranking.
+
+    Example:
+
+    >>> # Dense "h1" (4 units, on 1 input) -> Dense "h2" (2 units) -> heads: families
+    >>> # h1 = groups 0-3 (cost 4 each), h2 = groups 4, 5 (cost 7 each)
+    >>> prune_groups(model, 0.5, scores=[1, 1, 1, 5, 0.8, 1.2])                    # per family
+    [0, 1, 4]
+    >>> prune_groups(model, 0.5, scores=[1, 1, 1, 5, 0.8, 1.2], ranking="global")  # s / mean
+    [0, 1, 2]
+    >>> prune_groups(model, 0.5, scores=[1] * 6, ranking="global_cost")  # h2 keeps one
+    [0, 1, 4]
     """
-    groups = channel_groups(model) if groups is None else groups
-    scores = group_norms(model, groups) if scores is None else np.asarray(scores, np.float64)
-    if scores.shape != (len(groups),):
-        raise ValueError(f"Argument `scores` must have one score per group ({len(groups)}). "
-                         f"Received: shape={scores.shape}")
     fractions = (fraction if isinstance(fraction, dict) else None)
     if fractions is None:
         _check_fraction(fraction, "fraction")
     else:
         for name, value in fractions.items():
             _check_fraction(value, f"fraction[{name!r}]")
+    cap = _check_ranking(ranking, max_fraction, fraction if fractions is None
+                         else max(fractions.values(), default=0.0))
+    groups = channel_groups(model) if groups is None else groups
+    scores = group_norms(model, groups) if scores is None else np.asarray(scores, np.float64)
+    if scores.shape != (len(groups),):
+        raise ValueError(f"Argument `scores` must have one score per group ({len(groups)}). "
+                         f"Received: shape={scores.shape}")
+    bad = [k for k, g in enumerate(groups) if g.prunable and cap is not None
+           and not (math.isfinite(scores[k]) and scores[k] >= 0)]
+    if bad:
+        raise ValueError(
+            f"Argument `scores` must be finite and >= 0 with ranking={ranking!r} (each "
+            "family's scores are divided by their mean). Received: "
+            f"scores[{bad[0]}]={float(scores[bad[0]])!r}")
     exclude = set([exclude] if isinstance(exclude, str) else exclude)
     originals = _layers_by_name(model)
     allowed = None
@@ -643,16 +776,23 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
         policy.ensure_model_supports_pruning(model)
         allowed = set(policy.prunable_layer_names(model))
     removed = []
+    pools = collections.defaultdict(list)     # fraction -> [members of a family, ...]
     for family, members in group_families(groups).items():
         if exclude & set(family) or (allowed is not None and not set(family) <= allowed):
             continue
         f = (fraction if fractions is None
              else max([fractions.get(name, fractions.get(layer_kind(originals[name]), 0.0))
                        for name in family]))
-        count = int(math.floor(f * len(members) + 0.5))
-        count = min(count, len(members) - 1)
-        order = sorted(members, key=lambda k: (scores[k], k))
-        removed.extend(order[:count])
+        if cap is None:
+            count = int(math.floor(f * len(members) + 0.5))
+            count = min(count, len(members) - 1)
+            order = sorted(members, key=lambda k: (scores[k], k))
+            removed.extend(order[:count])
+        else:
+            pools[float(f)].append(members)
+    costs = group_costs(model, groups) if ranking == "global_cost" else None
+    for f, families in pools.items():
+        removed.extend(_rank_globally(families, f, cap, scores, costs))
     removed.sort()
     arrays = {}
     for k in removed:
@@ -664,6 +804,26 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
         variable.assign(value)
     return removed
 
+
+def _rank_globally(families, fraction, cap, scores, costs):
+    """The groups one pool of families loses under a global ranking (see `prune_groups`)."""
+    normalised, family_of, room = {}, {}, []
+    for f, members in enumerate(families):
+        mean = float(np.mean(scores[members]))
+        for k in members:
+            value = scores[k] / mean if mean > 0 else 0.0
+            normalised[k] = value if costs is None else value / max(int(costs[k]), 1)
+            family_of[k] = f
+        room.append(min(len(members) - 1, int(math.floor(cap * len(members) + 1e-9))))
+    budget = int(math.floor(fraction * len(normalised) + 0.5))
+    chosen = []
+    for k in sorted(normalised, key=lambda k: (normalised[k], k)):
+        if len(chosen) == budget:
+            break
+        if room[family_of[k]] > 0:
+            room[family_of[k]] -= 1
+            chosen.append(k)
+    return chosen
 
 
 class GroupL1Penalty:
