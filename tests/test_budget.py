@@ -354,15 +354,17 @@ def test_dst_search_through_the_api_chooses_by_the_recorded_numbers():
         return model
 
     keras.utils.set_random_seed(0)
-    splits = {s: multi_digits(s, seed=0, num_examples=32, batch_size=32)
-              for s in ("train", "validation", "test")}
+    splits = {s: multi_digits(s, seed=0, num_examples=32, batch_size=32) for s in ("train", "test")}
     lines = []
+    # The training canvases decide here: 32 validation canvases leave the 19-class `sum` at 0
+    # for every model, which passes anything. A budget of 0 points, 90% of the weights gone:
+    # (on this machine) the rung fails, so does the midpoint, and the dense model is chosen.
     result = budget.compress_to_budget(
-        _tiny_network, build_model, splits["train"], splits["validation"], splits["test"],
-        max_worst_drop=2.0, method="dst", dense_epochs=1, candidate_epochs=2, ladder=(0.5,),
+        _tiny_network, build_model, splits["train"], splits["train"], splits["test"],
+        max_worst_drop=0.0, method="dst", dense_epochs=1, candidate_epochs=2, ladder=(0.9,),
         bisections=1, log=lines.append)
     candidates = result.candidates
-    _check_the_search(candidates, result.reference, 2.0, result.sparsity, 0.5, 0.25)
+    _check_the_search(candidates, result.reference, 0.0, result.sparsity, 0.9, 0.45)
     assert result.found == (result.sparsity > 0) and result.chosen["sparsity"] == result.sparsity
     assert result.settings["steps_per_epoch"] == 1
     assert [line.split(":")[0] for line in lines] == [
