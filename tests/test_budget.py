@@ -390,7 +390,11 @@ def test_dst_search_through_the_api_chooses_by_the_recorded_numbers():
 
 @pytest.fixture(scope="module")
 def tiny_filter_search(tmp_path_factory):
-    """`kmm compress --method filter` on `TINY_NETWORK`: (status, out, stdout)."""
+    """`kmm compress --method filter --target micro` on `TINY_NETWORK`: (status, out, stdout).
+
+    micro (int8, no sparse storage: only the removed units make its file smaller) converts
+    once; mobile converts twice (dense and sparse storage, the smaller kept), 3 s more.
+    """
     from keras_minmax_mtl.data import networks
 
     out = tmp_path_factory.mktemp("compress_filter") / "run"
@@ -403,7 +407,7 @@ def tiny_filter_search(tmp_path_factory):
             "--dataset", "multi_digits", "--method", "filter", "--max-worst-drop", "100",
             "--train-examples", "32", "--test-examples", "32", "--batch-size", "32",
             "--dense-epochs", "1", "--candidate-epochs", "2", "--ladder", "0.5",
-            "--bisections", "1", "--target", "mobile", "--out", str(out)])
+            "--bisections", "1", "--target", "micro", "--out", str(out)])
     finally:
         patch.undo()
     return code, out, printed
@@ -414,11 +418,12 @@ def test_filter_search_through_the_cli_reports_the_exported_model(tiny_filter_se
     from keras_minmax_mtl.export.surgery import shrink
     from keras_minmax_mtl.loading import load_model
     from keras_minmax_mtl.sparsity.pruning import nonzero_kernel_count
+    from keras_minmax_mtl.sparsity.structured import structured_report
 
     code, out, printed = tiny_filter_search
     assert code == 0, printed
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*FILES, "model_mobile.json", "model_mobile.tflite"])
+        [*FILES, "model_micro.cc", "model_micro.h", "model_micro.json", "model_micro.tflite"])
     report = json.loads((out / "compress.json").read_text())
     candidates = report["candidates"]
     # A budget of 100 points passes the rung, so nothing is bisected and the rung is chosen.
@@ -438,8 +443,14 @@ def test_filter_search_through_the_cli_reports_the_exported_model(tiny_filter_se
     assert nonzero_kernel_count(model) == report["chosen"]["nonzero_weights"]
     assert (f"chosen: units removed per layer 0.5 (achieved 0.5000), {small} non-zero kernel "
             f"weights of {TINY_KERNELS} dense") in printed
-    export = json.loads((out / "model_mobile.json").read_text())
-    assert export["structured"]["applied"] is True
-    assert report["files"]["mobile"]["bytes"] == (out / "model_mobile.tflite").stat().st_size
-    assert report["files"]["mobile"]["file"] == str(out / "model_mobile.tflite")
-    assert f"files: mobile {report['files']['mobile']['bytes']} bytes" in printed
+    # The file holds the shrunk model: its kernels and the 2 + 4 + 3 * 2 + 39 biases left.
+    export = json.loads((out / "model_micro.json").read_text())
+    assert export["structured"]["applied"] is True and export["structured"]["kept_constant"] == []
+    assert export["structured"]["params"]["shrunk"] == small + 2 + 4 + 3 * 2 + 39
+    assert export["structured"]["removed_units"] == {
+        name: layer["removed_units"] for name, layer in structured_report(model)["layers"].items()
+        if layer["removed"]}
+    micro = report["files"]["micro"]
+    assert micro["bytes"] == (out / "model_micro.tflite").stat().st_size == export["bytes"]
+    assert micro["file"] == str(out / "model_micro.tflite") and micro["quantization"] == "int8"
+    assert f"files: micro {micro['bytes']} bytes" in printed

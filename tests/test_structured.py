@@ -234,7 +234,28 @@ def test_rows_reading_removed_units_are_zeroed_as_the_export_removes_them():
         assert np.all(head[2] == 0) and np.all(head[4] != 0)  # unit 4 outputs 1: its row stays
     # What the export keeps: unit 4's rows folded into the heads' biases, the rest as counted.
     assert pruning.nonzero_kernel_count(shrink(model)) == pruning.nonzero_kernel_count(model) - heads
-    assert zero_rows_of_removed_units(model) == 0  # nothing left to zero
+    assert zero_rows_of_removed_units(model, x) == 0  # nothing left to zero
+
+
+def test_rows_of_removed_units_need_a_batch_when_an_input_shape_is_unknown():
+    inputs = keras.Input((None, None, 1), name="image")
+    h = keras.layers.Conv2D(3, 1, activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    conv, out = model.get_layer("conv"), model.get_layer("out")
+    conv.kernel.assign(conv.kernel.numpy() * (np.arange(3) != 0))  # unit 0 removed
+    with pytest.raises(ValueError) as info:
+        zero_rows_of_removed_units(model)
+    assert str(info.value) == (
+        "Argument `inputs` is needed for a model input of unknown shape: "
+        "`zero_rows_of_removed_units` runs the model once. Received: inputs=None for inputs of "
+        "shape [(None, None, None, 1)]")
+    assert np.all(out.kernel.numpy() != 0)  # nothing changed
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 1)).astype(np.float32)
+    before = model(x).numpy()
+    assert zero_rows_of_removed_units(model, x) == 2  # row 0 of `out`
+    np.testing.assert_array_equal(out.kernel.numpy()[0], 0.0)
+    np.testing.assert_array_equal(model(x).numpy(), before)
 
 
 def test_save_and_load_after_the_prune_keeps_unit_masks_and_the_hold(tmp_path):

@@ -317,6 +317,7 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
 
     network = build_network()
     dense = build_model(network)
+    sample = next(iter(validation))[0]  # a batch of inputs (`zero_rows_of_removed_units`)
     began = time.perf_counter()
     dense.fit(train, epochs=dense_epochs, verbose=0)
     dense_weights = network.get_weights()  # where every candidate starts
@@ -348,7 +349,7 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
         model = chosen.prepare(build_model(wrapped), train)
         model.fit(train, epochs=chosen.epochs, callbacks=chosen.callbacks, verbose=0)
         if method == "filter":  # the rows reading removed units: 0, as in the exported file
-            zero_rows_of_removed_units(model)
+            zero_rows_of_removed_units(model, sample)
         achieved = (chosen.extras(model).get("removed_units") if method == "filter"
                     else sparsity_report(model)["overall"]["sparsity"])
         record = measure(model, sparsity, time.perf_counter() - began, achieved)

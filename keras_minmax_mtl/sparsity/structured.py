@@ -377,7 +377,7 @@ def _kernels_by_name(model):
     return found
 
 
-def zero_rows_of_removed_units(model):
+def zero_rows_of_removed_units(model, inputs=None):
     r"""Zeroes the kernel rows that read a removed unit whose value is 0; returns how many it zeroed.
 
     A unit whose kernel slice is all zero (a removed unit, `prune_units`)
@@ -397,19 +397,24 @@ def zero_rows_of_removed_units(model):
     Which rows read which units comes from `dependency.channel_groups` (a
     group is zeroed when every unit that makes it is removed); that the
     channel is exactly 0 where the reader sees it is checked by running the
-    model (without wrappers) once on an all-zero input, so a unit of constant
-    ``act(b) ≠ 0`` (e.g. a sigmoid unit) keeps its rows.
+    model (without wrappers) once on `inputs` (a removed unit's value is the
+    same for every input), so a unit of constant ``act(b) ≠ 0`` (e.g. a
+    sigmoid unit) keeps its rows.
 
     Args:
         model: a Functional `tf_keras` model or a `MultiTaskModel`, with or
             without tfmot pruning wrappers; its kernels (the wrapped layers'
             weights) are changed in place.
+        inputs: a batch of the model's inputs (as `model` takes them).
+            Defaults to one all-zero example, which needs every input's shape
+            known but for the batch.
 
     Returns:
         The number of non-zero weights it set to 0.
 
     Raises:
-        ValueError: for a model input of unknown shape (other than the batch).
+        ValueError: without `inputs`, for a model input of unknown shape
+            (other than the batch).
 
     Example:
 
@@ -430,13 +435,17 @@ def zero_rows_of_removed_units(model):
                 rows.setdefault(name, []).append(row)
     if not rows:
         return 0
-    if any(None in tuple(t.shape[1:]) for t in plain.inputs):
-        raise ValueError("`zero_rows_of_removed_units` needs inputs of known shape (it runs the "
-                         f"model once). Received inputs of shape {[t.shape for t in plain.inputs]}")
+    if inputs is None:
+        if any(None in tuple(t.shape[1:]) for t in plain.inputs):
+            raise ValueError(
+                "Argument `inputs` is needed for a model input of unknown shape: "
+                "`zero_rows_of_removed_units` runs the model once. Received: inputs=None for "
+                f"inputs of shape {[tuple(t.shape) for t in plain.inputs]}")
+        inputs = [np.zeros((1, *t.shape[1:]), t.dtype.as_numpy_dtype) for t in plain.inputs]
+        inputs = inputs[0] if len(inputs) == 1 else inputs
     names = sorted(rows)
     probe = keras.Model(plain.inputs, [layers[name].input for name in names])
-    seen = probe([np.zeros((1, *t.shape[1:]), t.dtype.as_numpy_dtype) for t in plain.inputs],
-                 training=False)
+    seen = probe(inputs, training=False)
     seen = [seen] if len(names) == 1 else seen
     kernels = _kernels_by_name(base)
     zeroed = 0
