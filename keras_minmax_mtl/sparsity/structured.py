@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from keras_minmax_mtl.core.backend import keras
 from keras_minmax_mtl.core.multitask import MultiTaskModel
-from keras_minmax_mtl.sparsity.dependency import channel_groups, inline_nested_models
+from keras_minmax_mtl.sparsity.dependency import channel_groups, inline_nested_models, layer_calls
 from keras_minmax_mtl.sparsity.pruning import (
     PruneLowMagnitude,
     pruned_kernels,
@@ -420,19 +420,22 @@ def zero_rows_of_removed_units(model, inputs=None):
 
     >>> prune_units(wrapped, 0.5)                  # half the units of every hidden layer
     >>> before = nonzero_kernel_count(wrapped)
-    >>> before - nonzero_kernel_count(wrapped) == zero_rows_of_removed_units(wrapped)
+    >>> zeroed = zero_rows_of_removed_units(wrapped)
+    >>> nonzero_kernel_count(wrapped) == before - zeroed
     True
     """
     base = model.base_model if isinstance(model, MultiTaskModel) else model
     plain = inline_nested_models(strip_pruning(base))
     layers = {layer.name: layer for layer in plain.layers}
+    calls = layer_calls(plain)
     rows = {}
     for group in channel_groups(plain):
         removed = all(np.all(layers[name].kernel.numpy()[..., unit] == 0)
                       for name, unit in group.producers)
         if removed and group.consumers:
             for name, row in group.consumers:
-                rows.setdefault(name, []).append(row)
+                if calls[id(layers[name])] == 1:  # a shared layer reads other inputs too
+                    rows.setdefault(name, []).append(row)
     if not rows:
         return 0
     if inputs is None:
