@@ -284,6 +284,9 @@ def errors():
                                                        callbacks=[UpdateMasks(ConstantSparsity(0.5))]),
         "rigl_data": lambda: dst_module.DynamicSparseTraining(method="rigl"),
         "method": lambda: dst_module.DynamicSparseTraining(method="snip", gradient_data=data()),
+        "dst_end_step": lambda: dst_module.DynamicSparseTraining(method="set", update_every=10,
+                                                                 end_step=5),
+        "dst_decay": lambda: dst_module.DynamicSparseTraining(method="set", decay="linear"),
     }
     if BACKEND == "jax":
         from keras_minmax_mtl.keras3.export import export_litert

@@ -98,6 +98,14 @@ def test_each_method_is_the_registry_s_warm_started_from_the_dense_weights():
     with pytest.raises(ValueError, match=r"`candidate_epochs` must be >= 2 with "
                                          r"method='filter'.*Received: candidate_epochs=1"):
         budget.budget_method("filter", 0.5, 1, steps_per_epoch=10)
+    # One step in all leaves DST no mask update before its end (75% of the steps): refused.
+    with pytest.raises(ValueError) as info:
+        budget.budget_method("dst", 0.5, 1, steps_per_epoch=1)
+    assert str(info.value) == (
+        "Argument `candidate_epochs` must give method='dst' at least 2 training steps (a mask "
+        "update within the first 75% of them); candidate_epochs * steps_per_epoch = 1 * 1 = 1. "
+        "Received: candidate_epochs=1")
+    assert budget.budget_method("dst", 0.5, 1, steps_per_epoch=2).dst_update_every == 1
     with pytest.raises(ValueError, match=r"`method` must be one of \['reweighted_l1', 'filter', "
                                          r"'dst'\]. Received: method='hybrid'"):
         budget.budget_method("hybrid", 0.5, 2, steps_per_epoch=10)
@@ -145,6 +153,10 @@ def _refused(capsys, argv, start, tmp_path):
     (["--max-worst-drop", "1", "--candidate-epochs", "1"],
      "argument --candidate-epochs: must be >= 2 with --method reweighted_l1 (reweighted and "
      "retraining epochs). Received --candidate-epochs 1"),
+    (["--max-worst-drop", "1", "--method", "dst", "--candidate-epochs", "1", "--train-examples",
+      "32", "--batch-size", "32"],
+     "argument --candidate-epochs: must give --method dst at least 2 training steps (a mask "
+     "update within the first 75% of them); 1 epoch of 1 step is 1. Received --candidate-epochs 1"),
     (["--max-worst-drop", "1", "--method", "hybrid"], "argument --method: invalid choice: 'hybrid'"),
     (["--max-worst-drop", "1", "--target", "phone"], "argument --target: invalid choice: 'phone'"),
     (["--max-worst-drop", "1", "--data-dir", "/tmp"],
@@ -289,3 +301,156 @@ def test_the_search_plot_marks_every_candidate_the_budget_and_the_choice(tiny_se
     assert budget_line[0].get_ydata()[0] == pytest.approx(report["reference"] - 1.0)
     assert list(points[-1].get_xdata()) == [report["chosen"]["nonzero_weights"]]
     assert texts_outside(figure) == []
+
+
+# ------------------------------------------------ dst and filter end to end (a tiny network)
+#: A 4-filter, 8-unit, 4-per-head multi_digits_network: 1 824 kernel weights, the same layers.
+TINY_NETWORK = {"trunk_filters": (4,), "trunk_units": 8, "head_units": 4}
+#: Its kernel weights: conv 3·3·1·4, trunk 6·8·4 → 8, hidden 8 → 4 (×3), outputs 4 → 10, 10, 19.
+TINY_KERNELS = 36 + 192 * 8 + 3 * 8 * 4 + 4 * (10 + 10 + 19)
+
+
+def _tiny_network(seed=0):
+    from keras_minmax_mtl.data.networks import multi_digits_network
+
+    return multi_digits_network(seed=seed, **TINY_NETWORK)
+
+
+def _kernel_entries(model):
+    """The number of entries of every Dense/Conv2D kernel of a plain Functional `model`."""
+    return sum(int(np.prod(layer.kernel.shape)) for layer in model.layers
+               if hasattr(layer, "kernel"))
+
+
+def _check_the_search(candidates, reference, max_worst_drop, chosen, ladder_point, midpoint):
+    """The search rules checked on the recorded candidates of a one-rung, one-bisection search.
+
+    The rung `ladder_point` is tried first; if it fails, `midpoint` (between the dense
+    model, 0, and the rung) is tried; the chosen sparsity is the largest that passes.
+    """
+    assert candidates[0]["sparsity"] == 0.0 and candidates[0]["val_worst"] == reference
+    recorded = {c["sparsity"]: c for c in candidates[1:]}
+    for c in candidates:
+        assert c["passed"] == passes(c["val_worst"], reference, max_worst_drop), c
+        assert min(c["val_accuracy"].values()) == c["val_worst"]
+        assert c["val_accuracy"][c["worst_task"]] == c["val_worst"]
+    expected = [ladder_point] if recorded[ladder_point]["passed"] else [ladder_point, midpoint]
+    assert [c["sparsity"] for c in candidates[1:]] == expected
+    assert chosen == max(c["sparsity"] for c in candidates if c["passed"])
+
+
+def test_dst_search_through_the_api_chooses_by_the_recorded_numbers():
+    from keras_minmax_mtl.core.backend import keras
+    from keras_minmax_mtl.data.digits import multi_digits
+    from keras_minmax_mtl.sparsity.pruning import nonzero_kernel_count, pruning_wrappers
+    from keras_minmax_mtl.weighting.minmax import MinMaxMultiTask
+
+    def build_model(network):
+        model = MinMaxMultiTask(network)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss={t: "sparse_categorical_crossentropy" for t in model.task_names},
+                      metrics={t: ["accuracy"] for t in model.task_names},
+                      run_eagerly=True)  # no step traced (see `_compress_eagerly`)
+        return model
+
+    keras.utils.set_random_seed(0)
+    splits = {s: multi_digits(s, seed=0, num_examples=32, batch_size=32) for s in ("train", "test")}
+    lines = []
+    # The training canvases decide here: 32 validation canvases leave the 19-class `sum` at 0
+    # for every model, which passes anything. A budget of 0 points, 90% of the weights gone:
+    # (on this machine) the rung fails, so does the midpoint, and the dense model is chosen.
+    result = budget.compress_to_budget(
+        _tiny_network, build_model, splits["train"], splits["train"], splits["test"],
+        max_worst_drop=0.0, method="dst", dense_epochs=1, candidate_epochs=2, ladder=(0.9,),
+        bisections=1, log=lines.append)
+    candidates = result.candidates
+    _check_the_search(candidates, result.reference, 0.0, result.sparsity, 0.9, 0.45)
+    assert result.found == (result.sparsity > 0) and result.chosen["sparsity"] == result.sparsity
+    assert result.settings["steps_per_epoch"] == 1
+    assert [line.split(":")[0] for line in lines] == [
+        "dense (1 + 2 epochs, the control)",
+        *(f"candidate {i}" for i in range(1, len(candidates)))]
+    # Sizes: the dense model has every kernel weight; DST keeps 1 - s of the wrapped kernels.
+    dense_network = _tiny_network()
+    assert candidates[0]["nonzero_weights"] == TINY_KERNELS == _kernel_entries(dense_network)
+    wrapped = sum(int(np.prod(w.layer.kernel.shape))
+                  for w in pruning_wrappers(budget.budget_method(
+                      "dst", 0.5, 2, 1).wrap(_tiny_network(), 1)))
+    for c in candidates[1:]:
+        removed = TINY_KERNELS - c["nonzero_weights"]
+        assert removed == round(c["achieved_sparsity"] * wrapped), c
+        assert abs(c["achieved_sparsity"] - c["sparsity"]) < 0.01
+    # The chosen model is the one measured: no wrappers, its non-zeros the record's.
+    assert not pruning_wrappers(result.model)
+    assert nonzero_kernel_count(result.model) == result.chosen["nonzero_weights"]
+    logs = result.model.evaluate(splits["test"], verbose=0, return_dict=True)
+    assert {t: float(logs[f"{t}_accuracy"]) for t in ("left", "right", "sum")} == \
+        result.test["chosen"]
+
+
+@pytest.fixture(scope="module")
+def tiny_filter_search(tmp_path_factory):
+    """`kmm compress --method filter --target micro` on `TINY_NETWORK`: (status, out, stdout).
+
+    micro (int8, no sparse storage: only the removed units make its file smaller) converts
+    once; mobile converts twice (dense and sparse storage, the smaller kept), 3 s more.
+    """
+    from keras_minmax_mtl.data import networks
+
+    out = tmp_path_factory.mktemp("compress_filter") / "run"
+    patch = pytest.MonkeyPatch()
+    original = networks.multi_digits_network
+    patch.setattr(networks, "multi_digits_network",
+                  lambda seed=0: original(seed=seed, **TINY_NETWORK))
+    try:
+        code, printed = _compress_eagerly([
+            "--dataset", "multi_digits", "--method", "filter", "--max-worst-drop", "100",
+            "--train-examples", "32", "--test-examples", "32", "--batch-size", "32",
+            "--dense-epochs", "1", "--candidate-epochs", "2", "--ladder", "0.5",
+            "--bisections", "1", "--target", "micro", "--out", str(out)])
+    finally:
+        patch.undo()
+    return code, out, printed
+
+
+def test_filter_search_through_the_cli_reports_the_exported_model(tiny_filter_search):
+    from keras_minmax_mtl.cli.compress import FILES
+    from keras_minmax_mtl.export.surgery import shrink
+    from keras_minmax_mtl.loading import load_model
+    from keras_minmax_mtl.sparsity.pruning import nonzero_kernel_count
+    from keras_minmax_mtl.sparsity.structured import structured_report
+
+    code, out, printed = tiny_filter_search
+    assert code == 0, printed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*FILES, "model_micro.cc", "model_micro.h", "model_micro.json", "model_micro.tflite"])
+    report = json.loads((out / "compress.json").read_text())
+    candidates = report["candidates"]
+    # A budget of 100 points passes the rung, so nothing is bisected and the rung is chosen.
+    _check_the_search(candidates, report["reference"], 100.0, report["sparsity"], 0.5, 0.25)
+    assert [c["sparsity"] for c in candidates] == [0.0, 0.5] and report["sparsity"] == 0.5
+    assert report["method"] == "filter" and report["found"] is True
+    # Half the units of every pruned layer: 2 of 4 filters, 4 of 8 trunk units, 2 of 4 per head.
+    assert candidates[1]["achieved_sparsity"] == (2 + 4 + 3 * 2) / (4 + 8 + 3 * 4) == 0.5
+    assert candidates[0]["nonzero_weights"] == TINY_KERNELS
+    # The reported size is the exported model's: the rows that read removed units are gone too.
+    # 2 filters: conv 3·3·1·2, trunk 6·8·2 → 4, hidden 4 → 2 (×3), outputs 2 → 10, 10, 19.
+    small = 18 + 96 * 4 + 3 * 4 * 2 + 2 * (10 + 10 + 19)
+    model = load_model(out / "model.keras")
+    shrunk = shrink(model)
+    assert _kernel_entries(shrunk) == small
+    assert nonzero_kernel_count(shrunk) == small == report["chosen"]["nonzero_weights"]
+    assert nonzero_kernel_count(model) == report["chosen"]["nonzero_weights"]
+    assert (f"chosen: units removed per layer 0.5 (achieved 0.5000), {small} non-zero kernel "
+            f"weights of {TINY_KERNELS} dense") in printed
+    # The file holds the shrunk model: its kernels and the 2 + 4 + 3 * 2 + 39 biases left.
+    export = json.loads((out / "model_micro.json").read_text())
+    assert export["structured"]["applied"] is True and export["structured"]["kept_constant"] == []
+    assert export["structured"]["params"]["shrunk"] == small + 2 + 4 + 3 * 2 + 39
+    assert export["structured"]["removed_units"] == {
+        name: layer["removed_units"] for name, layer in structured_report(model)["layers"].items()
+        if layer["removed"]}
+    micro = report["files"]["micro"]
+    assert micro["bytes"] == (out / "model_micro.tflite").stat().st_size == export["bytes"]
+    assert micro["file"] == str(out / "model_micro.tflite") and micro["quantization"] == "int8"
+    assert f"files: micro {micro['bytes']} bytes" in printed

@@ -330,6 +330,47 @@ def test_bad_arguments_are_refused(kwargs, message):
         dst.DynamicSparseTraining(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(update_every=10, end_step=5), dict(update_every=0), dict(update_every=2.0),
+    dict(end_step=True), dict(drop_fraction=0), dict(drop_fraction=float("nan")),
+    dict(decay="linear"), dict(decay=["cosine"])])
+def test_the_schedule_is_checked_by_the_shared_maths(kwargs):
+    from keras_minmax_mtl.sparsity import maths
+
+    schedule = {"update_every": 100, "end_step": None, "drop_fraction": 0.3, "decay": "cosine",
+                **kwargs}
+    with pytest.raises(ValueError) as shared:
+        maths.check_dst_schedule(**schedule)
+    with pytest.raises(ValueError) as callback:
+        dst.DynamicSparseTraining(**kwargs)
+    assert str(callback.value) == str(shared.value)
+
+
+def test_the_schedule_rules_and_the_default_end_step():
+    from keras_minmax_mtl.sparsity import maths
+
+    assert maths.check_dst_schedule(np.int64(10), np.int64(20), 1, "constant") == (10, 20, 1.0)
+    assert [type(v) for v in maths.check_dst_schedule(np.int64(10), np.int64(20), 1, "constant")
+            ] == [int, int, float]
+    with pytest.raises(ValueError) as info:
+        maths.check_dst_schedule(10, 5, 0.3, "cosine")
+    assert str(info.value) == ("Argument `end_step` must be an integer >= update_every (10): the "
+                               "first update happens at step `update_every`. Received: end_step=5")
+    assert maths.dst_end_step(None, 1000, 100) == 750 and maths.dst_end_step(40, 1000, 10) == 40
+    assert maths.dst_end_step(None, 4, 3) == 3
+    with pytest.raises(ValueError) as info:
+        maths.dst_end_step(None, 3, 3, "epochs")
+    assert str(info.value) == ("Argument `end_step` defaults to 75% of the training epochs (2), "
+                               "which is before the first update at update_every=3. Pass a "
+                               "smaller `update_every` or an explicit `end_step`.")
+    with pytest.raises(ValueError) as info:
+        maths.dst_end_step(None, None, 1)
+    assert str(info.value) == ("Argument `end_step` is required when `fit` does not know the "
+                               "number of training steps (e.g. a dataset of unknown length). "
+                               "Received: end_step=None")
+    assert dst.DECAYS == maths.DST_DECAYS == ("cosine", "constant")
+
+
 def test_model_without_wrappers_is_refused_with_how_to_wrap():
     model = kmm.MinMaxMultiTask(tiny_base_model())
     model.compile("sgd", loss=LOSSES)

@@ -228,6 +228,11 @@ def test_bad_arguments_are_refused_with_their_names(runs, backend):
         "no_wrappers": "`UpdateMasks` was given a model without `PruneMasked` wrappers",
         "rigl_data": "Argument `gradient_data` must be a batch `(x, y)`",
         "method": "Argument `method` must be one of ['rigl', 'set']. Received: method='snip'",
+        # The schedule rules are the tf_keras path's (`sparsity.maths.check_dst_schedule`).
+        "dst_end_step": "ValueError: Argument `end_step` must be an integer >= update_every (10): "
+                        "the first update happens at step `update_every`. Received: end_step=5",
+        "dst_decay": "ValueError: Argument `decay` must be one of ['cosine', 'constant']. "
+                     "Received: decay='linear'",
     }
     if backend == "jax":
         expected["export_backend"] = "export_litert needs the TensorFlow back-end"

@@ -24,6 +24,7 @@ from keras_minmax_mtl.sparsity.structured import (
     structured_report,
     unit_norms,
     units_to_remove,
+    zero_rows_of_removed_units,
 )
 from tests.helpers import LOSSES, tiny_base_model, tiny_data
 
@@ -200,6 +201,61 @@ def test_conv_units_bias_and_following_batch_norm_are_held_at_zero():
     np.testing.assert_array_equal(kernel[:, removed["hidden"]], 0.0)
     np.testing.assert_array_equal(hidden.layer.bias.numpy()[removed["hidden"]], 0.0)
     assert structured_report(model)["overall"] == {"units": 10, "removed": 5, "fraction": 0.5}
+
+
+def test_rows_reading_removed_units_are_zeroed_as_the_export_removes_them():
+    from keras_minmax_mtl.export.surgery import shrink
+
+    model = conv_bn_model()
+    x, _ = image_data()
+    conv, norm, hidden = (model.get_layer(n) for n in ("conv", "bn", "hidden"))
+    conv.kernel.assign(conv.kernel.numpy() * (np.arange(4) != 1))  # filter 1 removed (as the
+    conv.bias.assign([0.5, 0.0, 0.5, 0.5])                          # filter prune leaves it)
+    for variable in (norm.gamma, norm.beta, norm.moving_mean):
+        variable.assign(variable.numpy() * (np.arange(4) != 1))
+    kernel, bias = hidden.get_weights()
+    kernel[:, [2, 4]] = 0.0                # units 2 (bias 0: outputs 0) and 4 (bias 1: outputs 1)
+    bias[2] = 0.0
+    hidden.set_weights([kernel, bias])
+    before = [y.numpy() for y in model(x)]
+    count = pruning.nonzero_kernel_count(model)
+    heads = sum(model.get_layer(t).kernel.shape[1] for t in TASKS)
+    # Filter 1 reaches `hidden` through Flatten: 16 rows, non-zero in the 4 units left; unit 2
+    # a row of every head.
+    assert zero_rows_of_removed_units(model) == 16 * 4 + heads
+    assert pruning.nonzero_kernel_count(model) == count - 16 * 4 - heads
+    for y, want in zip(model(x), before):
+        np.testing.assert_array_equal(y.numpy(), want)  # they multiplied 0: nothing changed
+    flat = np.arange(16) * 4 + 1  # Flatten's rows of channel 1: (h * 4 + w) * 4 + 1
+    np.testing.assert_array_equal(hidden.kernel.numpy()[flat], 0.0)
+    assert np.all(np.delete(hidden.kernel.numpy(), flat, axis=0)[:, [0, 1, 3, 5]] != 0)
+    for t in TASKS:
+        head = model.get_layer(t).kernel.numpy()
+        assert np.all(head[2] == 0) and np.all(head[4] != 0)  # unit 4 outputs 1: its row stays
+    # What the export keeps: unit 4's rows folded into the heads' biases, the rest as counted.
+    assert pruning.nonzero_kernel_count(shrink(model)) == pruning.nonzero_kernel_count(model) - heads
+    assert zero_rows_of_removed_units(model, x) == 0  # nothing left to zero
+
+
+def test_rows_of_removed_units_need_a_batch_when_an_input_shape_is_unknown():
+    inputs = keras.Input((None, None, 1), name="image")
+    h = keras.layers.Conv2D(3, 1, activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    conv, out = model.get_layer("conv"), model.get_layer("out")
+    conv.kernel.assign(conv.kernel.numpy() * (np.arange(3) != 0))  # unit 0 removed
+    with pytest.raises(ValueError) as info:
+        zero_rows_of_removed_units(model)
+    assert str(info.value) == (
+        "Argument `inputs` is needed for a model input of unknown shape: "
+        "`zero_rows_of_removed_units` runs the model once. Received: inputs=None for inputs of "
+        "shape [(None, None, None, 1)]")
+    assert np.all(out.kernel.numpy() != 0)  # nothing changed
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 1)).astype(np.float32)
+    before = model(x).numpy()
+    assert zero_rows_of_removed_units(model, x) == 2  # row 0 of `out`
+    np.testing.assert_array_equal(out.kernel.numpy()[0], 0.0)
+    np.testing.assert_array_equal(model(x).numpy(), before)
 
 
 def test_save_and_load_after_the_prune_keeps_unit_masks_and_the_hold(tmp_path):

@@ -102,7 +102,7 @@ def add_command(commands, datasets, data_dir_help):
     search.add_argument("--candidate-epochs", type=arguments.positive_int, default=6,
                         help="epochs of each candidate from the dense weights: half reweighted, "
                              "half masked retraining (reweighted_l1, filter; >= 2), or all DST "
-                             "(default: %(default)s)")
+                             "(at least 2 training steps in all) (default: %(default)s)")
     training = compress.add_argument_group("training")
     training.add_argument("--batch-size", type=arguments.positive_int, default=64,
                           help="default: %(default)s")

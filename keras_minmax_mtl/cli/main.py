@@ -623,13 +623,19 @@ def check_compress_arguments(args):
                          f"--dataset {args.dataset}, so it would be ignored. Received --data-dir "
                          f"{args.data_dir}")
     examples = _num_examples(args, "train")
+    steps = math.ceil(examples / args.batch_size)
     try:
-        budget_method(args.method, args.ladder[0], args.candidate_epochs,
-                      math.ceil(examples / args.batch_size), args.seed)
+        budget_method(args.method, args.ladder[0], args.candidate_epochs, steps, args.seed)
     except ValueError as error:
-        raise UsageError(f"argument --candidate-epochs: must be >= 2 with --method "
-                         f"{args.method} (reweighted and retraining epochs). Received "
-                         f"--candidate-epochs {args.candidate_epochs}") from error
+        if args.method == "dst":
+            rule = (f"must give --method dst at least 2 training steps (a mask update within "
+                    f"the first 75% of them); {args.candidate_epochs} "
+                    f"epoch{'' if args.candidate_epochs == 1 else 's'} of {steps} "
+                    f"step{'' if steps == 1 else 's'} is {args.candidate_epochs * steps}")
+        else:
+            rule = f"must be >= 2 with --method {args.method} (reweighted and retraining epochs)"
+        raise UsageError(f"argument --candidate-epochs: {rule}. Received --candidate-epochs "
+                         f"{args.candidate_epochs}") from error
     args.target = list(dict.fromkeys(args.target)) if args.target else list(TARGETS)
     _check_data_dir(args)
     if args.out is None:

@@ -51,7 +51,14 @@ from keras_minmax_mtl.keras3.pruning import (
     sync_state,
 )
 from keras_minmax_mtl.sparsity.densities import DISTRIBUTIONS, active_counts
-from keras_minmax_mtl.sparsity.maths import drop_fraction_at, prune_and_grow, random_mask
+from keras_minmax_mtl.sparsity.maths import (
+    DST_DECAYS,
+    check_dst_schedule,
+    drop_fraction_at,
+    dst_end_step,
+    prune_and_grow,
+    random_mask,
+)
 
 __all__ = ["METHODS", "DECAYS", "kernel_gradients", "initialize_masks", "DynamicSparseTraining"]
 
@@ -61,7 +68,7 @@ ops = keras.ops
 METHODS = {"rigl": "drop by magnitude, grow by largest |gradient| (Evci et al. 2020)",
            "set": "drop by magnitude, grow at random (Mocanu et al. 2018)"}
 #: How the drop fraction goes to 0 at `end_step`.
-DECAYS = ("cosine", "constant")
+DECAYS = DST_DECAYS
 
 
 def _wrappers(model, owner):
@@ -194,17 +201,8 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         if density not in DISTRIBUTIONS:
             raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
                              f"Received: density={density!r}")
-        if not is_int(update_every) or update_every <= 0:
-            raise ValueError(f"Argument `update_every` must be an integer > 0. "
-                             f"Received: update_every={update_every!r}")
-        if end_step is not None and (not is_int(end_step) or end_step < update_every):
-            raise ValueError(f"Argument `end_step` must be an integer >= update_every ({update_every}). "
-                             f"Received: end_step={end_step!r}")
-        if not is_finite_real(drop_fraction) or not 0 < drop_fraction <= 1:
-            raise ValueError(f"Argument `drop_fraction` must be in (0, 1]. "
-                             f"Received: drop_fraction={drop_fraction!r}")
-        if decay not in DECAYS:
-            raise ValueError(f"Argument `decay` must be one of {list(DECAYS)}. Received: decay={decay!r}")
+        update_every, end_step, drop_fraction = check_dst_schedule(update_every, end_step,
+                                                                   drop_fraction, decay)
         if method == "rigl":
             if not isinstance(gradient_data, (tuple, list)) or len(gradient_data) not in (2, 3):
                 raise ValueError(
@@ -216,9 +214,9 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self.sparsity = float(sparsity)
         self.method = method
         self.density = density
-        self.update_every = int(update_every)
+        self.update_every = update_every
         self.end_step = end_step
-        self.drop_fraction = float(drop_fraction)
+        self.drop_fraction = drop_fraction
         self.decay = decay
         self.gradient_data = gradient_data
         self.seed = int(seed)
@@ -229,20 +227,10 @@ class DynamicSparseTraining(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         check_single_step(self.model, type(self).__name__)
         self.wrappers = _wrappers(self.model, type(self).__name__)
-        end = self.end_step
-        if end is None:
-            params = self.params or {}
-            epochs, steps = params.get("epochs"), params.get("steps")
-            if not epochs or not steps:
-                raise ValueError("Argument `end_step` is required when `fit` does not know the "
-                                 "number of training steps. Received: end_step=None")
-            end = int(0.75 * epochs * steps)
-            if end < self.update_every:
-                raise ValueError(
-                    f"Argument `end_step` defaults to 75% of the training steps ({end}), which is "
-                    f"before the first update at update_every={self.update_every}. Pass a smaller "
-                    f"`update_every` or an explicit `end_step`.")
-        self._end = end
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        self._end = dst_end_step(self.end_step, epochs * steps if epochs and steps else None,
+                                 self.update_every)
         self._step = None
 
     def _start(self):

@@ -33,6 +33,12 @@ when no sparser candidate passes the result is the dense model, with
 `found` false (`kmm compress` says so and exits 0: the budget was honoured,
 there is just nothing smaller that honours it).
 
+The sizes are those of the exported models: a `filter` candidate's kernel
+rows that read its removed units (which output 0) are set to 0
+(`keras_minmax_mtl.sparsity.structured.zero_rows_of_removed_units`), as the
+layer surgery of the export removes them, so its non-zero kernel weights are
+those of the file's model.
+
 This module imports TensorFlow and tfmot only inside `compress_to_budget`;
 `search_budget` is pure Python.
 
@@ -175,7 +181,9 @@ def budget_method(name, sparsity, epochs, steps_per_epoch, seed=0):
 
     reweighted ℓ1 and `filter`: no dense stage, ``max(1, epochs // 2)``
     reweighted epochs, the rest masked retraining (`epochs >= 2`); `dst`:
-    RigL for `epochs` (`SparsityMethod.scaled`, at least one mask update).
+    RigL for `epochs` (`SparsityMethod.scaled`), with at least one mask update
+    within the first 75 % of the ``epochs · steps_per_epoch`` steps, so at
+    least 2 steps in all.
 
     Raises:
         ValueError: for an unknown `name` or `epochs` too few for the method.
@@ -185,6 +193,12 @@ def budget_method(name, sparsity, epochs, steps_per_epoch, seed=0):
                          f"Received: method={name!r}")
     epochs = check_positive_int(epochs, "candidate_epochs")
     if name == "dst":
+        steps = epochs * steps_per_epoch
+        if int(0.75 * steps) < 1:  # RigL's last update is at 75% of the steps, its first at 1
+            raise ValueError(
+                f"Argument `candidate_epochs` must give method='dst' at least 2 training steps (a "
+                f"mask update within the first 75% of them); candidate_epochs * steps_per_epoch "
+                f"= {epochs} * {steps_per_epoch} = {steps}. Received: candidate_epochs={epochs}")
         return get_method("dst").scaled(epochs, steps_per_epoch, sparsity, seed)
     if epochs < 2:
         raise ValueError(f"Argument `candidate_epochs` must be >= 2 with method={name!r} "
@@ -279,6 +293,7 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
     from keras_minmax_mtl.sparsity.dst import magnitude_masks
     from keras_minmax_mtl.sparsity.methods import steps_per_epoch as count_steps
     from keras_minmax_mtl.sparsity.pruning import nonzero_kernel_count, sparsity_report, strip_pruning
+    from keras_minmax_mtl.sparsity.structured import zero_rows_of_removed_units
 
     ladder = check_ladder(ladder)
     _check_budget(max_worst_drop, bisections)
@@ -302,6 +317,7 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
 
     network = build_network()
     dense = build_model(network)
+    sample = next(iter(validation))[0]  # a batch of inputs (`zero_rows_of_removed_units`)
     began = time.perf_counter()
     dense.fit(train, epochs=dense_epochs, verbose=0)
     dense_weights = network.get_weights()  # where every candidate starts
@@ -332,6 +348,8 @@ def compress_to_budget(build_network, build_model, train, validation, test, max_
             magnitude_masks(wrapped, sparsity, chosen.density)
         model = chosen.prepare(build_model(wrapped), train)
         model.fit(train, epochs=chosen.epochs, callbacks=chosen.callbacks, verbose=0)
+        if method == "filter":  # the rows reading removed units: 0, as in the exported file
+            zero_rows_of_removed_units(model, sample)
         achieved = (chosen.extras(model).get("removed_units") if method == "filter"
                     else sparsity_report(model)["overall"]["sparsity"])
         record = measure(model, sparsity, time.perf_counter() - began, achieved)

@@ -69,7 +69,13 @@ from keras_minmax_mtl.core.checks import is_finite_real
 from keras_minmax_mtl.core.backend import keras, register, require_functional
 from keras_minmax_mtl.sparsity.densities import DISTRIBUTIONS, active_counts
 from keras_minmax_mtl.sparsity.mask_updaters import MaskUpdater, RigLUpdater, SETUpdater
-from keras_minmax_mtl.sparsity.maths import drop_fraction_at, random_mask
+from keras_minmax_mtl.sparsity.maths import (
+    DST_DECAYS,
+    check_dst_schedule,
+    drop_fraction_at,
+    dst_end_step,
+    random_mask,
+)
 from keras_minmax_mtl.core.multitask import MultiTaskModel
 from keras_minmax_mtl.sparsity.policy import is_prunable
 from keras_minmax_mtl.sparsity.pruning import (
@@ -102,7 +108,7 @@ METHODS = {
              "epochs; density drifts upward (Guo et al. 2025)",
 }
 #: `decay` names: how the drop fraction goes to 0 at `end_step`.
-DECAYS = ("cosine", "constant")
+DECAYS = DST_DECAYS
 
 
 @register
@@ -429,19 +435,8 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         if density not in DISTRIBUTIONS:
             raise ValueError(f"Argument `density` must be one of {list(DISTRIBUTIONS)}. "
                              f"Received: density={density!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every <= 0:
-            raise ValueError(f"Argument `update_every` must be an integer > 0. "
-                             f"Received: update_every={update_every!r}")
-        if end_step is not None and (isinstance(end_step, bool) or not isinstance(end_step, int)
-                                     or end_step < update_every):
-            raise ValueError(
-                f"Argument `end_step` must be an integer >= update_every ({update_every}): the "
-                f"first update happens at step `update_every`. Received: end_step={end_step!r}")
-        if not is_finite_real(drop_fraction) or not 0 < drop_fraction <= 1:
-            raise ValueError(f"Argument `drop_fraction` must be in (0, 1]. "
-                             f"Received: drop_fraction={drop_fraction!r}")
-        if decay not in DECAYS:
-            raise ValueError(f"Argument `decay` must be one of {list(DECAYS)}. Received: decay={decay!r}")
+        update_every, end_step, drop_fraction = check_dst_schedule(update_every, end_step,
+                                                                   drop_fraction, decay)
         if grow_ratio is not None:
             if method != "paper":
                 raise ValueError(f"Argument `grow_ratio` is only used by method='paper'. "
@@ -456,7 +451,7 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         self.density = density
         self.update_every = update_every
         self.end_step = end_step
-        self.drop_fraction = float(drop_fraction)
+        self.drop_fraction = drop_fraction
         self.decay = decay
         self.grow_ratio = None if grow_ratio is None else float(grow_ratio)
         self.seed = seed
@@ -507,25 +502,14 @@ class DynamicSparseTraining(keras.callbacks.Callback):
         return self.method == "paper"
 
     def _end(self):
-        if self.end_step is not None:
-            return self.end_step
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
         if self.counts_epochs:
             total = epochs
         else:
             total = None if not epochs or not steps else epochs * steps
-        if not total:
-            raise ValueError("Argument `end_step` is required when `fit` does not know the number "
-                             "of training steps (e.g. a dataset of unknown length). Received: "
-                             "end_step=None")
-        end = int(0.75 * total)
-        if end < self.update_every:
-            raise ValueError(
-                f"Argument `end_step` defaults to 75% of the training {'epochs' if self.counts_epochs else 'steps'} "
-                f"({end}), which is before the first update at update_every={self.update_every}. "
-                f"Pass a smaller `update_every` or an explicit `end_step`.")
-        return end
+        return dst_end_step(self.end_step, total, self.update_every,
+                            "epochs" if self.counts_epochs else "steps")
 
     def _is_update(self, t):
         return t > 0 and t % self.update_every == 0 and t <= self._end_value

@@ -15,7 +15,8 @@ functions; this module imports no Keras, TensorFlow or tfmot.
 - `top_indices`, `prune_and_grow`: the drop-and-grow step of RigL / SET with an
   exact number of active weights;
 - the argument checks of these methods (`check_target_sparsity`, `check_rho`,
-  `check_epsilon`, `check_stage_steps`).
+  `check_epsilon`, `check_stage_steps`, and DST's schedule: `check_dst_schedule`,
+  `dst_end_step`, with the `DST_DECAYS`).
 
 Example:
 
@@ -32,7 +33,7 @@ import numpy as np
 from keras_minmax_mtl.core.checks import is_finite_real, is_int, is_real
 
 __all__ = ["check_target_sparsity", "check_rho", "check_epsilon", "check_stage_steps",
-           "magnitude_mask", "polynomial_sparsity", "should_prune_at", "reweighted_factors",
+           "DST_DECAYS", "check_dst_schedule", "dst_end_step", "magnitude_mask", "polynomial_sparsity", "should_prune_at", "reweighted_factors",
            "refresh_points", "drop_fraction_at", "top_indices", "prune_and_grow", "random_mask"]
 
 
@@ -169,6 +170,84 @@ def refresh_points(begin_step, prune_step, refreshes):
     length = prune_step - begin_step
     points = {begin_step + int(round(i * length / (refreshes + 1))) for i in range(1, refreshes + 1)}
     return tuple(sorted(p for p in points if begin_step < p < prune_step))
+
+
+#: DST's `decay` names: how the drop fraction goes to 0 at `end_step` (`drop_fraction_at`).
+DST_DECAYS = ("cosine", "constant")
+
+
+def check_dst_schedule(update_every, end_step, drop_fraction, decay):
+    """Checks the schedule of dynamic sparse training; returns it normalised.
+
+    The rules of both Keras paths' `DynamicSparseTraining`: masks change at
+    every `update_every`-th step (``update_every > 0``) up to `end_step`
+    (`None`: 75 % of the run, `dst_end_step`; else ``end_step >=
+    update_every``, since the first update is at step `update_every`), each
+    dropping a fraction in ``(0, 1]`` that decays by `decay` (`DST_DECAYS`).
+
+    Returns:
+        `(update_every, end_step, drop_fraction)` as `int`, `int` or `None`,
+        and `float`.
+
+    Raises:
+        ValueError: naming the first argument that breaks its rule.
+
+    Example:
+
+    >>> check_dst_schedule(100, None, 0.3, "cosine")
+    (100, None, 0.3)
+    """
+    if not is_int(update_every) or update_every <= 0:
+        raise ValueError(f"Argument `update_every` must be an integer > 0. "
+                         f"Received: update_every={update_every!r}")
+    if end_step is not None and (not is_int(end_step) or end_step < update_every):
+        raise ValueError(
+            f"Argument `end_step` must be an integer >= update_every ({update_every}): the "
+            f"first update happens at step `update_every`. Received: end_step={end_step!r}")
+    if not is_finite_real(drop_fraction) or not 0 < drop_fraction <= 1:
+        raise ValueError(f"Argument `drop_fraction` must be in (0, 1]. "
+                         f"Received: drop_fraction={drop_fraction!r}")
+    if not isinstance(decay, str) or decay not in DST_DECAYS:
+        raise ValueError(f"Argument `decay` must be one of {list(DST_DECAYS)}. "
+                         f"Received: decay={decay!r}")
+    return int(update_every), None if end_step is None else int(end_step), float(drop_fraction)
+
+
+def dst_end_step(end_step, total, update_every, unit="steps"):
+    """The last step of DST's mask updates: `end_step`, or ``int(0.75 · total)`` when it is `None`.
+
+    As in RigL, the masks stop changing after 75 % of the run's `total`
+    steps (epochs for ``unit="epochs"``); the default must leave room for
+    the first update, at `update_every`.
+
+    Args:
+        end_step: the given last step (already checked, `check_dst_schedule`) or `None`.
+        total: the run's number of steps (or epochs); `None` or 0 when unknown.
+        update_every: the steps (epochs) between updates.
+        unit: `"steps"` or `"epochs"`, for the messages.
+
+    Raises:
+        ValueError: `end_step` is `None` and `total` unknown, or its default
+            comes before the first update.
+
+    Example:
+
+    >>> dst_end_step(None, 1000, 100), dst_end_step(500, 1000, 100)
+    (750, 500)
+    """
+    if end_step is not None:
+        return end_step
+    if not total:
+        raise ValueError(f"Argument `end_step` is required when `fit` does not know the number "
+                         f"of training {unit} (e.g. a dataset of unknown length). Received: "
+                         f"end_step=None")
+    end = int(0.75 * total)
+    if end < update_every:
+        raise ValueError(
+            f"Argument `end_step` defaults to 75% of the training {unit} ({end}), which is "
+            f"before the first update at update_every={update_every}. Pass a smaller "
+            f"`update_every` or an explicit `end_step`.")
+    return end
 
 
 def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):

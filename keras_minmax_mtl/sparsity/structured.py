@@ -56,10 +56,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_minmax_mtl.core.backend import keras
+from keras_minmax_mtl.core.multitask import MultiTaskModel
+from keras_minmax_mtl.sparsity.dependency import channel_groups, inline_nested_models, layer_calls
 from keras_minmax_mtl.sparsity.pruning import (
     PruneLowMagnitude,
     pruned_kernels,
     pruning_wrappers,
+    strip_pruning,
     walk_layers,
 )
 
@@ -76,6 +79,7 @@ __all__ = [
     "prune_units",
     "RemovedUnits",
     "structured_report",
+    "zero_rows_of_removed_units",
 ]
 
 #: What the reweighted-ℓ1 pipeline removes: single weights, or whole output units.
@@ -360,3 +364,102 @@ def structured_report(model):
     removed = sum(r["removed"] for r in layers.values())
     return {"layers": layers, "overall": {"units": units, "removed": removed,
                                           "fraction": removed / units if units else 0.0}}
+
+
+def _kernels_by_name(model):
+    """`{layer name: kernel variable}` of every layer with a kernel, wrapped layers included."""
+    found = {}
+    for layer in walk_layers(model):
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        kernel = getattr(inner, "kernel", None)
+        if kernel is not None and not isinstance(inner, keras.Model):
+            found[inner.name] = kernel
+    return found
+
+
+def zero_rows_of_removed_units(model, inputs=None):
+    r"""Zeroes the kernel rows that read a removed unit whose value is 0; returns how many it zeroed.
+
+    A unit whose kernel slice is all zero (a removed unit, `prune_units`)
+    outputs the constant ``act(b_u)`` whatever the input: ``act(0) = 0`` for
+    relu and linear layers, whose bias `RemovedUnits.hold` keeps at 0. The
+    layers that read it keep their kernel rows for it (a Dense row ``W[u, :]``,
+    one per position after `Flatten`; a Conv2D input channel ``K[:, :, u,
+    :]``), which multiply 0: they change nothing, yet count as non-zero
+    weights, while `keras_minmax_mtl.export.surgery.shrink` removes them from
+    the exported file. Setting them to 0 makes `pruning.nonzero_kernel_count`
+    the count of the exported model and leaves every output exactly as it
+    was, since
+
+    .. math::  y = \sum_{i} x_i W_{i,:} = \sum_{i \notin R} x_i W_{i,:}
+               \quad\text{when } x_i = 0 \text{ for every } i \in R.
+
+    Which rows read which units comes from `dependency.channel_groups` (a
+    group is zeroed when every unit that makes it is removed); that the
+    channel is exactly 0 where the reader sees it is checked by running the
+    model (without wrappers) once on `inputs` (a removed unit's value is the
+    same for every input), so a unit of constant ``act(b) ≠ 0`` (e.g. a
+    sigmoid unit) keeps its rows.
+
+    Args:
+        model: a Functional `tf_keras` model or a `MultiTaskModel`, with or
+            without tfmot pruning wrappers; its kernels (the wrapped layers'
+            weights) are changed in place.
+        inputs: a batch of the model's inputs (as `model` takes them).
+            Defaults to one all-zero example, which needs every input's shape
+            known but for the batch.
+
+    Returns:
+        The number of non-zero weights it set to 0.
+
+    Raises:
+        ValueError: without `inputs`, for a model input of unknown shape
+            (other than the batch).
+
+    Example:
+
+    >>> prune_units(wrapped, 0.5)                  # half the units of every hidden layer
+    >>> before = nonzero_kernel_count(wrapped)
+    >>> zeroed = zero_rows_of_removed_units(wrapped)
+    >>> nonzero_kernel_count(wrapped) == before - zeroed
+    True
+    """
+    base = model.base_model if isinstance(model, MultiTaskModel) else model
+    plain = inline_nested_models(strip_pruning(base))
+    layers = {layer.name: layer for layer in plain.layers}
+    calls = layer_calls(plain)
+    rows = {}
+    for group in channel_groups(plain):
+        removed = all(np.all(layers[name].kernel.numpy()[..., unit] == 0)
+                      for name, unit in group.producers)
+        if removed and group.consumers:
+            for name, row in group.consumers:
+                if calls[id(layers[name])] == 1:  # a shared layer reads other inputs too
+                    rows.setdefault(name, []).append(row)
+    if not rows:
+        return 0
+    if inputs is None:
+        if any(None in tuple(t.shape[1:]) for t in plain.inputs):
+            raise ValueError(
+                "Argument `inputs` is needed for a model input of unknown shape: "
+                "`zero_rows_of_removed_units` runs the model once. Received: inputs=None for "
+                f"inputs of shape {[tuple(t.shape) for t in plain.inputs]}")
+        inputs = [np.zeros((1, *t.shape[1:]), t.dtype.as_numpy_dtype) for t in plain.inputs]
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+    names = sorted(rows)
+    probe = keras.Model(plain.inputs, [layers[name].input for name in names])
+    seen = probe(inputs, training=False)
+    seen = [seen] if len(names) == 1 else seen
+    kernels = _kernels_by_name(base)
+    zeroed = 0
+    for name, value in zip(names, seen):
+        value = np.asarray(value)
+        exact = [row for row in rows[name] if np.all(value[..., row] == 0)]
+        if not exact:
+            continue
+        kernel = kernels[name]
+        new = kernel.numpy()
+        zeroed += int(np.count_nonzero(new[..., exact, :]))
+        new[..., exact, :] = 0
+        kernel.assign(new)
+    return zeroed
