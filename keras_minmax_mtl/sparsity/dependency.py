@@ -76,12 +76,16 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_keras_model
+from keras_minmax_mtl.core.backend import (keras, loss_object, match_dtype_and_rank,
+                                           require_functional, require_tf_keras_model)
+from keras_minmax_mtl.core.outputs import keyed_by_task
+from keras_minmax_mtl.sparsity.pruning import PruneLowMagnitude
 
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
            "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
-           "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer"]
+           "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer", "unwrapped",
+           "output_tasks", "group_slices"]
 
 #: Activations computed value by value, so that removing a unit leaves the others unchanged.
 ELEMENTWISE_ACTIVATIONS = frozenset({
@@ -140,6 +144,27 @@ def is_unit_layer(layer):
         return True
     return (type(layer) is keras.layers.Conv2D and layer.groups == 1
             and layer.data_format == "channels_last")
+
+
+def unwrapped(layer):
+    """The layer a tfmot `PruneLowMagnitude` wrapper holds, or `layer` itself (other wrappers kept)."""
+    while isinstance(layer, PruneLowMagnitude):
+        layer = layer.layer
+    return layer
+
+
+def output_tasks(model):
+    """The task names of a Functional model's outputs, in the order of `model.outputs`.
+
+    Dict outputs are named by their keys (in the order Keras flattens them,
+    the order of `model.outputs`); lists, tuples and single outputs by their
+    output layers (the layer inside a pruning wrapper). What
+    `keras_minmax_mtl.core.multitask.MultiTaskModel` calls its task names.
+    """
+    structure = getattr(model, "_nested_outputs", None)
+    if isinstance(structure, dict):
+        return [str(key) for key in tf.nest.flatten({key: key for key in structure})]
+    return [unwrapped(t._keras_history.layer).name for t in model.outputs]
 
 
 def _copy_layer(layer):
@@ -317,8 +342,8 @@ def channel_groups(model):
 
     Args:
         model: a Functional `tf_keras` model (nested Functional models are
-            entered). Pruning wrappers are not looked through: strip them
-            first (`keras_minmax_mtl.sparsity.pruning.strip_pruning`).
+            entered; tfmot `PruneLowMagnitude` wrappers are looked through:
+            a wrapped layer is the layer it holds, under its own name).
 
     Returns:
         A list of `ChannelGroup`, ordered by the first producer's position in
@@ -339,8 +364,8 @@ def channel_groups(model):
 
     def visit(layer, node, inputs):
         shapes = [t.shape for t in node.keras_inputs]
-        return _layer_ids(layer, inputs, shapes, tf.nest.flatten(node.outputs), ids, consumers,
-                          members, calls[id(layer)])
+        return _layer_ids(unwrapped(layer), inputs, shapes, tf.nest.flatten(node.outputs), ids,
+                          consumers, members, calls[id(layer)])
 
     inputs = [ids.fresh(_channels(t), reason=(
         f"its channels are the model input {t._keras_history.layer.name!r}"))
@@ -439,7 +464,7 @@ def group_families(groups):
 
 
 def _layers_by_name(model):
-    return {layer.name: layer for layer in leaf_layers(model)}
+    return {unwrapped(layer).name: unwrapped(layer) for layer in leaf_layers(model)}
 
 
 def _slices(group, layers):
@@ -467,6 +492,20 @@ def _slices(group, layers):
                 if variable is not None:
                     found.append((variable, (channel,), attribute))
     return found
+
+
+def group_slices(model, groups):
+    """`[[(variable, index, what), ...] per group]`: the weight entries that make each group's channels.
+
+    The producers' kernel columns (`what="kernel"`) and biases (`"bias"`),
+    the members' BatchNormalization `"gamma"`, `"beta"` and `"moving_mean"`
+    entries and DepthwiseConv2D kernel and bias slices: what `prune_groups`
+    zeroes (and a reweighted-ℓ1 run in `sparsity_type="group"` holds at
+    zero). `index` selects the group's entries of `variable` (a NumPy index).
+    Pruning wrappers are looked through.
+    """
+    layers = _layers_by_name(model)
+    return [_slices(group, layers) for group in groups]
 
 
 def group_norms(model, groups=None):
@@ -513,19 +552,22 @@ def task_taylor_importance(model, groups, batches, losses):
         model: the Functional model (plain, no pruning wrappers).
         groups: its `channel_groups`.
         batches: an iterable of `(x, y)` with `y` a dict `{task: labels}`
-            keyed by the output names (or a list in their order).
-        losses: `{task: loss}`: a Keras loss (string, function or object),
-            per output name.
+            keyed by the task names (or a list in their order).
+        losses: `{task: loss}`: a Keras loss (string, function or object)
+            per task, computed as `compile` computes it (`(N,)` labels of an
+            `(N, 1)` output are aligned, not broadcast). The task names are
+            the keys of dict outputs, else the output layers' names
+            (`output_tasks`).
 
     Returns:
         `(task names, array of shape (tasks, groups))`.
     """
     layers = _layers_by_name(model)
-    tasks = list(model.output_names)
+    tasks = output_tasks(model)
     if not isinstance(losses, dict) or set(losses) != set(tasks):
         raise ValueError(f"Argument `losses` must be a dict with one loss per output "
                          f"{tasks}. Received: losses={losses!r}")
-    functions = {t: keras.losses.get(losses[t]) for t in tasks}
+    functions = {t: loss_object(losses[t]) for t in tasks}
     slices = [_slices(group, layers) for group in groups]
     variables = list({id(v): v for s in slices for v, _, _ in s}.values())
     position = {id(v): k for k, v in enumerate(variables)}
@@ -533,10 +575,12 @@ def task_taylor_importance(model, groups, batches, losses):
     for x, y in batches:
         y = y if isinstance(y, dict) else dict(zip(tasks, y))
         with tf.GradientTape(persistent=True) as tape:
-            predicted = model(x, training=False)
-            predicted = predicted if isinstance(predicted, (list, tuple)) else [predicted]
-            task_losses = [tf.reduce_mean(functions[t](y[t], p))
-                           for t, p in zip(tasks, predicted)]
+            predicted = keyed_by_task(model(x, training=False), tasks)
+            task_losses = []
+            for t in tasks:  # labels aligned with the outputs as `compile` aligns them
+                labels, outputs, _ = match_dtype_and_rank(tf.convert_to_tensor(y[t]),
+                                                          predicted[t], None)
+                task_losses.append(tf.reduce_mean(functions[t](labels, outputs)))
         for t, loss in enumerate(task_losses):
             grads = tape.gradient(loss, variables)
             products = [np.zeros(v.shape) if g is None else (v.numpy() * g.numpy())
