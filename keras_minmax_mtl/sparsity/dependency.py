@@ -549,7 +549,7 @@ def task_taylor_importance(model, groups, batches, losses):
     depthwise slices; Molchanov et al., 2019).
 
     Args:
-        model: the Functional model (plain, no pruning wrappers).
+        model: the Functional model (tfmot pruning wrappers are looked through).
         groups: its `channel_groups`.
         batches: an iterable of `(x, y)` with `y` a dict `{task: labels}`
             keyed by the task names (or a list in their order).
@@ -724,7 +724,7 @@ class GroupL1Penalty:
     with its default ℓ2 scores removes the smallest groups.
 
     Args:
-        model: a Functional model without pruning wrappers.
+        model: a Functional model (tfmot pruning wrappers are looked through).
         rho: the penalty's weight ``ρ`` (> 0).
         groups: its `channel_groups` (computed when not given).
         epsilon: the ``ε`` of the reweighting (> 0).
