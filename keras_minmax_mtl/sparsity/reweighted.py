@@ -530,6 +530,7 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                                                                score_data)
         self.step = None
         self.groups = None
+        self._losses = None
         self.penalty = None
         self.allocated = None
         self.removed = None
@@ -580,6 +581,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                     f"weights and needs a `MultiTaskModel` (e.g. `MinMaxMultiTask(wrapped)`). "
                     f"Received a {type(self.model).__name__}; use group_score='norm'.")
             self.groups = channel_groups(base)
+            if self.group_score != "norm":  # read now: a loss that cannot be read stops `fit` here
+                self._losses = self._task_losses()
         self.penalty = ReweightedL1Penalty.of(base)
         if self.penalty is None:
             # Attached whatever the stage (a coefficient of 0 computes nothing): the stage
@@ -646,19 +649,27 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             self.removed = prune_channel_groups(self.model, fraction, scores=self._scores(),
                                                 groups=self.groups)
 
+    def _task_losses(self):
+        """`{task: loss}` as the model was compiled (its compile config, read back)."""
+        config = self.model.get_compile_config()
+        if config is None:
+            raise ValueError(f"group_score={self.group_score!r} needs the compiled losses: "
+                             f"compile the model before `fit`.")
+        loss = keras.saving.deserialize_keras_object(config)["loss"]
+        tasks = output_tasks(self._base())
+        if isinstance(loss, dict):
+            return dict(loss)
+        if isinstance(loss, (list, tuple)):
+            return dict(zip(tasks, loss))
+        return {t: loss for t in tasks}
+
     def _scores(self):
         """The groups' scores for the prune (`None`: `prune_groups`' ℓ2 norms)."""
         if self.group_score == "norm":
             return None
         candidates = pruned_groups(self.model, self.groups)
-        base = self._base()
-        tasks = output_tasks(base)
-        config = keras.saving.deserialize_keras_object(self.model.get_compile_config())
-        loss = config["loss"]
-        losses = (dict(loss) if isinstance(loss, dict) else dict(zip(tasks, loss))
-                  if isinstance(loss, (list, tuple)) else {t: loss for t in tasks})
         batches = ((batch[0], batch[1]) for batch in self.score_data)
-        _, importance = task_taylor_importance(base, candidates, batches, losses)
+        _, importance = task_taylor_importance(self._base(), candidates, batches, self._losses)
         weights = np.asarray(self.model.task_weights, np.float64)
         weights = weights / weights.sum()
         scores = np.zeros(len(self.groups))
