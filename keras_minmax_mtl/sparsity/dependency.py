@@ -82,10 +82,10 @@ from keras_minmax_mtl.core.outputs import keyed_by_task
 from keras_minmax_mtl.sparsity.pruning import PruneLowMagnitude
 
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
+           "unwrapped", "output_tasks", "group_slices",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
            "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
-           "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer", "unwrapped",
-           "output_tasks", "group_slices"]
+           "GroupL1Penalty", "layer_kind", "activation_name", "is_unit_layer"]
 
 #: Activations computed value by value, so that removing a unit leaves the others unchanged.
 ELEMENTWISE_ACTIVATIONS = frozenset({
