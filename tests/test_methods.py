@@ -143,10 +143,11 @@ def test_the_benchmark_settings_are_the_command_line_defaults_scaled_to_the_run(
     assert settings("dense") == ("Dense", 20, {})
     assert settings("reweighted_l1") == ("ReweightedL1", 20, {
         "dense_epochs": 10, "reweighted_epochs": 5, "retrain_epochs": 5,
-        "sparsity_type": "unstructured", "rho": 1e-4, "epsilon": 1e-6, "allocation": "global"})
+        "sparsity_type": "unstructured", "group_score": "norm", "rho": 1e-4, "epsilon": 1e-6,
+        "allocation": "global"})
     assert settings("filter_l1", 7)[2] == {
         "dense_epochs": 3, "reweighted_epochs": 1, "retrain_epochs": 3, "sparsity_type": "filter",
-        "rho": 1e-3, "epsilon": 1e-6, "allocation": "uniform"}
+        "group_score": "norm", "rho": 1e-3, "epsilon": 1e-6, "allocation": "uniform"}
     assert settings("dst", 1) == ("DynamicSparse", 1, {
         "dst_method": "rigl", "density": "erk", "dst_update_every": 6, "dst_end_step": None,
         "drop_fraction": 0.3, "grow_ratio": None})

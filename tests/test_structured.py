@@ -295,7 +295,7 @@ def test_setup_leaves_the_users_model_unchanged_in_filter_mode():
 def test_filter_mode_refuses_bad_input_clearly():
     base = tiny_base_model()
     with pytest.raises(ValueError, match=r"`sparsity_type` must be one of \['unstructured', "
-                                         r"'filter'\]\. Received: sparsity_type='channel'"):
+                                         r"'filter', 'group'\]\. Received: sparsity_type='channel'"):
         prune_reweighted_l1(base, 0.5, 1, 1, rho=1.0, sparsity_type="channel")
     with pytest.raises(ValueError, match=r"sparsity_type='channel'"):
         ReweightedL1Schedule(0.5, prune_step=3, sparsity_type="channel")

@@ -76,9 +76,13 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from keras_minmax_mtl.core.backend import keras, require_functional, require_tf_keras_model
+from keras_minmax_mtl.core.backend import (keras, loss_object, match_dtype_and_rank,
+                                           require_functional, require_tf_keras_model)
+from keras_minmax_mtl.core.outputs import keyed_by_task
+from keras_minmax_mtl.sparsity.pruning import PruneLowMagnitude
 
 __all__ = ["ELEMENTWISE_ACTIVATIONS", "MERGE_LAYERS", "PASS_THROUGH_LAYERS", "ChannelGroup",
+           "unwrapped", "output_tasks", "group_slices",
            "trace_graph", "leaf_layers", "layer_calls", "inline_nested_models", "channel_groups", "group_families", "group_norms",
            "task_taylor_importance", "group_scores", "GROUP_RULES", "prune_groups",
            "RANKINGS", "group_costs",
@@ -144,6 +148,27 @@ def is_unit_layer(layer):
         return True
     return (type(layer) is keras.layers.Conv2D and layer.groups == 1
             and layer.data_format == "channels_last")
+
+
+def unwrapped(layer):
+    """The layer a tfmot `PruneLowMagnitude` wrapper holds, or `layer` itself (other wrappers kept)."""
+    while isinstance(layer, PruneLowMagnitude):
+        layer = layer.layer
+    return layer
+
+
+def output_tasks(model):
+    """The task names of a Functional model's outputs, in the order of `model.outputs`.
+
+    Dict outputs are named by their keys (in the order Keras flattens them,
+    the order of `model.outputs`); lists, tuples and single outputs by their
+    output layers (the layer inside a pruning wrapper). What
+    `keras_minmax_mtl.core.multitask.MultiTaskModel` calls its task names.
+    """
+    structure = getattr(model, "_nested_outputs", None)
+    if isinstance(structure, dict):
+        return [str(key) for key in tf.nest.flatten({key: key for key in structure})]
+    return [unwrapped(t._keras_history.layer).name for t in model.outputs]
 
 
 def _copy_layer(layer):
@@ -321,8 +346,8 @@ def channel_groups(model):
 
     Args:
         model: a Functional `tf_keras` model (nested Functional models are
-            entered). Pruning wrappers are not looked through: strip them
-            first (`keras_minmax_mtl.sparsity.pruning.strip_pruning`).
+            entered; tfmot `PruneLowMagnitude` wrappers are looked through:
+            a wrapped layer is the layer it holds, under its own name).
 
     Returns:
         A list of `ChannelGroup`, ordered by the first producer's position in
@@ -343,8 +368,8 @@ def channel_groups(model):
 
     def visit(layer, node, inputs):
         shapes = [t.shape for t in node.keras_inputs]
-        return _layer_ids(layer, inputs, shapes, tf.nest.flatten(node.outputs), ids, consumers,
-                          members, calls[id(layer)])
+        return _layer_ids(unwrapped(layer), inputs, shapes, tf.nest.flatten(node.outputs), ids,
+                          consumers, members, calls[id(layer)])
 
     inputs = [ids.fresh(_channels(t), reason=(
         f"its channels are the model input {t._keras_history.layer.name!r}"))
@@ -443,7 +468,7 @@ def group_families(groups):
 
 
 def _layers_by_name(model):
-    return {layer.name: layer for layer in leaf_layers(model)}
+    return {unwrapped(layer).name: unwrapped(layer) for layer in leaf_layers(model)}
 
 
 def _slices(group, layers):
@@ -471,6 +496,20 @@ def _slices(group, layers):
                 if variable is not None:
                     found.append((variable, (channel,), attribute))
     return found
+
+
+def group_slices(model, groups):
+    """`[[(variable, index, what), ...] per group]`: the weight entries that make each group's channels.
+
+    The producers' kernel columns (`what="kernel"`) and biases (`"bias"`),
+    the members' BatchNormalization `"gamma"`, `"beta"` and `"moving_mean"`
+    entries and DepthwiseConv2D kernel and bias slices: what `prune_groups`
+    zeroes (and a reweighted-ℓ1 run in `sparsity_type="group"` holds at
+    zero). `index` selects the group's entries of `variable` (a NumPy index).
+    Pruning wrappers are looked through.
+    """
+    layers = _layers_by_name(model)
+    return [_slices(group, layers) for group in groups]
 
 
 def group_norms(model, groups=None):
@@ -514,22 +553,25 @@ def task_taylor_importance(model, groups, batches, losses):
     depthwise slices; Molchanov et al., 2019).
 
     Args:
-        model: the Functional model (plain, no pruning wrappers).
+        model: the Functional model (tfmot pruning wrappers are looked through).
         groups: its `channel_groups`.
         batches: an iterable of `(x, y)` with `y` a dict `{task: labels}`
-            keyed by the output names (or a list in their order).
-        losses: `{task: loss}`: a Keras loss (string, function or object),
-            per output name.
+            keyed by the task names (or a list in their order).
+        losses: `{task: loss}`: a Keras loss (string, function or object)
+            per task, computed as `compile` computes it (`(N,)` labels of an
+            `(N, 1)` output are aligned, not broadcast). The task names are
+            the keys of dict outputs, else the output layers' names
+            (`output_tasks`).
 
     Returns:
         `(task names, array of shape (tasks, groups))`.
     """
     layers = _layers_by_name(model)
-    tasks = list(model.output_names)
+    tasks = output_tasks(model)
     if not isinstance(losses, dict) or set(losses) != set(tasks):
         raise ValueError(f"Argument `losses` must be a dict with one loss per output "
                          f"{tasks}. Received: losses={losses!r}")
-    functions = {t: keras.losses.get(losses[t]) for t in tasks}
+    functions = {t: loss_object(losses[t]) for t in tasks}
     slices = [_slices(group, layers) for group in groups]
     variables = list({id(v): v for s in slices for v, _, _ in s}.values())
     position = {id(v): k for k, v in enumerate(variables)}
@@ -537,10 +579,12 @@ def task_taylor_importance(model, groups, batches, losses):
     for x, y in batches:
         y = y if isinstance(y, dict) else dict(zip(tasks, y))
         with tf.GradientTape(persistent=True) as tape:
-            predicted = model(x, training=False)
-            predicted = predicted if isinstance(predicted, (list, tuple)) else [predicted]
-            task_losses = [tf.reduce_mean(functions[t](y[t], p))
-                           for t, p in zip(tasks, predicted)]
+            predicted = keyed_by_task(model(x, training=False), tasks)
+            task_losses = []
+            for t in tasks:  # labels aligned with the outputs as `compile` aligns them
+                labels, outputs, _ = match_dtype_and_rank(tf.convert_to_tensor(y[t]),
+                                                          predicted[t], None)
+                task_losses.append(tf.reduce_mean(functions[t](labels, outputs)))
         for t, loss in enumerate(task_losses):
             grads = tape.gradient(loss, variables)
             products = [np.zeros(v.shape) if g is None else (v.numpy() * g.numpy())
@@ -840,7 +884,7 @@ class GroupL1Penalty:
     with its default ℓ2 scores removes the smallest groups.
 
     Args:
-        model: a Functional model without pruning wrappers.
+        model: a Functional model (tfmot pruning wrappers are looked through).
         rho: the penalty's weight ``ρ`` (> 0).
         groups: its `channel_groups` (computed when not given).
         epsilon: the ``ε`` of the reweighting (> 0).

@@ -403,7 +403,12 @@ class ReweightedL1(SparsityMethod):
     retraining stage. With ``sparsity_type="filter"``, `sparsity` is the
     fraction of output units (neurons, filters) removed from every pruned
     layer, and the report lists the removed units per layer
-    (`keras_minmax_mtl.sparsity.reweighted.prune_reweighted_l1`).
+    (`keras_minmax_mtl.sparsity.reweighted.prune_reweighted_l1`). With
+    ``sparsity_type="group"`` it is the fraction of the channel dependency
+    groups of every family removed (residual stages, depthwise blocks and
+    nested trunks prune through), ranked by `group_score` (``"worst"`` /
+    ``"weighted"``: per-task Taylor importance on the first
+    `GROUP_SCORE_BATCHES` training batches under the task weights).
     """
 
     #: ρ and the allocation chosen on the validation split of multi_digits at 90 % sparsity
@@ -421,6 +426,11 @@ class ReweightedL1(SparsityMethod):
     #: validation accuracy 0.372, 0.379, 0.382, 0.350, 0.339, 0.083. One seed: 0 to 1e-3 are
     #: within noise of each other; 1e-1 destroys the network before the prune.
     FILTER_RHO = 1e-3
+    #: ρ of `--sparsity-type group`: filter mode's (the group penalty is also about ρ times the
+    #: number of pruned groups right after a refresh); not tuned separately.
+    GROUP_RHO = 1e-3
+    #: Training batches the per-task Taylor importance of `--group-score worst|weighted` sums.
+    GROUP_SCORE_BATCHES = 8
 
     name = "reweighted_l1"
     summary = "dense, reweighted-l1, hard prune, masked retraining (Guo et al. 2025)"
@@ -438,17 +448,25 @@ class ReweightedL1(SparsityMethod):
                "epochs of masked retraining after the prune (default: %(default)s)"),
         Option("--sparsity-type", None, "unstructured",
                "unstructured: single weights; filter: whole output units (Dense neurons, Conv2D "
-               "filters), --sparsity is then the fraction of units removed per layer "
-               "(default: %(default)s)", library=("sparsity_type",),
-               choices=["unstructured", "filter"]),
+               "filters), --sparsity is then the fraction of units removed per layer; group: "
+               "whole channel dependency groups (through residual Add, depthwise, BatchNorm, "
+               "padding, nested trunks), --sparsity is then the fraction of each family's "
+               "groups removed (default: %(default)s)", library=("sparsity_type",),
+               choices=["unstructured", "filter", "group"]),
+        Option("--group-score", None, "norm",
+               "with --sparsity-type group: rank the groups by their l2 norm, or by the "
+               "per-task Taylor importance on the first training batches under the task "
+               "weights, worst task or weighted sum (default: %(default)s)",
+               library=("group_score",), choices=["norm", "worst", "weighted"]),
         Option("--rho", arguments.non_negative_float, None,
                f"weight of the reweighted penalty (default: {DEFAULT_RHO}, {FILTER_RHO} with "
-               f"--sparsity-type filter)", library=("rho",)),
+               f"--sparsity-type filter or group)", library=("rho",)),
         Option("--epsilon", arguments.positive_float, 1e-6,
                "epsilon of the reweighted penalty (default: %(default)s)", library=("epsilon",)),
         Option("--allocation", None, None,
                "per-layer uniform sparsity or one global magnitude ranking (default: "
-               f"{DEFAULT_ALLOCATION}; uniform, the only choice, with --sparsity-type filter)",
+               f"{DEFAULT_ALLOCATION}; uniform, the only choice, with --sparsity-type filter "
+               f"or group)",
                library=("allocation",), choices=["uniform", "global"]),
     )
 
@@ -464,19 +482,28 @@ class ReweightedL1(SparsityMethod):
 
     def check_options(self):
         filter_mode = self.sparsity_type == "filter"
-        kind = "fraction of the units removed from each pruned layer" if filter_mode \
-            else "fraction of the prunable weights removed"
+        group_mode = self.sparsity_type == "group"
+        kind = ("fraction of the units removed from each pruned layer" if filter_mode
+                else "fraction of the channel groups removed from each family" if group_mode
+                else "fraction of the prunable weights removed")
         if not 0.0 <= self.sparsity < 1.0:
             self.refuse("sparsity", f"must be in [0, 1) (the {kind})")
         if self.rho is None:
-            self.rho = self.FILTER_RHO if filter_mode else self.DEFAULT_RHO
+            self.rho = (self.FILTER_RHO if filter_mode else self.GROUP_RHO if group_mode
+                        else self.DEFAULT_RHO)
         if not math.isfinite(self.rho) or not self.rho >= 0:
             self.refuse("rho", "must be >= 0")
         if self.allocation is None:
-            self.allocation = "uniform" if filter_mode else self.DEFAULT_ALLOCATION
+            self.allocation = "uniform" if filter_mode or group_mode else self.DEFAULT_ALLOCATION
         if filter_mode and self.allocation != "uniform":
             self.refuse("allocation", "--sparsity-type filter removes the same fraction of units "
                         "from every layer and needs --allocation uniform")
+        if group_mode and self.allocation != "uniform":
+            self.refuse("allocation", "--sparsity-type group removes the same fraction of the "
+                        "channel groups of every family and needs --allocation uniform")
+        if self.group_score != "norm" and not group_mode:
+            self.refuse("group_score", f"ranks channel groups and needs --sparsity-type group "
+                        f"(received --sparsity-type {self.sparsity_type})")
 
     @classmethod
     def scaled(cls, epochs, steps_per_epoch, sparsity, seed, **options):
@@ -489,7 +516,7 @@ class ReweightedL1(SparsityMethod):
                    retrain_epochs=epochs - dense - reweighted, **options)
 
     def run_name(self):
-        kind = "-filter" if self.sparsity_type == "filter" else ""
+        kind = "" if self.sparsity_type == "unstructured" else f"-{self.sparsity_type}"
         return f"{self.name}{kind}-{self.sparsity:g}"
 
     def wrap(self, base, steps_per_epoch):
@@ -502,13 +529,31 @@ class ReweightedL1(SparsityMethod):
             epsilon=self.epsilon, allocation=self.allocation, sparsity_type=self.sparsity_type)
         return network
 
+    def prepare(self, model, train_dataset):
+        """With `--group-score worst|weighted`: the stages score the groups on the training batches."""
+        if self.group_score == "norm":
+            return model
+        from keras_minmax_mtl.sparsity.reweighted import ReweightedL1Stages
+
+        old = self.callbacks[-1]
+        self.callbacks[-1] = ReweightedL1Stages(
+            rho=old.rho, begin_step=old.begin_step, prune_step=old.prune_step,
+            refresh_steps=old.refresh_steps, epsilon=old.epsilon, allocation=old.allocation,
+            target_sparsity=old.target_sparsity, sparsity_type=old.sparsity_type,
+            group_score=self.group_score,
+            score_data=train_dataset.take(self.GROUP_SCORE_BATCHES))
+        return model
+
     def describe(self):
         stages = self.callbacks[-1]
-        what = "of the units" if self.sparsity_type == "filter" else "of the weights"
+        what = {"filter": "of the units", "group": "of the channel groups of each family"}.get(
+            self.sparsity_type, "of the weights")
         refresh = (stages.begin_step, *stages.refresh_steps) \
             if stages.begin_step < stages.prune_step else ()
         return (f"pruning: reweighted_l1 ({self.sparsity_type}) removing {self.sparsity:.2%} "
-                f"{what} ({self.allocation}), rho={self.rho}, epsilon={self.epsilon}; "
+                f"{what} ({self.allocation}"
+                f"{', ranked by ' + self.group_score if self.sparsity_type == 'group' else ''}), "
+                f"rho={self.rho}, epsilon={self.epsilon}; "
                 f"{self.epochs} epochs = {self.dense_epochs} dense + {self.reweighted_epochs} "
                 f"reweighted + {self.retrain_epochs} retraining ({self.steps_per_epoch} steps "
                 f"each); w_ref refreshed at steps {refresh}, prune at step {stages.prune_step}")
@@ -519,11 +564,11 @@ class ReweightedL1(SparsityMethod):
         Returns the report (with the `structured.structured_report` under
         `"units"` with `--sparsity-type filter`).
         """
-        units = _print_units if self.sparsity_type == "filter" else None
+        units = _print_units if self.sparsity_type in ("filter", "group") else None
         return {**save_stripped(model, out, units), "steps_per_epoch": self.steps_per_epoch}
 
     def extras(self, model):
-        if self.sparsity_type != "filter":
+        if self.sparsity_type not in ("filter", "group"):
             return {}
         from keras_minmax_mtl.sparsity.structured import structured_report
 

@@ -40,6 +40,30 @@ units with the smallest ℓ2 norms (`keras_minmax_mtl.sparsity.structured`, whic
 states the contract a removed unit satisfies: all-zero kernel slice, bias 0,
 following BatchNormalization gamma and beta 0).
 
+`sparsity_type="group"` removes whole **channel dependency groups**
+(`keras_minmax_mtl.sparsity.dependency`): the channels tied through residual
+`Add`s, `DepthwiseConv2D`, `BatchNormalization`, `ZeroPadding2D` and nested
+trunks, which only go together. The Dense/Conv2D producers the policy
+chooses are wrapped (a `DepthwiseConv2D` never is: its channels belong to
+its producer's groups); the penalty is the reweighted group-ℓ1 over the
+groups whose producers are all wrapped (`dependency.GroupL1Penalty`),
+
+.. math::
+
+    \rho \sum_g \frac{\|g\|_2}{\|g^{\text{ref}}\|_2 + \varepsilon},
+    \qquad \|g\|_2 = \Big(\sum_{p \in g} p^2\Big)^{1/2}
+
+over every producer kernel column, consumer kernel row, member `gamma` and
+depthwise kernel slice ``p`` of group ``g``, with ``g^ref`` refreshed as in
+the other modes (the reweighting); the prune removes ``round(f · n)`` of
+the ``n`` groups of every family (`dependency.prune_groups`), the smallest
+ℓ2 norms first or, with ``group_score="worst"`` / ``"weighted"``, the
+lowest per-task Taylor scores under the model's task weights
+(`dependency.task_taylor_importance`, `dependency.group_scores`); and
+`structured.RemovedGroups.hold` keeps every weight entry of the removed
+groups at zero during retraining, so `keras_minmax_mtl.export.surgery.shrink`
+cuts them out exactly.
+
 Example:
 
 >>> wrapped, callbacks = prune_reweighted_l1(
@@ -78,13 +102,25 @@ from keras_minmax_mtl.sparsity.pruning import (
     pruning_wrappers,
     walk_layers,
 )
+from keras_minmax_mtl.sparsity.dependency import (
+    GROUP_RULES,
+    GroupL1Penalty,
+    channel_groups,
+    group_scores,
+    output_tasks,
+    task_taylor_importance,
+)
 from keras_minmax_mtl.sparsity.structured import (
+    RemovedGroups,
     RemovedUnits,
+    check_group_layer,
     check_nested_outputs,
     check_sparsity_type,
     check_structured_layer,
     magnitudes,
+    prune_channel_groups,
     prune_units,
+    pruned_groups,
     units_to_remove,
 )
 
@@ -95,11 +131,19 @@ __all__ = [
     "ReweightedL1Stages",
     "prune_reweighted_l1",
     "global_sparsities",
+    "GROUP_SCORES",
 ]
 
 #: Mask allocations: the same sparsity in every layer (the paper), or one
 #: magnitude ranking over all pruned kernels together.
 ALLOCATIONS = ("uniform", "global")
+
+#: How `sparsity_type="group"` ranks the groups at the prune: their ℓ2 norms, or the per-task
+#: Taylor importance combined by a `dependency.group_scores` rule under the task weights.
+GROUP_SCORES = ("norm", *GROUP_RULES)
+
+#: The modes in which the schedules hold the masks and `ReweightedL1Stages` writes them.
+_HELD_MASKS = ("filter", "group")
 
 _PENALTY_ATTRIBUTE = "_kmm_reweighted_l1_penalty"
 _STATE_ATTRIBUTE = "kmm_reweighted_l1_state"
@@ -129,7 +173,9 @@ class ReweightedL1Schedule(PruningSchedule):
     (``(False, sparsity)`` at every step, like `dst.HoldMasks`): tfmot would
     set the masks weight by weight. `ReweightedL1Stages` sets the unit masks
     itself at `prune_step` (`structured.prune_units`), and `sparsity` is then
-    the fraction of the layer's output units removed.
+    the fraction of the layer's output units removed. `sparsity_type="group"`
+    holds the masks the same way; `sparsity` is then the fraction of each
+    family's channel groups removed (`structured.prune_channel_groups`).
 
     Args:
         target_sparsity: fraction of the layer's prunable weights set to zero
@@ -139,9 +185,9 @@ class ReweightedL1Schedule(PruningSchedule):
             `>= begin_step`.
         begin_step: the first step of the reweighted stage, `>= 1`; the
             schedule never prunes before it. Defaults to `1`.
-        sparsity_type: `"unstructured"` (tfmot's magnitude prune) or
-            `"filter"` (masks held; units removed by `ReweightedL1Stages`).
-            Defaults to `"unstructured"`.
+        sparsity_type: `"unstructured"` (tfmot's magnitude prune),
+            `"filter"` or `"group"` (masks held; units or channel groups
+            removed by `ReweightedL1Stages`). Defaults to `"unstructured"`.
 
     Example:
 
@@ -166,7 +212,7 @@ class ReweightedL1Schedule(PruningSchedule):
         self.sparsity.assign(check_target_sparsity(sparsity))
 
     def __call__(self, step):
-        if self.sparsity_type == "filter":  # ReweightedL1Stages sets the unit masks itself
+        if self.sparsity_type in _HELD_MASKS:  # ReweightedL1Stages sets the masks itself
             return tf.constant(False), tf.identity(self.sparsity)
         # tfmot's `pruning_step` advances at every training call of the wrapper: a layer
         # called n times per training step sees (s − 1)·n + 1 … s·n during step s, and is
@@ -207,6 +253,14 @@ class ReweightedL1Penalty:
         P(w) = c \sum_{\text{layers}} \sum_u
                \frac{\|W_u\|_2}{\|W^{\text{ref}}_u\|_2 + \varepsilon},
 
+    or, with `sparsity_type="group"`, the reweighted group-ℓ1 over the
+    channel groups whose producers are all wrapped (`structured.pruned_groups`;
+    ``‖g‖₂`` over every weight the group deletes, `dependency.GroupL1Penalty`)
+
+    .. math::
+
+        P(w) = c \sum_g \frac{\|g\|_2}{\|g^{\text{ref}}\|_2 + \varepsilon},
+
     where the sum runs over the prunable weights of every `PruneLowMagnitude`
     wrapper of the model (exactly the weights that will be pruned), ``w^ref``
     is a non-trainable copy taken by `refresh`, and ``c`` (`coefficient`, a
@@ -225,8 +279,9 @@ class ReweightedL1Penalty:
         model: the Functional model holding the pruning wrappers.
         epsilon: ``ε > 0``, keeps the factors finite. Defaults to `1e-6`
             (the paper's).
-        sparsity_type: `"unstructured"` (per weight) or `"filter"` (per
-            output unit). Defaults to `"unstructured"`.
+        sparsity_type: `"unstructured"` (per weight), `"filter"` (per
+            output unit) or `"group"` (per channel group). Defaults to
+            `"unstructured"`.
 
     Example:
 
@@ -240,21 +295,22 @@ class ReweightedL1Penalty:
         self.sparsity_type = check_sparsity_type(sparsity_type)
         self.weights = [weight for wrapper in pruning_wrappers(model)
                         for weight, _, _ in wrapper.pruning_vars]
-        if not self.weights:
+        self.groups = None
+        if self.sparsity_type == "group" and self.weights:
+            self.groups = _groups_to_prune(model)
+            # ρ is the coefficient below: the group sum itself has weight 1.
+            self.group_penalty = GroupL1Penalty(model, 1.0, groups=self.groups,
+                                                epsilon=self.epsilon)
+            self.weights = []
+            self.references = [self.group_penalty.reference]
+            self.factors = []
+        elif not self.weights:
             raise ValueError(
                 f"Argument `model` has no tfmot pruning wrappers with prunable weights, so the "
                 f"reweighted penalty would be empty. Received model {model.name!r}."
             )
-        self.references = [
-            tf.Variable(tf.identity(weight), trainable=False,
-                        name=f"reference_{weight.name.split(':')[0].replace('/', '_')}")
-            for weight in self.weights
-        ]
-        # 1 / (|w_ref| + ε) (or 1 / (‖W_ref_u‖ + ε)), computed at each refresh so a step
-        # only multiplies.
-        self.factors = [tf.Variable(reweighted_factors(self._magnitudes(r), self.epsilon), trainable=False,
-                                    name=r.name.split(":")[0].replace("reference", "factor"))
-                        for r in self.references]
+        if self.sparsity_type != "group":
+            self._weight_references()
         self.coefficient = tf.Variable(0.0, trainable=False, dtype=tf.float32,
                                        name="reweighted_l1_coefficient")
         # The step of the last refresh of ``w^ref`` by `ReweightedL1Stages`; -1: taken when
@@ -267,6 +323,19 @@ class ReweightedL1Penalty:
         self.state.factors = self.factors
         self.state.coefficient = self.coefficient
         self.state.reference_step = self.reference_step
+
+    def _weight_references(self):
+        self.references = [
+            tf.Variable(tf.identity(weight), trainable=False,
+                        name=f"reference_{weight.name.split(':')[0].replace('/', '_')}")
+            for weight in self.weights
+        ]
+        # 1 / (|w_ref| + ε) (or 1 / (‖W_ref_u‖ + ε)), computed at each refresh so a step
+        # only multiplies.
+        self.factors = [tf.Variable(reweighted_factors(self._magnitudes(r), self.epsilon),
+                                    trainable=False,
+                                    name=r.name.split(":")[0].replace("reference", "factor"))
+                        for r in self.references]
 
     @classmethod
     def attach(cls, model, epsilon=1e-6, sparsity_type="unstructured"):
@@ -305,8 +374,10 @@ class ReweightedL1Penalty:
         return magnitudes(weight, self.sparsity_type)
 
     def refresh(self, step=-1):
-        """``w^ref ← w`` for every pruned kernel; `step` is recorded as `reference_step`."""
+        """``w^ref ← w`` for every pruned kernel (or group); `step` is recorded as `reference_step`."""
         self.reference_step.assign(int(step))
+        if self.sparsity_type == "group":
+            self.group_penalty.refresh()
         for reference, factor, weight in zip(self.references, self.factors, self.weights):
             reference.assign(weight)
             factor.assign(reweighted_factors(self._magnitudes(reference), self.epsilon))
@@ -316,6 +387,8 @@ class ReweightedL1Penalty:
         self.coefficient.assign(float(value))
 
     def _value(self):
+        if self.sparsity_type == "group":
+            return self.coefficient * self.group_penalty()
         terms = [tf.reduce_sum(self._magnitudes(w) * f) for w, f in zip(self.weights, self.factors)]
         return self.coefficient * tf.add_n(terms)
 
@@ -371,7 +444,12 @@ class ReweightedL1Stages(keras.callbacks.Callback):
       ``k == prune_step`` (`structured.prune_units`, each layer at its
       schedule's sparsity, read as a unit fraction), and after every later
       training step re-zeroes the removed units' kernel, bias and following
-      BatchNormalization entries (`structured.RemovedUnits.hold`).
+      BatchNormalization entries (`structured.RemovedUnits.hold`);
+    - with `sparsity_type="group"`, removes ``round(f · n)`` of the ``n``
+      channel groups of every family when ``k == prune_step``
+      (`structured.prune_channel_groups`, ``f`` the schedules' sparsity), ranked
+      by `group_score`, and after every later training step re-zeroes every
+      weight entry of the removed groups (`structured.RemovedGroups.hold`).
 
     At the start of `fit` it reads the wrappers' `pruning_step` (so training
     resumes at the right stage after `load_model`), attaches a penalty to the
@@ -391,13 +469,29 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         allocation: `"uniform"` or `"global"`. Defaults to `"uniform"`.
         target_sparsity: the overall sparsity of the global ranking, in
             `[0, 1)`; `None` takes the schedules'. Defaults to `None`.
-        sparsity_type: `"unstructured"` or `"filter"` (whole output units,
-            group-ℓ1 penalty; only with `allocation="uniform"`). Must match
-            the schedules'. Defaults to `"unstructured"`.
+        sparsity_type: `"unstructured"`, `"filter"` (whole output units,
+            group-ℓ1 penalty) or `"group"` (whole channel groups; both only
+            with `allocation="uniform"`). Must match the schedules'.
+            Defaults to `"unstructured"`.
+        group_score: `sparsity_type="group"` only: how the groups are ranked
+            at the prune, one of `GROUP_SCORES`. `"norm"`: their ℓ2 norms
+            ``‖g‖₂`` (`dependency.group_norms`; what the penalty shrinks).
+            `"worst"` / `"weighted"`: the per-task Taylor importance
+            ``I_t(g) = Σ_b (Σ_{p∈g} p ∂L_{t,b}/∂p)²`` on `score_data`
+            (`dependency.task_taylor_importance`, with the losses the model
+            was compiled with), normalised per task and combined under the
+            model's task weights ``w`` (a `MultiTaskModel`'s, e.g. the
+            min-max weights) as ``max_t K w_t Î_t(g)`` or ``Σ_t w_t Î_t(g)``
+            (`dependency.group_scores`). Defaults to `"norm"`.
+        score_data: the batches `(x, y)` (`y` keyed by task) the Taylor
+            importance is summed over: a finite `tf.data.Dataset` (e.g.
+            ``train.take(8)``) or a list; required with `"worst"` /
+            `"weighted"`, refused otherwise. Defaults to `None`.
 
     Attributes:
         removed: in filter mode, the `structured.RemovedUnits` of the model
-            once the prune has happened (`None` before, and in unstructured
+            once the prune has happened, in group mode its
+            `structured.RemovedGroups` (`None` before, and in unstructured
             mode).
 
     Example:
@@ -408,7 +502,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     """
 
     def __init__(self, rho, begin_step, prune_step, refresh_steps=(), epsilon=1e-6,
-                 allocation="uniform", target_sparsity=None, sparsity_type="unstructured"):
+                 allocation="uniform", target_sparsity=None, sparsity_type="unstructured",
+                 group_score="norm", score_data=None):
         super().__init__()
         self.rho = check_rho(rho)
         self.begin_step, self.prune_step = check_stage_steps(begin_step, prune_step)
@@ -431,7 +526,11 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         self.target_sparsity = (None if target_sparsity is None
                                 else check_target_sparsity(target_sparsity))
         self.sparsity_type = _check_filter_allocation(sparsity_type, allocation)
+        self.group_score, self.score_data = _check_group_score(self.sparsity_type, group_score,
+                                                               score_data)
         self.step = None
+        self.groups = None
+        self._losses = None
         self.penalty = None
         self.allocated = None
         self.removed = None
@@ -474,6 +573,16 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             _check_filter_layers(wrappers)
             check_nested_outputs(self.model)
         base = self._base()
+        if self.sparsity_type == "group":
+            _check_group_layers(wrappers)
+            if self.group_score != "norm" and not isinstance(self.model, MultiTaskModel):
+                raise ValueError(
+                    f"group_score={self.group_score!r} weighs the tasks by the model's task "
+                    f"weights and needs a `MultiTaskModel` (e.g. `MinMaxMultiTask(wrapped)`). "
+                    f"Received a {type(self.model).__name__}; use group_score='norm'.")
+            self.groups = channel_groups(base)
+            if self.group_score != "norm":  # read now: a loss that cannot be read stops `fit` here
+                self._losses = self._task_losses()
         self.penalty = ReweightedL1Penalty.of(base)
         if self.penalty is None:
             # Attached whatever the stage (a coefficient of 0 computes nothing): the stage
@@ -497,6 +606,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         self.step = max(int(wrappers[0].pruning_step.numpy()), 0) // calls
         if self.sparsity_type == "filter" and self.step >= self.prune_step:
             self.removed = RemovedUnits(self.model)  # resumed after the prune: the masks say
+        if self.sparsity_type == "group" and self.step >= self.prune_step:
+            self.removed = RemovedGroups(self.model, self.groups)
         next_step = self.step + 1
         active = self.begin_step <= next_step < self.prune_step
         if active and int(self.penalty.reference_step.numpy()) < self.begin_step:
@@ -531,6 +642,40 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                          for wrapper, schedule in zip(pruning_wrappers(self.model),
                                                       self._schedules)}
             self.removed = prune_units(self.model, fractions)
+        if step == self.prune_step and self.sparsity_type == "group":
+            fraction = self.target_sparsity
+            if fraction is None:
+                fraction = float(self._schedules[0].sparsity.numpy())
+            self.removed = prune_channel_groups(self.model, fraction, scores=self._scores(),
+                                                groups=self.groups)
+
+    def _task_losses(self):
+        """`{task: loss}` as the model was compiled (its compile config, read back)."""
+        config = self.model.get_compile_config()
+        if config is None:
+            raise ValueError(f"group_score={self.group_score!r} needs the compiled losses: "
+                             f"compile the model before `fit`.")
+        loss = keras.saving.deserialize_keras_object(config)["loss"]
+        tasks = output_tasks(self._base())
+        if isinstance(loss, dict):
+            return dict(loss)
+        if isinstance(loss, (list, tuple)):
+            return dict(zip(tasks, loss))
+        return {t: loss for t in tasks}
+
+    def _scores(self):
+        """The groups' scores for the prune (`None`: `prune_groups`' ℓ2 norms)."""
+        if self.group_score == "norm":
+            return None
+        candidates = pruned_groups(self.model, self.groups)
+        batches = ((batch[0], batch[1]) for batch in self.score_data)
+        _, importance = task_taylor_importance(self._base(), candidates, batches, self._losses)
+        weights = np.asarray(self.model.task_weights, np.float64)
+        weights = weights / weights.sum()
+        scores = np.zeros(len(self.groups))
+        scores[[g.index for g in candidates]] = group_scores(importance, weights,
+                                                             rule=self.group_score)
+        return scores
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
@@ -546,7 +691,71 @@ def _check_filter_allocation(sparsity_type, allocation):
             f"needs allocation='uniform' (unit norms of different layers are not comparable "
             f"in one ranking). Received: allocation={allocation!r}"
         )
+    if sparsity_type == "group" and allocation != "uniform":
+        raise ValueError(
+            f"sparsity_type='group' removes the same fraction of the channel groups of every "
+            f"family: it needs allocation='uniform'. Received: allocation={allocation!r}"
+        )
     return sparsity_type
+
+
+def _check_group_score(sparsity_type, group_score, score_data):
+    """`(group_score, score_data)` checked against `sparsity_type` and each other."""
+    if not isinstance(group_score, str) or group_score not in GROUP_SCORES:
+        raise ValueError(f"Argument `group_score` must be one of {list(GROUP_SCORES)}. "
+                         f"Received: group_score={group_score!r}")
+    if group_score != "norm" and sparsity_type != "group":
+        raise ValueError(f"Argument `group_score` ranks channel groups and needs "
+                         f"sparsity_type='group'. Received: group_score={group_score!r} with "
+                         f"sparsity_type={sparsity_type!r}")
+    if group_score == "norm" and score_data is not None:
+        raise ValueError(f"Argument `score_data` is only used with group_score in "
+                         f"{list(GROUP_RULES)} (the per-task Taylor importance). Received: "
+                         f"score_data={type(score_data).__name__} with group_score='norm'")
+    if group_score != "norm":
+        if score_data is None:
+            raise ValueError(f"Argument `score_data` is required with "
+                             f"group_score={group_score!r}: the batches (x, y) the per-task "
+                             f"Taylor importance is summed over, e.g. `train.take(8)`. "
+                             f"Received: score_data=None")
+        if isinstance(score_data, tf.data.Dataset):
+            if int(score_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+                raise ValueError("Argument `score_data` must be a finite dataset (the "
+                                 "importance is summed over all of it). Received an infinite "
+                                 "dataset: take a few batches, e.g. `train.take(8)`.")
+        elif not isinstance(score_data, (list, tuple)) or not score_data:
+            raise ValueError(f"Argument `score_data` must be a finite `tf.data.Dataset` or a "
+                             f"non-empty list of batches (x, y). Received: "
+                             f"score_data={type(score_data).__name__}")
+    return group_score, score_data
+
+
+def _check_group_layers(wrappers, roles=None):
+    """Group mode: Dense/Conv2D producers only, and no output layer."""
+    for wrapper in wrappers:
+        check_group_layer(wrapper.layer)
+    outputs = sorted(w.layer.name for w in wrappers
+                     if roles is not None and roles.get(w.layer.name) == "task_output")
+    if outputs:
+        raise ValueError(
+            f"sparsity_type='group' cannot remove channels of the task output layers "
+            f"{outputs}: their units are the task's outputs. Prune only the trunk and the "
+            f"task-hidden layers, e.g. with `MultiTaskPruningPolicy(prune=('trunk', "
+            f"'task_hidden'))` (the default).")
+
+
+def _groups_to_prune(model):
+    """`structured.pruned_groups` of a wrapped model; a `ValueError` naming why if there are none."""
+    groups = channel_groups(model)
+    chosen = pruned_groups(model, groups)
+    if not chosen:
+        reasons = sorted({g.reason for g in groups if not g.prunable})
+        raise ValueError(
+            f"sparsity_type='group' finds no channel group of model {model.name!r} to remove: "
+            f"no prunable group has all its producers among the pruned layers "
+            f"{sorted(w.layer.name for w in pruning_wrappers(model))}. The unprunable groups "
+            f"say why: {reasons[:3]}.")
+    return chosen
 
 
 def _check_filter_layers(wrappers, roles=None, fraction=None):
@@ -613,7 +822,8 @@ def _check_unique_names(model):
 
 def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_steps, rho,
                         epsilon=1e-6, refreshes=2, refresh_steps=None, allocation="uniform",
-                        policy=None, sparsity_type="unstructured"):
+                        policy=None, sparsity_type="unstructured", group_score="norm",
+                        score_data=None):
     """Sets up reweighted-ℓ1 pruning: a wrapped copy of `base_model` and the callbacks to fit it.
 
     The copy's prunable layers (by default the trunk and the task-hidden
@@ -641,6 +851,22 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     on (the contract the layer surgery relies on). Only Dense and Conv2D
     layers, never the task output layers, and only `allocation="uniform"`.
 
+    With `sparsity_type="group"` the unit is the channel dependency group
+    (`keras_minmax_mtl.sparsity.dependency`: channels tied by residual
+    `Add`s, depthwise convolutions, BatchNormalization, padding and nested
+    trunks). The Dense/Conv2D layers the policy chooses are wrapped, and
+    every prunable group whose producers are all wrapped is a candidate; the
+    penalty is ``ρ Σ_g ‖g‖₂ / (‖g^ref‖₂ + ε)`` over them (``‖g‖₂`` over every
+    producer kernel column, consumer kernel row, member `gamma` and
+    depthwise kernel slice of ``g``), `target_sparsity` is the **fraction of
+    the groups of every family** removed at the prune (``round(f · n)``,
+    each family keeps one; `dependency.prune_groups`), ranked by
+    `group_score`, and from the prune on every weight entry of a removed
+    group (producers' kernel columns and biases, members' BatchNormalization
+    `gamma`/`beta`/`moving_mean` and depthwise slices) is exactly 0, so
+    `keras_minmax_mtl.export.surgery.shrink` removes the groups and the
+    shrunk model computes what the pruned one computes.
+
     Args:
         base_model: a built Functional `tf_keras` model.
         target_sparsity: fraction of the prunable weights to remove (filter
@@ -660,8 +886,16 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
             kernels). Defaults to `"uniform"`.
         policy: a tfmot `PruningPolicy`. Defaults to
             `MultiTaskPruningPolicy()`.
-        sparsity_type: `"unstructured"` (single weights) or `"filter"`
-            (whole output units). Defaults to `"unstructured"`.
+        sparsity_type: `"unstructured"` (single weights), `"filter"`
+            (whole output units of each layer) or `"group"` (whole channel
+            dependency groups). Defaults to `"unstructured"`.
+        group_score: group mode: `"norm"` (ℓ2 norms), `"worst"` or
+            `"weighted"` (per-task Taylor importance on `score_data` under
+            the task weights of the `MultiTaskModel` being fit; see
+            `ReweightedL1Stages`). Defaults to `"norm"`.
+        score_data: group mode with `"worst"` / `"weighted"`: a finite
+            `tf.data.Dataset` or list of batches `(x, y)`, e.g.
+            ``train.take(8)``. Defaults to `None`.
 
     Returns:
         `(wrapped_model, callbacks)`: the Functional copy with pruning
@@ -684,6 +918,16 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     >>> wrapped, callbacks = prune_reweighted_l1(base, 0.5, dense_steps=500,
     ...                                          reweighted_steps=400, rho=1e-3,
     ...                                          sparsity_type="filter")
+
+    Group mode on a MobileNetV2 trunk, half the groups of every family, the
+    groups ranked by the task that would lose most under the min-max weights:
+
+    >>> wrapped, callbacks = prune_reweighted_l1(
+    ...     base, 0.5, dense_steps=500, reweighted_steps=400, rho=1e-4,
+    ...     sparsity_type="group", group_score="worst", score_data=train.take(8))
+    >>> model = MinMaxMultiTask(wrapped); model.compile(...)
+    >>> model.fit(train, epochs=15, callbacks=callbacks)
+    >>> small = shrink(model.base_model)      # keras_minmax_mtl.export.surgery
     """
     require_functional(base_model, "base_model")
     target_sparsity = check_target_sparsity(target_sparsity)
@@ -702,7 +946,8 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     stages = ReweightedL1Stages(rho=rho, begin_step=begin_step, prune_step=prune_step,
                                 refresh_steps=refresh_steps, epsilon=epsilon,
                                 allocation=allocation, target_sparsity=target_sparsity,
-                                sparsity_type=sparsity_type)
+                                sparsity_type=sparsity_type, group_score=group_score,
+                                score_data=score_data)
     policy = MultiTaskPruningPolicy() if policy is None else policy
     if not isinstance(policy, tfmot.sparsity.keras.PruningPolicy):
         raise TypeError(
@@ -726,5 +971,7 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     if sparsity_type == "filter":
         _check_filter_layers(wrappers, roles=layer_roles(copy), fraction=target_sparsity)
         check_nested_outputs(wrapped)
+    if sparsity_type == "group":
+        _check_group_layers(wrappers, roles=layer_roles(copy))
     ReweightedL1Penalty.attach(wrapped, epsilon=epsilon, sparsity_type=sparsity_type)
     return wrapped, [tfmot.sparsity.keras.UpdatePruningStep(), stages]

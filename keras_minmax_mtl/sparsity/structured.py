@@ -57,7 +57,15 @@ import tensorflow as tf
 
 from keras_minmax_mtl.core.backend import keras
 from keras_minmax_mtl.core.multitask import MultiTaskModel
-from keras_minmax_mtl.sparsity.dependency import channel_groups, inline_nested_models, layer_calls
+from keras_minmax_mtl.sparsity.dependency import (
+    channel_groups,
+    group_slices,
+    inline_nested_models,
+    is_unit_layer,
+    layer_calls,
+    layer_kind,
+    prune_groups,
+)
 from keras_minmax_mtl.sparsity.pruning import (
     PruneLowMagnitude,
     pruned_kernels,
@@ -80,10 +88,15 @@ __all__ = [
     "RemovedUnits",
     "structured_report",
     "zero_rows_of_removed_units",
+    "check_group_layer",
+    "pruned_groups",
+    "RemovedGroups",
+    "prune_channel_groups",
 ]
 
-#: What the reweighted-ℓ1 pipeline removes: single weights, or whole output units.
-SPARSITY_TYPES = ("unstructured", "filter")
+#: What the reweighted-ℓ1 pipeline removes: single weights, whole output units of each layer,
+#: or whole channel dependency groups (`keras_minmax_mtl.sparsity.dependency`).
+SPARSITY_TYPES = ("unstructured", "filter", "group")
 
 #: The layer types whose output units the filter mode removes (units on the kernel's last axis).
 STRUCTURED_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
@@ -463,3 +476,139 @@ def zero_rows_of_removed_units(model, inputs=None):
         new[..., exact, :] = 0
         kernel.assign(new)
     return zeroed
+
+
+# ------------------------------------------------------------------ channel groups
+def check_group_layer(layer):
+    """Raises `ValueError` unless `layer` produces channel groups: a Dense or one-group, channels-last Conv2D.
+
+    `sparsity_type="group"` wraps only such producers; a `DepthwiseConv2D`
+    is never wrapped (its channels are members of its producer's groups).
+    """
+    if not is_unit_layer(layer):
+        raise ValueError(
+            f"sparsity_type='group' removes channel groups made by Dense and Conv2D layers "
+            f"(channels last, groups=1); the pruning policy chose layer {layer.name!r} of type "
+            f"{layer_kind(layer)}. Keep it out of the pruning (e.g. "
+            f"`MultiTaskPruningPolicy(exclude=[{layer.name!r}])`) or use "
+            f"sparsity_type='unstructured'.")
+    return layer
+
+
+def _base_of(model):
+    return model.base_model if isinstance(model, MultiTaskModel) else model
+
+
+def pruned_groups(model, groups=None):
+    """The channel groups a `sparsity_type="group"` run removes from: every producer is wrapped.
+
+    A prunable `ChannelGroup` (`dependency.channel_groups`) whose producer
+    layers all carry a tfmot pruning wrapper; the wrappers are where the
+    pruning policy's choice is recorded (and saved with the model).
+
+    Args:
+        model: a Functional model with pruning wrappers, or a `MultiTaskModel` on one.
+        groups: its `channel_groups` (computed when not given).
+
+    Returns:
+        The list of those groups, in `groups` order.
+    """
+    base = _base_of(model)
+    groups = channel_groups(base) if groups is None else groups
+    wrapped = {wrapper.layer.name for wrapper in pruning_wrappers(base)}
+    return [g for g in groups if g.prunable and set(g.family) <= wrapped]
+
+
+def _producer_masks(model):
+    return {wrapper.layer.name: wrapper.pruning_vars[0] for wrapper in pruning_wrappers(model)}
+
+
+class RemovedGroups:
+    r"""The removed channel groups of a model, read from its masks, and the hold that keeps them removed.
+
+    A group of `pruned_groups` counts as removed when the mask column of
+    every one of its producer units is all zero (in `sparsity_type="group"`
+    only `prune_channel_groups` writes the masks). `hold` multiplies every
+    weight entry of the removed groups (`dependency.group_slices`: the
+    producers' kernel columns and biases, the members' BatchNormalization
+    `gamma`, `beta`, `moving_mean` and DepthwiseConv2D kernel and bias
+    slices) by 0, so each removed channel is exactly ``act(0)`` again after a
+    training step moved them (the biases, `beta` and depthwise slices get
+    gradients that no tfmot mask stops).
+
+    Args:
+        model: a model with pruning wrappers (Functional, or a `MultiTaskModel` on one).
+        groups: its `channel_groups` (computed when not given).
+
+    Attributes:
+        removed: the indices (in `groups`) of the removed groups.
+        groups: the `channel_groups` of the model.
+
+    Example:
+
+    >>> removed = RemovedGroups(model)
+    >>> len(removed.removed)          # e.g. half the groups of every family
+    >>> removed.hold()                # re-zeroes every weight entry of those groups
+    """
+
+    def __init__(self, model, groups=None):
+        base = _base_of(model)
+        self.groups = channel_groups(base) if groups is None else groups
+        masks = _producer_masks(base)
+        values = {name: mask.numpy() for name, (_, mask, _) in masks.items()}
+        self.removed = [g.index for g in pruned_groups(base, self.groups)
+                        if not any(values[name][..., unit].any() for name, unit in g.producers)]
+        keeps = {}
+        removed = [self.groups[k] for k in self.removed]
+        for entries in group_slices(base, removed):
+            for variable, index, _ in entries:
+                if id(variable) not in keeps:
+                    keeps[id(variable)] = (variable, np.ones(variable.shape, np.float32))
+                keeps[id(variable)][1][index] = 0.0
+        self._holds = [(variable, tf.constant(keep)) for variable, keep in keeps.values()]
+
+    def hold(self):
+        """Sets every weight entry of the removed groups to 0 (see the class docstring)."""
+        for variable, keep in self._holds:
+            variable.assign(variable * tf.cast(keep, variable.dtype))
+
+
+def prune_channel_groups(model, fraction, scores=None, groups=None):
+    """Removes the lowest-scored channel groups of every family of `pruned_groups`, masks included.
+
+    `dependency.prune_groups` chooses and zeroes the groups (each family
+    loses ``round(fraction · n)`` of its ``n`` groups and keeps one), with
+    every producer that is not wrapped excluded; then the producers' mask
+    columns of the removed groups are set to 0, so that tfmot's wrappers keep
+    them zero in every forward pass, and `RemovedGroups.hold` zeroes the rest.
+
+    Args:
+        model: a model with pruning wrappers around its Dense/Conv2D
+            producers (holding their masks, e.g. `ReweightedL1Schedule` with
+            `sparsity_type="group"`), or a `MultiTaskModel` on one.
+        fraction: the fraction of each family's groups to remove, in `[0, 1)`.
+        scores: one score per group of `groups` (lowest removed first);
+            default the groups' ℓ2 norms (`dependency.group_norms`).
+        groups: its `channel_groups` (computed when not given).
+
+    Returns:
+        `RemovedGroups` of `model` after the prune.
+    """
+    base = _base_of(model)
+    groups = channel_groups(base) if groups is None else groups
+    masks = _producer_masks(base)
+    exclude = sorted({name for g in groups for name, _ in g.producers if name not in masks})
+    removed = prune_groups(base, fraction, scores=scores, groups=groups, exclude=exclude)
+    new_masks = {}
+    for k in removed:
+        for name, unit in groups[k].producers:
+            weight, mask, _ = masks[name]
+            if name not in new_masks:
+                new_masks[name] = (weight, mask, mask.numpy())
+            new_masks[name][2][..., unit] = 0.0
+    for weight, mask, value in new_masks.values():
+        mask.assign(value)
+        weight.assign(weight.numpy() * value)
+    result = RemovedGroups(base, groups)
+    result.hold()
+    return result
