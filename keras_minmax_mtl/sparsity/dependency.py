@@ -749,8 +749,10 @@ def prune_groups(model, fraction, scores=None, groups=None, exclude=(), policy=N
     per-family one (``ŝ`` is ``s`` scaled).
 
     Args:
-        model: a Functional model without pruning wrappers (nested models
-            are entered; their layers' weights are changed).
+        model: a Functional model (nested models are entered; their
+            layers' weights are changed). Pruning wrappers are looked
+            through, but their masks are not changed: for a wrapped model,
+            `sparsity.structured.prune_channel_groups` zeroes the masks too.
         fraction: the fraction of the groups to remove, in `[0, 1)` (of each
             family, or of the pool with a global ranking), or a dict of
             fractions keyed by producer layer name or layer class name
