@@ -1,26 +1,11 @@
 """benchmarks/structured.py on a tiny configuration: the ratios come from the saved runs' files."""
-import dataclasses
 import json
 import runpy
 import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
-
-#: Canvases of the validation and test splits here (the benchmark's: 1000 and 2000). The test
-#: accuracies are checked against the runs' own files, not their size; every file still runs
-#: the whole (smaller) test split in TFLite Micro.
-EVALUATION_EXAMPLES = {"validation": 64, "test": 128}
-
-
-def _small_splits(seed, batch_size, train_examples):
-    """`_runs`' multi_digits splits with `EVALUATION_EXAMPLES` validation and test canvases."""
-    from keras_minmax_mtl.data import multi_digits
-
-    sizes = {"train": train_examples, **EVALUATION_EXAMPLES}
-    return {split: multi_digits(split, seed=seed, batch_size=batch_size, num_examples=n)
-            for split, n in sizes.items()}
+from tests.helpers import REPO_ROOT, shrink_benchmark_splits
 
 
 def test_structured_benchmark_ratios_match_the_saved_runs(tmp_path, capsys, monkeypatch):
@@ -30,8 +15,9 @@ def test_structured_benchmark_ratios_match_the_saved_runs(tmp_path, capsys, monk
     # 10 invokes per file instead of the benchmark's 7 x 100.
     monkeypatch.setattr(runs_module, "MICRO_LATENCY_BLOCKS", 1)
     monkeypatch.setattr(runs_module, "MICRO_LATENCY_INVOKES", 10)
-    monkeypatch.setitem(runs_module.DATASETS, "multi_digits", dataclasses.replace(
-        runs_module.DATASETS["multi_digits"], splits=_small_splits))
+    # 64 validation and 128 test canvases (not 1000 and 2000): every file still runs the whole
+    # test split in TFLite Micro, and the table is checked against the runs' own files.
+    shrink_benchmark_splits(runs_module, monkeypatch)
     summary = script["main"](["--seeds", "1", "--epochs", "3", "--train-examples", "128",
                               "--fractions", "0.5", "--weightings", "minmax",
                               "--out", str(tmp_path)])
