@@ -9,7 +9,10 @@ ops must be configured before TensorFlow initialises)::
 `mirrored` splits the CPU into two logical devices and trains every model of
 `MIRRORED_CASES` twice from the same seeded weights and data: on the default
 (single-device) strategy and under `MirroredStrategy(["/cpu:0", "/cpu:1"])`;
-it also takes two frozen steps to check that the losses are global-batch means.
+it also takes two frozen steps to check that the losses are global-batch means,
+and trains the tiny model with `DynamicSparseTraining(method="rigl")` on both
+strategies, recording each replica's copy of every mask after every mask
+update (`dst_run`; in this process, not a third one importing TensorFlow).
 `worker` is one worker of a `MultiWorkerMirroredStrategy` run of the
 "minmax" case on the same global batches, whose single-device reference is
 the "minmax" run of `mirrored`. Both write their results as JSON to OUT.json.
@@ -138,6 +141,36 @@ def _global_batch_check(strategy):
     return {"num_replicas": strategy.num_replicas_in_sync, "steps": steps}
 
 
+def dst_run(strategy, x, y):
+    """RigL on the tiny model under `strategy`: every replica's masks after each mask update."""
+    import tensorflow_model_optimization as tfmot
+
+    kmm, keras, helpers = _modules()
+    from keras_minmax_mtl.sparsity import dst
+    from keras_minmax_mtl.sparsity import pruning
+
+    with strategy.scope():
+        base = dst.prune_for_dst(helpers.tiny_base_model(), layer_names=["trunk", "a", "b", "c"])
+        model = kmm.MinMaxMultiTask(base, step_size=0.1)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=helpers.LOSSES)
+    callback = dst.DynamicSparseTraining(0.5, method="rigl", density="uniform", update_every=2,
+                                         end_step=10, drop_fraction=0.5)
+    snapshots = []
+
+    def snapshot(batch, logs):
+        step = int(model.optimizer.iterations.numpy())
+        if callback.history and callback.history[-1]["step"] == step:
+            masks = [[replica.numpy().tolist() for replica in getattr(mask, "values", [mask])]
+                     for w in pruning.pruning_wrappers(model) for _, mask, _ in w.pruning_vars]
+            snapshots.append({"step": callback.history[-1]["step"], "masks": masks})
+
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+              callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), callback,
+                         keras.callbacks.LambdaCallback(on_train_batch_end=snapshot)])
+    return {"num_replicas": strategy.num_replicas_in_sync, "snapshots": snapshots,
+            "initial_counts": callback.initial_counts, "history": callback.history}
+
+
 def run_mirrored(path):
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -154,6 +187,8 @@ def run_mirrored(path):
             results[case][name] = _fit(model, x, y, EPOCHS)
             results[case][name]["num_replicas"] = strategy.num_replicas_in_sync
     results["global_batch"] = _global_batch_check(mirrored)
+    results["dst"] = {name: dst_run(strategy, x, y) for name, strategy in (
+        ("single", tf.distribute.get_strategy()), ("mirrored", mirrored))}
     _write(path, results)
 
 

@@ -72,3 +72,24 @@ class WeightRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.history.append(self.model.task_weights.numpy().copy())
+
+
+def shrink_benchmark_splits(runs_module, monkeypatch, validation=64, test=128):
+    """Makes the benchmarks' multi_digits runs (`benchmarks/_runs.py`) evaluate on fewer canvases.
+
+    `runs_module` is the benchmarks' `_runs` module; its `DATASETS["multi_digits"]` then
+    builds `validation` and `test` canvases (`None`: the dataset's default, 1000 and 2000)
+    and the training split as asked. For the tests that check a benchmark's outputs against its
+    runs' own saved values, not the accuracies themselves.
+    """
+    import dataclasses
+
+    from keras_minmax_mtl.data import multi_digits
+
+    def splits(seed, batch_size, train_examples):
+        sizes = {"train": train_examples, "validation": validation, "test": test}
+        return {split: multi_digits(split, seed=seed, batch_size=batch_size, num_examples=n)
+                for split, n in sizes.items()}
+
+    monkeypatch.setitem(runs_module.DATASETS, "multi_digits", dataclasses.replace(
+        runs_module.DATASETS["multi_digits"], splits=splits))

@@ -1,5 +1,6 @@
-"""Training under `tf.distribute`: `MirroredStrategy` on two logical CPU devices and
-`MultiWorkerMirroredStrategy` with two local worker processes.
+"""Training under `tf.distribute`: `MirroredStrategy` on two logical CPU devices (min-max and
+the baselines, and dynamic sparse training) and `MultiWorkerMirroredStrategy` with two local
+worker processes.
 
 Both need TensorFlow configured before it initialises (logical devices, a
 collective server per worker), so the runs happen in fresh processes
@@ -20,7 +21,8 @@ from tests.distributed_run import MIRRORED_CASES, TASKS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_run.py")
-TIMEOUT_S = 240
+# The mirrored script trains 11 tiny models: it took over 240 s on 2 cores shared with other jobs.
+TIMEOUT_S = 420
 
 # Distributed and single-device runs differ only by float rounding: a replica
 # sums its half of the batch, then the halves' gradients and losses are summed,
@@ -257,3 +259,15 @@ def test_mirrored_dict_output_model_trains_exactly_like_the_list_output_one(mirr
         dict_run, list_run = mirrored["minmax_dict"][mode], mirrored["minmax"][mode]
         np.testing.assert_array_equal(dict_run["task_weights"], list_run["task_weights"])
         _assert_networks_close(dict_run["network"], list_run["network"], 0.0)
+
+
+# ------------------------------------------------ dynamic sparse training (RigL)
+def test_dst_masks_are_identical_on_every_replica_and_match_one_device(mirrored):
+    single, run = mirrored["dst"]["single"], mirrored["dst"]["mirrored"]
+    assert run["num_replicas"] == 2
+    assert [s["step"] for s in run["snapshots"]] == [2, 4, 6, 8, 10]
+    for one, two in zip(single["snapshots"], run["snapshots"]):
+        for mask_one, replicas in zip(one["masks"], two["masks"]):
+            assert len(replicas) == 2
+            np.testing.assert_array_equal(replicas[0], replicas[1])
+            np.testing.assert_array_equal(replicas[0], mask_one[0])
