@@ -734,14 +734,19 @@ def _check_group_layers(wrappers, roles=None):
     """Group mode: Dense/Conv2D producers only, and no output layer."""
     for wrapper in wrappers:
         check_group_layer(wrapper.layer)
+    _refuse_output_layers(wrappers, roles, "group", "channels")
+
+
+def _refuse_output_layers(wrappers, roles, mode, what):
+    """A `ValueError` if a structured mode would cut a task output layer's units."""
     outputs = sorted(w.layer.name for w in wrappers
                      if roles is not None and roles.get(w.layer.name) == "task_output")
     if outputs:
         raise ValueError(
-            f"sparsity_type='group' cannot remove channels of the task output layers "
-            f"{outputs}: their units are the task's outputs. Prune only the trunk and the "
-            f"task-hidden layers, e.g. with `MultiTaskPruningPolicy(prune=('trunk', "
-            f"'task_hidden'))` (the default).")
+            f"sparsity_type={mode!r} cannot remove {what} of the task output layers {outputs}: "
+            f"their units are the task's outputs. Prune only the trunk and the task-hidden "
+            f"layers, e.g. with `MultiTaskPruningPolicy(prune=('trunk', 'task_hidden'))` (the "
+            f"default).")
 
 
 def _groups_to_prune(model):
@@ -762,15 +767,7 @@ def _check_filter_layers(wrappers, roles=None, fraction=None):
     """Filter mode: Dense/Conv2D only, no output layer, and `fraction` leaves a unit in each."""
     for wrapper in wrappers:
         check_structured_layer(wrapper.layer)
-    outputs = sorted(w.layer.name for w in wrappers
-                     if roles is not None and roles.get(w.layer.name) == "task_output")
-    if outputs:
-        raise ValueError(
-            f"sparsity_type='filter' cannot remove units of the task output layers {outputs}: "
-            f"their units are the task's outputs. Prune only the trunk and the task-hidden "
-            f"layers, e.g. with `MultiTaskPruningPolicy(prune=('trunk', 'task_hidden'))` (the "
-            f"default)."
-        )
+    _refuse_output_layers(wrappers, roles, "filter", "units")
     if fraction is not None:
         for wrapper in wrappers:
             (weight, _, _), = wrapper.pruning_vars
