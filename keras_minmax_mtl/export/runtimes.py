@@ -494,17 +494,40 @@ def _micro_runs(content, arena_size, inputs):
 def micro_min_arena_bytes(model, step=16):
     """The smallest tensor arena (a multiple of `step` bytes) with which TFLite Micro runs `model`.
 
-    Found by bisection between 0 and TFLite Micro's Python default (10× the
-    file size), loading the model and invoking it on zeros at every probe.
+    Every probe loads the model and invokes it on zeros in a forked child
+    (`_micro_runs`); "runs" is monotone in the arena size. The search starts
+    from what TFLite Micro reports allocating with its Python default arena
+    (10× the file size), `u` bytes: if an arena of `u − step` fails, the
+    answer lies above it, so the bound above is found by doubling steps
+    from `u` and the answer by bisection between the two (about 7 probes
+    instead of the 17 of a bisection from 0). If `u − step` runs, the
+    bisection covers `[0, u − step]`. Either way the result is the smallest
+    multiple of `step` that runs.
     """
     content = _read(model)
     interpreter = micro_interpreter(content)
     # As many inputs as the file has (probing past the last one makes TFLite Micro print an error).
     details = [interpreter.get_input_details(i) for i in range(len(model_details(content)["inputs"]))]
     inputs = [np.zeros(d["shape"], d["dtype"]) for d in details]
-    low, high = 0, -(-len(content) * 10 // step)  # in units of `step`
-    if not _micro_runs(content, high * step, inputs):
+    ceiling = -(-len(content) * 10 // step)  # the default arena, in units of `step`
+    if not _micro_runs(content, ceiling * step, inputs):
         raise MicroOpError("TFLite Micro cannot run the model even with the default arena.")
+    try:
+        with _StderrCapture():
+            for index, value in enumerate(inputs):
+                interpreter.set_input(value, index)
+            interpreter.invoke()
+        used = micro_arena_bytes(interpreter) // step  # units of `step`, rounded down
+    except (RuntimeError, MicroOpError):
+        used = 0
+    low, high = 0, ceiling  # invariant: `low` fails (0 always does) and `high` runs
+    if 1 < used < ceiling and not _micro_runs(content, (used - 1) * step, inputs):
+        low, gap = used - 1, max(1, used // 16)
+        while low + gap < ceiling and not _micro_runs(content, (low + gap) * step, inputs):
+            low, gap = low + gap, 2 * gap
+        high = min(low + gap, ceiling)
+    elif 1 < used < ceiling:
+        high = used - 1
     while high - low > 1:
         middle = (low + high) // 2
         if _micro_runs(content, middle * step, inputs):
