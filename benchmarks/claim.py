@@ -17,7 +17,9 @@ tasks and the **worst task**:
   5 points of reweighted ℓ1 90 % on the worst task.
 
 Hyper-parameters are chosen on the **validation** split only, before the claim
-runs: with `--search-seeds S > 0`, the min-max settings (step size 1/β and γ,
+runs: with `--search-seeds S > 0` and several `--learning-rates`, the Adam rate
+with the best mean validation worst task at dense with EW (the baseline) is
+used by every run; then the min-max settings (step size 1/β and γ,
 `SEARCH`) are tried at dense on S search seeds that the claim does not use
 (1000, 1001, …), and the one with the best mean validation worst-task accuracy
 is used for every min-max run; the search is printed and saved. Other settings
@@ -355,8 +357,9 @@ def build_parser():
     parser.add_argument("--seeds", type=positive_int, default=10,
                         help="number of seeds: runs with seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--search-seeds", type=non_negative_int, default=2,
-                        help="seeds of the validation search of the min-max settings (0: none, "
-                             "the library's defaults; default: %(default)s)")
+                        help="seeds of the validation searches of the learning rate and the "
+                             "min-max settings (0: none, the first --learning-rates and the "
+                             "library's defaults; default: %(default)s)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="epochs per run (default: DEFAULTS of the dataset)")
     parser.add_argument("--train-examples", type=positive_int, default=None,
