@@ -253,21 +253,14 @@ class RunFolder:
         self.shown = pathlib.Path(path)
         self.overwrite = overwrite
         self.lock = FolderLock(self.path, command, self.shown)
-        self.lock_path = self.lock.lock_path
         self.work = None
         self.notes = []
         self.published = False
 
-    def _acquire(self):
-        self.lock.acquire()
-
-    def _release(self):
-        self.lock.release()
-
     def __enter__(self):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._acquire()
+            self.lock.acquire()
         except OSError as error:
             raise RunFolderError(f"cannot create {self.shown}: {error.strerror} "
                                  f"({error.filename})") from error
@@ -280,7 +273,7 @@ class RunFolder:
             self.work = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.path.name}.new-",
                                                       dir=self.path.parent))
         except BaseException:
-            self._release()
+            self.lock.release()
             raise
         return self
 
@@ -307,5 +300,5 @@ class RunFolder:
                 shutil.rmtree(self.work, ignore_errors=True)
                 self.work = None
         finally:
-            self._release()
+            self.lock.release()
         return False
