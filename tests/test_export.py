@@ -6,7 +6,6 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import keras_minmax_mtl as kmm
-from keras_minmax_mtl.cli import main as cli
 from keras_minmax_mtl.sparsity import pruning
 from keras_minmax_mtl.export import qat
 from keras_minmax_mtl.export import runtimes
@@ -209,22 +208,6 @@ def test_inspect_reports_size_ops_and_task_outputs(trained, tmp_path):
     assert report["ops"]["FULLY_CONNECTED"] == 3 and report["ops"]["SOFTMAX"] == 2
     assert report["outputs"]["a"]["shape"] == [-1, 3]
     assert report["tflite_kernel_sparsity"]["kernels"][0]["sparsity"] == 0.75
-
-
-def test_cli_train_export_then_export_and_inspect(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli.main(["train", "--epochs", "1", "--train-examples", "64", "--test-examples", "32",
-                     "--verbose", "0", "--out", str(run), "--export", "micro"]) == 0
-    assert (run / "model_micro.tflite").exists() and (run / "model_micro.cc").exists()
-    assert cli.main(["export", str(run), "--target", "mobile", "--out", str(tmp_path / "d")]) == 0
-    report = json.loads((tmp_path / "d" / "model_mobile.json").read_text())
-    assert sorted(report["outputs"]) == ["left", "right", "sum"]
-    capsys.readouterr()
-    assert cli.main(["inspect", str(tmp_path / "d" / "model_mobile.tflite")]) == 0
-    assert json.loads(capsys.readouterr().out)["outputs"]["sum"]["shape"] == [-1, 19]
-    with pytest.raises(SystemExit):
-        cli.main(["export", str(run), "--target", "phone"])
-
 
 
 def near_tie_model():

@@ -50,6 +50,8 @@ def test_bad_flags_give_one_line_exit_2_and_write_nothing(run_dir, tmp_path, cap
         (["export", str(run_dir), "--target", "micro", "--quantization", "float", "--out",
           str(out)], "kmm: error: --quantization float is not available for --target micro "
                      "(choose from int8)"),
+        (["export", str(run_dir), "--target", "phone", "--out", str(out)],
+         "kmm: error: argument --target: invalid choice: 'phone' (choose from "),
         (["export", str(run_dir), "--samples", "0", "--out", str(out)],
          "kmm: error: --samples must be an integer > 0, received 0"),
         (["export", str(run_dir), "--out", str(run_dir / "metrics.json")],
