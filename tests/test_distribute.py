@@ -196,9 +196,8 @@ def test_mirrored_logged_task_losses_and_weights_match_single_device_run(mirrore
 def test_mirrored_task_losses_are_means_over_the_global_batch(mirrored):
     result = mirrored["global_batch"]
     assert result["num_replicas"] == 2
-    even, uneven = result["steps"]
-    assert even["replica_sizes"] == [4, 4]
-    assert sorted(uneven["replica_sizes"]) == [2, 3]  # a batch of 5 split unevenly
+    (step,) = result["steps"]
+    assert sorted(step["replica_sizes"]) == [2, 3]  # a batch of 5 split unevenly
     ascent = kmm.ProjectedGradientAscent(step_size=0.1, gamma=1.0)
     for step in result["steps"]:
         want = np.asarray(step["by_hand"]["global"])  # over the whole global batch
