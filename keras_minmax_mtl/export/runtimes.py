@@ -455,13 +455,19 @@ def micro_arena_bytes(interpreter):
     return int(match.group(1))
 
 
+def _invoke_micro(interpreter, inputs):
+    """Sets `inputs` (one array per input, in order) and invokes; TFLite Micro's log captured."""
+    with _StderrCapture():
+        for index, value in enumerate(inputs):
+            interpreter.set_input(value, index)
+        interpreter.invoke()
+
+
 def _micro_runs_here(content, arena_size, inputs):
     try:
         with _StderrCapture():
             interpreter = micro_interpreter(content, arena_size=arena_size)
-            for index, value in enumerate(inputs):
-                interpreter.set_input(value, index)
-            interpreter.invoke()
+        _invoke_micro(interpreter, inputs)
     except (RuntimeError, MicroOpError):
         return False
     return True
@@ -513,21 +519,19 @@ def micro_min_arena_bytes(model, step=16):
     if not _micro_runs(content, ceiling * step, inputs):
         raise MicroOpError("TFLite Micro cannot run the model even with the default arena.")
     try:
-        with _StderrCapture():
-            for index, value in enumerate(inputs):
-                interpreter.set_input(value, index)
-            interpreter.invoke()
+        _invoke_micro(interpreter, inputs)
         used = micro_arena_bytes(interpreter) // step  # units of `step`, rounded down
     except (RuntimeError, MicroOpError):
         used = 0
     low, high = 0, ceiling  # invariant: `low` fails (0 always does) and `high` runs
-    if 1 < used < ceiling and not _micro_runs(content, (used - 1) * step, inputs):
-        low, gap = used - 1, max(1, used // 16)
-        while low + gap < ceiling and not _micro_runs(content, (low + gap) * step, inputs):
-            low, gap = low + gap, 2 * gap
-        high = min(low + gap, ceiling)
-    elif 1 < used < ceiling:
-        high = used - 1
+    if 1 < used < ceiling:
+        if _micro_runs(content, (used - 1) * step, inputs):
+            high = used - 1
+        else:
+            low, gap = used - 1, max(1, used // 16)
+            while low + gap < ceiling and not _micro_runs(content, (low + gap) * step, inputs):
+                low, gap = low + gap, 2 * gap
+            high = min(low + gap, ceiling)
     while high - low > 1:
         middle = (low + high) // 2
         if _micro_runs(content, middle * step, inputs):
