@@ -194,28 +194,26 @@ def test_mirrored_logged_task_losses_and_weights_match_single_device_run(mirrore
 
 
 def test_mirrored_task_losses_are_means_over_the_global_batch(mirrored):
-    result = mirrored["global_batch"]
-    assert result["num_replicas"] == 2
-    (step,) = result["steps"]
+    step = mirrored["global_batch"]
+    assert step["num_replicas"] == 2
     assert sorted(step["replica_sizes"]) == [2, 3]  # a batch of 5 split unevenly
+    want = np.asarray(step["by_hand"]["global"])  # over the whole global batch
+    logged = [step["logged"][f"{t}_loss"] for t in TASKS]
+    evaluated = [step["evaluate"][f"{t}_loss"] for t in TASKS]
+    np.testing.assert_allclose(logged, want, rtol=1e-6)
+    np.testing.assert_allclose(evaluated, want, rtol=1e-6)
+    # Not one replica's share: the replicas' parts of the batch have
+    # losses far from the global mean (the MSE task most of all).
+    for part in step["by_hand"]["replicas"]:
+        assert abs(part[2] - want[2]) > 0.5
+    assert step["logged"]["worst_loss"] == pytest.approx(want.max(), rel=1e-6)
+    # The ascent step used the global losses too.
     ascent = kmm.ProjectedGradientAscent(step_size=0.1, gamma=1.0)
-    for step in result["steps"]:
-        want = np.asarray(step["by_hand"]["global"])  # over the whole global batch
-        logged = [step["logged"][f"{t}_loss"] for t in TASKS]
-        evaluated = [step["evaluate"][f"{t}_loss"] for t in TASKS]
-        np.testing.assert_allclose(logged, want, rtol=1e-6)
-        np.testing.assert_allclose(evaluated, want, rtol=1e-6)
-        # Not one replica's share: the replicas' parts of the batch have
-        # losses far from the global mean (the MSE task most of all).
-        for part in step["by_hand"]["replicas"]:
-            assert abs(part[2] - want[2]) > 0.5
-        assert step["logged"]["worst_loss"] == pytest.approx(want.max(), rel=1e-6)
-        # The ascent step used the global losses too.
-        expected = ascent(np.asarray(step["task_weights_before"], np.float32),
-                          want.astype(np.float32)).numpy()
-        np.testing.assert_allclose(step["task_weights_after"], expected, rtol=0, atol=1e-6)
-        np.testing.assert_allclose([step["logged"][f"{t}_weight"] for t in TASKS], expected,
-                                   rtol=0, atol=1e-6)
+    expected = ascent(np.asarray(step["task_weights_before"], np.float32),
+                      want.astype(np.float32)).numpy()
+    np.testing.assert_allclose(step["task_weights_after"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose([step["logged"][f"{t}_weight"] for t in TASKS], expected,
+                               rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------ MultiWorkerMirroredStrategy
