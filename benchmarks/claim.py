@@ -19,7 +19,9 @@ tasks and the **worst task**:
 Hyper-parameters are chosen on the **validation** split only, before the claim
 runs: with `--search-seeds S > 0` and several `--learning-rates`, the Adam rate
 with the best mean validation worst task at dense with EW (the baseline) is
-used by every run; then the min-max settings (step size 1/β and γ,
+used by every run (with `--rate-per-arm`, the search is repeated for every
+sparse arm, with EW at that arm, and each arm trains at its own rate); then
+the min-max settings (step size 1/β and γ,
 `SEARCH`) are tried at dense on S search seeds that the claim does not use
 (1000, 1001, …), and the one with the best mean validation worst-task accuracy
 is used for every min-max run; the search is printed and saved. Other settings
@@ -72,7 +74,7 @@ def base_config(args, arm, weighting, seed, minmax=None):
     config = {"dataset": args.dataset, "weighting": weighting, "compression": compression,
               "seed": seed, "epochs": args.epochs, "sparsity": sparsity,
               "batch_size": args.batch_size, "train_examples": args.train_examples,
-              "learning_rate": args.learning_rate}
+              "learning_rate": args.arm_rates.get(arm, args.learning_rate)}
     if options:
         config["method_options"] = dict(options)
     if weighting == "minmax" and minmax is not None:
@@ -137,21 +139,26 @@ def validation_search(args, train, counter, candidates):
     return best[1], rows
 
 
-def search_learning_rate(args, train, counter):
-    """The validation search over `--learning-rates` at dense with EW; `(chosen, rows)`.
+def search_learning_rate(args, train, counter, arm="dense"):
+    """The validation search over `--learning-rates` at `arm` with EW; `(chosen, rows)`.
 
     EW is the baseline: the rate is chosen for it, then used by every weighting
-    (min-max's own settings are searched afterwards at that rate). With one rate
-    or no search seeds, that rate is used without a search.
+    (min-max's own settings are searched afterwards at dense's rate). With one
+    rate or no search seeds, that rate is used without a search. Each row holds
+    its `arm`.
     """
     rates = args.learning_rates
     if len(rates) == 1 or args.search_seeds == 0:
         return rates[0], []
-    return validation_search(args, train, counter, [
+    prefix = "" if arm == "dense" else f"{arm}-"
+    label = "" if arm == "dense" else f"{arm} "
+    chosen, rows = validation_search(args, train, counter, [
         ("learning_rate", rate,
-         lambda seed, rate=rate: {**base_config(args, "dense", "ew", seed), "learning_rate": rate},
-         lambda seed, rate=rate: f"ew-lr{rate:g}-s{seed}.json", f"learning rate {rate:g}")
+         lambda seed, rate=rate: {**base_config(args, arm, "ew", seed), "learning_rate": rate},
+         lambda seed, rate=rate: f"{prefix}ew-lr{rate:g}-s{seed}.json",
+         f"{label}learning rate {rate:g}")
         for rate in rates])
+    return chosen, [{"arm": arm, **row} for row in rows]
 
 
 def search(args, train, counter):
@@ -257,21 +264,32 @@ def _p(p):
     return "–" if p is None else f"{p:.4f}"
 
 
+def _rates(args):
+    """The Adam rate, or with per-arm rates each arm's (`dense 0.003, DST (RigL) 90 % 0.01`)."""
+    if not args.arm_rates:
+        return f"{args.learning_rate:g}"
+    return ", ".join(f"{LABELS[arm]} {args.arm_rates.get(arm, args.learning_rate):g}"
+                     for arm in args.arms)
+
+
 def markdown(args, tasks, cells, tests, goals, chosen, search_rows, rate_rows=()):
     lines = [f"Dataset `{args.dataset}`, {args.epochs} epochs per run, "
              f"{args.train_examples or 'all'} training examples, batch {args.batch_size}, "
-             f"Adam {args.learning_rate:g}; seeds {args.seed_list[0]}–{args.seed_list[-1]} "
+             f"Adam {_rates(args)}; seeds {args.seed_list[0]}–{args.seed_list[-1]} "
              f"(n per cell below). Test accuracy in %, mean ± std over seeds (ddof=1).", ""]
     if rate_rows:
-        lines += ["Learning rate searched on the **validation** split (dense, EW, seeds "
+        lines += ["Learning rate searched on the **validation** split (EW, seeds "
                   f"{SEARCH_SEED0}–{SEARCH_SEED0 + args.search_seeds - 1}, not used below); "
                   "mean validation worst-task accuracy:", "",
-                  "| Adam learning rate | validation worst (%) | per seed |", "|---|---|---|"]
+                  "| arm | Adam learning rate | validation worst (%) | per seed |",
+                  "|---|---|---|---|"]
         for row in rate_rows:
-            mark = " **(chosen)**" if row["learning_rate"] == args.learning_rate else ""
+            chosen_rate = args.arm_rates.get(row["arm"], args.learning_rate)
+            mark = " **(chosen)**" if row["learning_rate"] == chosen_rate else ""
             per_seed = ", ".join(f"{v * 100:.2f}" for v in row["validation_worst"])
             mean = "–" if row["mean"] is None else f"{row['mean'] * 100:.2f}"
-            lines.append(f"| {row['learning_rate']:g} | {mean}{mark} | {per_seed} |")
+            lines.append(f"| {LABELS[row['arm']]} | {row['learning_rate']:g} | {mean}{mark} | "
+                         f"{per_seed} |")
         lines.append("")
     if search_rows:
         lines += ["Min-max settings searched on the **validation** split (dense, seeds "
@@ -369,6 +387,9 @@ def build_parser():
                         metavar="LR", help="Adam learning rates; with several, the one with "
                         "the best validation worst task at dense with EW is used "
                         "(default: %(default)s)")
+    parser.add_argument("--rate-per-arm", action="store_true",
+                        help="repeat the learning-rate search for every sparse arm (EW at that "
+                             "arm) and train each arm at its own rate")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: summarise the saved runs")
     parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -384,9 +405,12 @@ def main(argv=None, train=None):
     args.out = args.out or pathlib.Path(__file__).parent / "results" / "claim" / args.dataset
     args.seed_list = list(range(args.seeds))
     args.learning_rate = args.learning_rates[0]
+    args.arm_rates = {}
     train = train or _runs.train_run
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    rate_runs = len(args.learning_rates) * args.search_seeds if len(args.learning_rates) > 1 else 0
+    searched = 1 + sum(arm != "dense" for arm in args.arms) if args.rate_per_arm else 1
+    rate_runs = (searched * len(args.learning_rates) * args.search_seeds
+                 if len(args.learning_rates) > 1 else 0)
     total = rate_runs + (len(SEARCH) * args.search_seeds if "minmax" in args.weightings else 0) + (
         len(args.arms) * len(args.seed_list) * len(args.weightings))
     counter = {"done": 0, "trained": 0, "total": total, "start": time.perf_counter(),
@@ -400,6 +424,16 @@ def main(argv=None, train=None):
         return None
     if rate_rows:
         print(f"chosen on validation: learning rate {args.learning_rate:g}", flush=True)
+    for arm in (a for a in args.arms if a != "dense" and args.rate_per_arm):
+        rate, rows = search_learning_rate(args, train, counter, arm)
+        if rate is None:
+            print(f"claim: the learning-rate search of {arm} is incomplete (--report-only); "
+                  "nothing to report")
+            return None
+        rate_rows += rows
+        if rows:
+            args.arm_rates[arm] = rate
+            print(f"chosen on validation: learning rate {rate:g} for {arm}", flush=True)
     chosen, search_rows = search(args, train, counter)
     if chosen is not None:
         print(f"chosen on validation: min-max {chosen}", flush=True)
@@ -421,8 +455,9 @@ def main(argv=None, train=None):
     (args.out / "claim.json").write_text(json.dumps({
         "arguments": {k: str(v) if isinstance(v, pathlib.Path) else v
                       for k, v in vars(args).items()},
-        "chosen_minmax": chosen, "search": search_rows, "learning_rate_search": rate_rows, "cells": cells, "tests": tests,
-        "goals": goals}, indent=2))
+        "chosen_minmax": chosen, "search": search_rows, "learning_rate_search": rate_rows,
+        "learning_rates": {arm: args.arm_rates.get(arm, args.learning_rate) for arm in args.arms},
+        "cells": cells, "tests": tests, "goals": goals}, indent=2))
     figure(args, cells, tests).savefig(args.out / "claim.png")
     print()
     print(report)

@@ -110,10 +110,52 @@ def test_claim_chooses_the_learning_rate_on_validation_with_ew_then_uses_it(clai
     assert out["chosen"] == {"step_size": 0.1, "gamma": 5.0}
     table = (tmp_path / "claim.md").read_text()
     assert "Adam 0.003;" in table
-    assert "| 0.003 | 70.00 **(chosen)** | 70.00, 70.00 |" in table
-    assert "| 0.01 | 60.00 | 60.00, 60.00 |" in table
+    assert "| dense | 0.003 | 70.00 **(chosen)** | 70.00, 70.00 |" in table
+    assert "| dense | 0.01 | 60.00 | 60.00, 60.00 |" in table
     saved = json.loads((tmp_path / "claim.json").read_text())
     assert [r["learning_rate"] for r in saved["learning_rate_search"]] == [0.001, 0.003, 0.01]
+    assert saved["learning_rates"] == {"dense": 0.003, "rl1_90": 0.003}
+
+
+def test_claim_with_a_rate_per_arm_searches_each_sparse_arm_and_trains_it_at_its_rate(
+        claim, tmp_path, capsys):
+    seen = []
+    best = {"dense": 0.003, "reweighted_l1": 0.01}
+
+    def rated_train(config):
+        seen.append((config["compression"], config["weighting"], config["seed"],
+                     config["learning_rate"]))
+        if config["seed"] >= 1000 and config["weighting"] == "ew":
+            value = 0.7 if config["learning_rate"] == best[config["compression"]] else 0.5
+            summary = {"tasks": {"a": value, "b": value}, "worst": value, "mean": value}
+            return {"config": config, "task_names": ["a", "b"], "train_seconds": 0.0,
+                    "validation": summary, "test": summary, "sparsity": 0.0,
+                    "nonzero_weights": 1}
+        return fake_train(config)
+
+    args = [*ARGS, "--learning-rates", "0.001", "0.003", "0.01", "--rate-per-arm",
+            "--out", str(tmp_path)]
+    claim["main"](args, train=rated_train)
+    printed = capsys.readouterr().out
+    assert "chosen on validation: learning rate 0.01 for rl1_90" in printed
+    assert "[36/36]" in printed  # (3 + 3) rates × 2 seeds + 2 × 2 min-max settings + 20 runs
+    rates = (0.001, 0.003, 0.01)
+    assert seen[:12] == [(c, "ew", s, r) for c in ("dense", "reweighted_l1") for r in rates
+                         for s in (1000, 1001)]
+    # Min-max's settings are searched at dense's rate; each arm's runs train at its own.
+    assert {(c, r) for c, w, s, r in seen[12:16]} == {("dense", 0.003)}
+    assert {(c, r) for c, w, s, r in seen[16:]} == {("dense", 0.003), ("reweighted_l1", 0.01)}
+    assert (tmp_path / "search" / "rl1_90-ew-lr0.01-s1001.json").exists()
+    table = (tmp_path / "claim.md").read_text()
+    assert "Adam dense 0.003, reweighted ℓ1 90 % 0.01;" in table
+    assert "| reweighted ℓ1 90 % | 0.01 | 70.00 **(chosen)** | 70.00, 70.00 |" in table
+    assert "| reweighted ℓ1 90 % | 0.003 | 50.00 | 50.00, 50.00 |" in table
+    saved = json.loads((tmp_path / "claim.json").read_text())
+    assert saved["learning_rates"] == {"dense": 0.003, "rl1_90": 0.01}
+    # Resumed: every saved run, searches included, is reused.
+    seen.clear()
+    claim["main"](args, train=rated_train)
+    assert seen == []
 
 
 def test_claim_refuses_a_learning_rate_that_is_not_positive(claim, capsys):
@@ -125,7 +167,7 @@ def test_claim_refuses_a_learning_rate_that_is_not_positive(claim, capsys):
 
 def test_the_dst_arm_trains_rigl_with_erdos_renyi_densities(claim):
     args = claim["build_parser"]().parse_args(["--dataset", "multi_digits"])
-    args.learning_rate, args.epochs, args.train_examples = 0.01, 20, None
+    args.learning_rate, args.epochs, args.train_examples, args.arm_rates = 0.01, 20, None, {}
     config = claim["base_config"](args, "dst_90", "minmax", 3)
     assert config["compression"] == "dst" and config["sparsity"] == 0.9
     assert config["method_options"] == {"density": "er"}
