@@ -16,7 +16,7 @@ from keras_minmax_mtl.sparsity.dependency import (
     task_taylor_importance,
 )
 from keras_minmax_mtl.sparsity.reweighted import ReweightedL1Penalty, prune_reweighted_l1
-from keras_minmax_mtl.sparsity.structured import pruned_groups
+from keras_minmax_mtl.sparsity.structured import prune_channel_groups, pruned_groups
 
 
 def two_group_model():
@@ -66,9 +66,6 @@ def test_group_penalty_is_rho_times_the_hand_computed_group_norms_and_bad_values
                                          r"sparsity_type='group'\. Received: "
                                          r"group_score='worst' with sparsity_type='filter'"):
         prune_reweighted_l1(base, 0.5, 1, 1, rho=1.0, sparsity_type="filter", group_score="worst")
-    with pytest.raises(ValueError, match=r"sparsity_type='group' .* needs allocation='uniform'\. "
-                                         r"Received: allocation='global'"):
-        prune_reweighted_l1(base, 0.5, 1, 1, rho=1.0, sparsity_type="group", allocation="global")
     with pytest.raises(ValueError, match=r"Argument `target_sparsity`.*Received: "
                                          r"target_sparsity=1\.0"):
         prune_reweighted_l1(base, 1.0, 1, 1, rho=1.0, sparsity_type="group")
@@ -177,6 +174,43 @@ def test_group_pipeline_on_a_nested_mobile_trunk_holds_the_groups_at_zero_and_sh
         np.testing.assert_allclose(ours[f"{task}_loss"], plain[f"{task}_loss"], rtol=1e-5)
 
 
+def test_global_allocation_ranks_the_groups_across_families_at_the_prune():
+    # Stopped just before the prune, the model is pruned both ways by hand and restored: the
+    # stages' prune must be the global one (dependency.prune_groups' ranking="global", round(0.5
+    # * 14) = 7 groups of the 14, every family keeping one), not the per-family one.
+    tf.keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 6, 6, 3)).astype(np.float32)
+    y = {"cls": (np.arange(16) % 3).astype(np.int32),
+         "reg": rng.normal(size=(16, 1)).astype(np.float32)}
+    wrapped, callbacks = prune_reweighted_l1(mobile_net(), 0.5, dense_steps=1, reweighted_steps=1,
+                                             rho=1e-2, refreshes=0, sparsity_type="group",
+                                             allocation="global")
+    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=LOSSES)
+    wrapped.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=callbacks)  # steps 1, 2
+    stages = callbacks[1]
+    hidden = next(w for w in pruning.pruning_wrappers(wrapped) if w.layer.name == "hidden")
+    hidden.layer.kernel.assign(hidden.layer.kernel * [1.0, 1.0, 1.0, 20.0])  # one unit dominates
+    before = wrapped.get_weights()
+    chosen = {}
+    for ranking in ("global", "per_family"):
+        chosen[ranking] = prune_channel_groups(wrapped, 0.5, groups=stages.groups,
+                                               ranking=ranking).removed
+        wrapped.set_weights(before)
+    families = group_families(pruned_groups(wrapped, stages.groups))
+    assert sum(map(len, families.values())) == 14 and len(chosen["global"]) == 7
+    # Per family 'hidden' loses round(0.5 * 4) = 2; globally its three small units, 1/20 of the
+    # fourth, rank lowest of all after the division by the family mean, and all three go.
+    assert [len(set(families[("hidden",)]) & set(chosen[r])) for r in ("per_family", "global")] \
+        == [2, 3]
+    assert all(set(members) - set(chosen["global"]) for members in families.values())
+
+    wrapped.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)  # the prune
+    assert stages.removed.removed == chosen["global"]
+    small = shrink(wrapped)
+    np.testing.assert_allclose(small(x)["reg"].numpy(), wrapped(x)["reg"].numpy(), atol=1e-5)
+
+
 def test_cli_group_mode_flags_defaults_and_one_line_errors(capsys):
     from keras_minmax_mtl.cli import main as cli
     from keras_minmax_mtl.sparsity.methods import ReweightedL1
@@ -187,11 +221,8 @@ def test_cli_group_mode_flags_defaults_and_one_line_errors(capsys):
     args = parser.parse_args([*common, "--group-score", "worst"])
     cli.check_train_arguments(parser, args)
     assert str(args.out) == "runs/multi_digits-minmax-reweighted_l1-group-0.5-e20-s0"
+    cli.check_train_arguments(parser, parser.parse_args([*common, "--allocation", "global"]))
     for argv, line in (
-            ([*common, "--allocation", "global"],
-             "kmm: error: argument --allocation: --sparsity-type group removes the same fraction "
-             "of the channel groups of every family and needs --allocation uniform. Received "
-             "--allocation global"),
             (["train", "--pruning", "reweighted_l1", "--group-score", "worst"],
              "kmm: error: argument --group-score: ranks channel groups and needs --sparsity-type "
              "group (received --sparsity-type unstructured). Received --group-score worst"),
@@ -217,3 +248,8 @@ def test_cli_group_mode_flags_defaults_and_one_line_errors(capsys):
     assert (stages.sparsity_type, stages.group_score, stages.prune_step) == ("group", "worst", 5)
     assert int(stages.score_data.cardinality()) == ReweightedL1.GROUP_SCORE_BATCHES
     assert "ranked by worst" in method.describe()
+    method = ReweightedL1(sparsity=0.5, sparsity_type="group", allocation="global",
+                          dense_epochs=1, reweighted_epochs=1, retrain_epochs=1)
+    method.wrap(two_group_model(), steps_per_epoch=2)
+    assert "removing 50.00% of the channel groups (global, ranked by norm)" in method.describe()
+    assert method.callbacks[-1].allocation == "global"

@@ -464,9 +464,10 @@ class ReweightedL1(SparsityMethod):
         Option("--epsilon", arguments.positive_float, 1e-6,
                "epsilon of the reweighted penalty (default: %(default)s)", library=("epsilon",)),
         Option("--allocation", None, None,
-               "per-layer uniform sparsity or one global magnitude ranking (default: "
-               f"{DEFAULT_ALLOCATION}; uniform, the only choice, with --sparsity-type filter "
-               f"or group)",
+               "per-layer uniform sparsity or one global magnitude ranking (with "
+               "--sparsity-type group: the same fraction of every family's channel groups, or "
+               f"one ranking across the families; default: {DEFAULT_ALLOCATION}, uniform with "
+               f"--sparsity-type filter or group; uniform, the only choice, with filter)",
                library=("allocation",), choices=["uniform", "global"]),
     )
 
@@ -498,9 +499,6 @@ class ReweightedL1(SparsityMethod):
         if filter_mode and self.allocation != "uniform":
             self.refuse("allocation", "--sparsity-type filter removes the same fraction of units "
                         "from every layer and needs --allocation uniform")
-        if group_mode and self.allocation != "uniform":
-            self.refuse("allocation", "--sparsity-type group removes the same fraction of the "
-                        "channel groups of every family and needs --allocation uniform")
         if self.group_score != "norm" and not group_mode:
             self.refuse("group_score", f"ranks channel groups and needs --sparsity-type group "
                         f"(received --sparsity-type {self.sparsity_type})")
@@ -546,8 +544,10 @@ class ReweightedL1(SparsityMethod):
 
     def describe(self):
         stages = self.callbacks[-1]
-        what = {"filter": "of the units", "group": "of the channel groups of each family"}.get(
-            self.sparsity_type, "of the weights")
+        group = ("of the channel groups" if self.allocation == "global"
+                 else "of the channel groups of each family")
+        what = {"filter": "of the units", "group": group}.get(self.sparsity_type,
+                                                              "of the weights")
         refresh = (stages.begin_step, *stages.refresh_steps) \
             if stages.begin_step < stages.prune_step else ()
         return (f"pruning: reweighted_l1 ({self.sparsity_type}) removing {self.sparsity:.2%} "

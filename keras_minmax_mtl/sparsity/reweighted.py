@@ -438,8 +438,9 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     - sets the penalty's coefficient to `rho` when ``k == begin_step`` and
       to 0 when ``k == prune_step``;
     - refreshes ``w^ref`` when ``k == begin_step`` or ``k`` is in `refresh_steps`;
-    - with `allocation="global"`, sets each layer's `ReweightedL1Schedule`
-      sparsity from one magnitude ranking when ``k == prune_step``;
+    - with `allocation="global"` (unstructured), sets each layer's
+      `ReweightedL1Schedule` sparsity from one magnitude ranking when
+      ``k == prune_step``;
     - with `sparsity_type="filter"`, removes whole output units when
       ``k == prune_step`` (`structured.prune_units`, each layer at its
       schedule's sparsity, read as a unit fraction), and after every later
@@ -448,7 +449,10 @@ class ReweightedL1Stages(keras.callbacks.Callback):
     - with `sparsity_type="group"`, removes ``round(f · n)`` of the ``n``
       channel groups of every family when ``k == prune_step``
       (`structured.prune_channel_groups`, ``f`` the schedules' sparsity), ranked
-      by `group_score`, and after every later training step re-zeroes every
+      by `group_score` — with `allocation="global"`, ``round(f · Σ n)``
+      groups of one ranking across the families instead, each score divided
+      by its family's mean (`dependency.prune_groups`, ``ranking="global"``)
+      — and after every later training step re-zeroes every
       weight entry of the removed groups (`structured.RemovedGroups.hold`).
 
     At the start of `fit` it reads the wrappers' `pruning_step` (so training
@@ -470,8 +474,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
         target_sparsity: the overall sparsity of the global ranking, in
             `[0, 1)`; `None` takes the schedules'. Defaults to `None`.
         sparsity_type: `"unstructured"`, `"filter"` (whole output units,
-            group-ℓ1 penalty) or `"group"` (whole channel groups; both only
-            with `allocation="uniform"`). Must match the schedules'.
+            group-ℓ1 penalty; only with `allocation="uniform"`) or `"group"`
+            (whole channel groups). Must match the schedules'.
             Defaults to `"unstructured"`.
         group_score: `sparsity_type="group"` only: how the groups are ranked
             at the prune, one of `GROUP_SCORES`. `"norm"`: their ℓ2 norms
@@ -561,7 +565,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
                 f"layers {wrong} do not (found "
                 f"{[s.get_config() for w, s in zip(wrappers, schedules) if w.layer.name in wrong]})."
             )
-        if self.allocation == "global" and len({id(s) for s in schedules}) != len(schedules):
+        if (self.allocation == "global" and self.sparsity_type == "unstructured"
+                and len({id(s) for s in schedules}) != len(schedules)):
             raise ValueError(
                 "allocation='global' needs one `ReweightedL1Schedule` per wrapper (each layer "
                 "gets its own sparsity), but the wrappers share schedules. Wrap the model with "
@@ -627,7 +632,8 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             self.penalty.refresh(step)
         if step == self.prune_step:
             self.penalty.set_coefficient(0.0)
-        if step == self.prune_step and self.allocation == "global":
+        if step == self.prune_step and self.allocation == "global" and (
+                self.sparsity_type == "unstructured"):
             target = self.target_sparsity
             if target is None:
                 target = self._schedules[0].target_sparsity
@@ -646,8 +652,9 @@ class ReweightedL1Stages(keras.callbacks.Callback):
             fraction = self.target_sparsity
             if fraction is None:
                 fraction = float(self._schedules[0].sparsity.numpy())
+            ranking = "global" if self.allocation == "global" else "per_family"
             self.removed = prune_channel_groups(self.model, fraction, scores=self._scores(),
-                                                groups=self.groups)
+                                                groups=self.groups, ranking=ranking)
 
     def _task_losses(self):
         """`{task: loss}` as the model was compiled (its compile config, read back)."""
@@ -690,11 +697,6 @@ def _check_filter_allocation(sparsity_type, allocation):
             f"sparsity_type='filter' removes the same fraction of units in every layer: it "
             f"needs allocation='uniform' (unit norms of different layers are not comparable "
             f"in one ranking). Received: allocation={allocation!r}"
-        )
-    if sparsity_type == "group" and allocation != "uniform":
-        raise ValueError(
-            f"sparsity_type='group' removes the same fraction of the channel groups of every "
-            f"family: it needs allocation='uniform'. Received: allocation={allocation!r}"
         )
     return sparsity_type
 
@@ -858,7 +860,8 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
     depthwise kernel slice of ``g``), `target_sparsity` is the **fraction of
     the groups of every family** removed at the prune (``round(f · n)``,
     each family keeps one; `dependency.prune_groups`), ranked by
-    `group_score`, and from the prune on every weight entry of a removed
+    `group_score` (with `allocation="global"`, the fraction of all the
+    groups, ranked across the families), and from the prune on every weight entry of a removed
     group (producers' kernel columns and biases, members' BatchNormalization
     `gamma`/`beta`/`moving_mean` and depthwise slices) is exactly 0, so
     `keras_minmax_mtl.export.surgery.shrink` removes the groups and the
@@ -880,7 +883,9 @@ def prune_reweighted_l1(base_model, target_sparsity, dense_steps, reweighted_ste
             ``(dense_steps + 1, prune step)``. Defaults to `None`.
         allocation: `"uniform"` (every layer at `target_sparsity`, the
             paper) or `"global"` (one magnitude ranking over all pruned
-            kernels). Defaults to `"uniform"`.
+            kernels; group mode: one ranking of the groups across the
+            families, `dependency.prune_groups`' ``ranking="global"``).
+            Defaults to `"uniform"`.
         policy: a tfmot `PruningPolicy`. Defaults to
             `MultiTaskPruningPolicy()`.
         sparsity_type: `"unstructured"` (single weights), `"filter"`

@@ -573,12 +573,14 @@ class RemovedGroups:
             variable.assign(variable * tf.cast(keep, variable.dtype))
 
 
-def prune_channel_groups(model, fraction, scores=None, groups=None):
-    """Removes the lowest-scored channel groups of every family of `pruned_groups`, masks included.
+def prune_channel_groups(model, fraction, scores=None, groups=None, ranking="per_family",
+                         max_fraction=None):
+    """Removes the lowest-scored channel groups of `pruned_groups`, masks included.
 
-    `dependency.prune_groups` chooses and zeroes the groups (each family
-    loses ``round(fraction · n)`` of its ``n`` groups and keeps one), with
-    every producer that is not wrapped excluded; then the producers' mask
+    `dependency.prune_groups` chooses and zeroes the groups (per family, each
+    family loses ``round(fraction · n)`` of its ``n`` groups and keeps one;
+    or ranked across the model, `ranking`), with every producer that is not
+    wrapped excluded; then the producers' mask
     columns of the removed groups are set to 0, so that tfmot's wrappers keep
     them zero in every forward pass, and `RemovedGroups.hold` zeroes the rest.
 
@@ -590,15 +592,25 @@ def prune_channel_groups(model, fraction, scores=None, groups=None):
         scores: one score per group of `groups` (lowest removed first);
             default the groups' ℓ2 norms (`dependency.group_norms`).
         groups: its `channel_groups` (computed when not given).
+        ranking: `"per_family"`, `"global"` or `"global_cost"`
+            (`dependency.prune_groups`). Defaults to `"per_family"`.
+        max_fraction: with a global ranking, the most of a family's groups
+            that may go (`dependency.prune_groups`). Defaults to `None`.
 
     Returns:
         `RemovedGroups` of `model` after the prune.
+
+    Example:
+
+    >>> removed = prune_channel_groups(wrapped, 0.5, ranking="global")
+    >>> removed.removed                     # the indices of the removed groups
     """
     base = _base_of(model)
     groups = channel_groups(base) if groups is None else groups
     masks = _producer_masks(base)
     exclude = sorted({name for g in groups for name, _ in g.producers if name not in masks})
-    removed = prune_groups(base, fraction, scores=scores, groups=groups, exclude=exclude)
+    removed = prune_groups(base, fraction, scores=scores, groups=groups, exclude=exclude,
+                           ranking=ranking, max_fraction=max_fraction)
     new_masks = {}
     for k in removed:
         for name, unit in groups[k].producers:
