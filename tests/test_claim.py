@@ -62,6 +62,13 @@ def test_claim_chooses_on_validation_and_reports_exact_paired_statistics(claim, 
     assert test["wins"] == 5 and test["losses"] == 0
     assert test["t_p"] == pytest.approx(stats.ttest_rel(0.49 + np.array(SEED_NOISE),
                                                         0.42 + 2 * np.array(SEED_NOISE)).pvalue)
+    # Holm over the two worst-task t-tests (dense and 90 %, min-max − EW = 0.05 / 0.07 − noise).
+    p_dense = stats.ttest_rel(0.50 + np.array(SEED_NOISE), 0.45 + 2 * np.array(SEED_NOISE)).pvalue
+    low, high = sorted([p_dense, test["t_p"]])
+    holm = {low: min(1, 2 * low), high: max(min(1, 2 * low), high)}
+    assert test["holm_p"] == pytest.approx(holm[test["t_p"]])
+    assert out["tests"]["dense"]["ew"]["worst"]["holm_p"] == pytest.approx(holm[p_dense])
+    assert claim["holm"]([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
     # Wilcoxon cannot reach p < 0.05 with 5 seeds, so the goal is not met.
     goal = out["goals"]["minmax rl1_90 worst > ew rl1_90 worst, p < 0.05"]
     assert not goal["met"]
