@@ -144,7 +144,9 @@ def test_masks_survive_keras_save_load_and_strip_gives_a_plain_equal_model(runs,
     assert run["stripped_layers"] == ["InputLayer", "Dense", "Dense", "Dense", "Dense"]
     assert run["functional_strip_layers"] == run["stripped_layers"]
     assert run["stripped_sparsity"] == run["sparsity"]
-    assert run["stripped_max_difference"] == 0.0 and run["stripped_task_weights_equal"]
+    # Stripped computes w where the wrapper computes w * mask: the same values, through kernels
+    # that some CPUs fuse differently (1.2e-7 with oneDNN on AVX-512), so not always bit-equal.
+    assert run["stripped_max_difference"] <= 1e-6 and run["stripped_task_weights_equal"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

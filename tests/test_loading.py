@@ -318,10 +318,12 @@ def test_models_saved_before_the_layout_move_load_with_the_same_outputs_and_task
     schedules = [w.pruning_schedule for w in pruned.base_model.layers
                  if hasattr(w, "pruning_schedule")]
     assert schedules and all(type(s) is kmm.ReweightedL1Schedule for s in schedules)
+    # The weights load exactly (the task weights above); the outputs are recomputed, and CPUs
+    # differ in the last bits of float32 (oneDNN's AVX-512 kernels: up to 1.2e-7 here).
     for model, prefix in ((minmax, "minmax"), (pruned, "pruned")):
         out = model.predict(expected["x"], verbose=0)
-        np.testing.assert_array_equal(out["a"], expected[f"{prefix}_a"])
-        np.testing.assert_array_equal(out["b"], expected[f"{prefix}_b"])
+        np.testing.assert_allclose(out["a"], expected[f"{prefix}_a"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["b"], expected[f"{prefix}_b"], rtol=1e-5, atol=1e-6)
 
 
 def test_register_all_imports_every_module_that_registers_a_class():

@@ -182,17 +182,36 @@ def _convert(model, tasks, specs, quantization, sparse, samples, io_dtype, verbo
         return converter.convert()
 
 
+def _eager_outputs(model, inputs, batch_size=256):
+    """`model`'s outputs on the list `inputs`, called eagerly batch by batch, as numpy arrays.
+
+    Eagerly every op runs on its own, so a NaN propagates as IEEE arithmetic
+    says; in `predict`'s graph a fused MatMul + BiasAdd + ReLU kernel can map
+    NaN to 0 on some CPUs (seen with oneDNN on AVX-512), and a model with NaN
+    weights would then look finite.
+    """
+    parts = []
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = [x[start:start + batch_size] for x in inputs]
+        out = model(batch if len(batch) > 1 else batch[0], training=False)
+        parts.append(tf.nest.map_structure(np.asarray, out))
+    return tf.nest.map_structure(lambda *arrays: np.concatenate(arrays), *parts)
+
+
 def _keras_outputs(model, tasks, samples, what="the Keras model"):
-    """`{task: array}` of `model` on the samples; raises if any value is not finite."""
+    """`{task: array}` of `model` on the samples; raises if a value or a weight is not finite."""
     inputs = [samples[name] for name in model.input_names]
-    outputs = model.predict(inputs if len(inputs) > 1 else inputs[0], batch_size=256, verbose=0)
+    outputs = _eager_outputs(model, inputs)
     outputs = {tasks[name]: np.asarray(out) for name, out in _by_output_name(model, outputs).items()}
     bad = _non_finite(outputs)
-    if bad:
-        weights = [w.name for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+    weights = [w.name for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+    if bad or weights:
+        found = (f"computes non-finite outputs (NaN or ±inf) on the representative samples: "
+                 f"{_describe_non_finite(bad)}. " if bad else
+                 "computes finite outputs on the representative samples, which cannot be "
+                 "trusted: ")
         raise ExportVerificationError(
-            f"{what[0].upper()}{what[1:]} computes non-finite outputs (NaN or ±inf) on the "
-            f"representative samples: {_describe_non_finite(bad)}. "
+            f"{what[0].upper()}{what[1:]} {found}"
             + (f"Its weights {weights} hold NaN or ±inf. " if weights else "")
             + "Nothing was written.")
     return outputs
