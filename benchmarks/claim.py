@@ -430,8 +430,8 @@ def main(argv=None, train=None):
     args.arm_rates = {}
     train = train or _runs.train_run
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    searched = 1 + sum(arm != "dense" for arm in args.arms) if args.rate_per_arm else 1
-    rate_runs = (searched * len(args.learning_rates) * args.search_seeds
+    rate_arms = [arm for arm in args.arms if arm != "dense"] if args.rate_per_arm else []
+    rate_runs = ((1 + len(rate_arms)) * len(args.learning_rates) * args.search_seeds
                  if len(args.learning_rates) > 1 else 0)
     total = rate_runs + (len(SEARCH) * args.search_seeds if "minmax" in args.weightings else 0) + (
         len(args.arms) * len(args.seed_list) * len(args.weightings))
@@ -446,7 +446,7 @@ def main(argv=None, train=None):
         return None
     if rate_rows:
         print(f"chosen on validation: learning rate {args.learning_rate:g}", flush=True)
-    for arm in (a for a in args.arms if a != "dense" and args.rate_per_arm):
+    for arm in rate_arms:
         rate, rows = search_learning_rate(args, train, counter, arm)
         if rate is None:
             print(f"claim: the learning-rate search of {arm} is incomplete (--report-only); "
